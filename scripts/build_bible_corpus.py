@@ -201,7 +201,10 @@ def clean(osis, lang, psalm119=False):
         words = text.split(" ")
         for k in range(min(2, len(words))):                 # drop-cap style "EN el", "Y PASANDO por"
             if len(words[k]) > 1 and words[k].isupper():
-                words[k] = words[k].capitalize() if k == 0 else words[k].lower()
+                words[k] = words[k].lower()
+                if k == 0:                                  # "¿CAZARÁS" -> "¿Cazarás"
+                    first = next(j for j, c in enumerate(words[k]) if c.isalpha())
+                    words[k] = words[k][:first] + words[k][first].upper() + words[k][first + 1:]
         text = " ".join(words)
     return text
 
