@@ -1,0 +1,239 @@
+"""BiQGEMM: matmul with binary-coded weights through lookup tables of signed input sums.
+
+Paper: Jeon, Park, Kwon, Kim, Yun, Lee (2020). "BiQGEMM: Matrix Multiplication with Lookup
+Table For Binary-Coding-based Quantized DNNs". SC20, arXiv:2005.09904.
+
+What it computes
+----------------
+Weights in binary codes (``tinyzip.compress.binary_codes``): W[k, n] = sum_i alpha[i, n] b_i[k, n]
+with W: (K, N) = (D_in, D_out), so y = x @ W for x: (M, K). A "row" of the paper's W is one
+output unit n, i.e. a column of our W. Split the inputs into sub-vectors of mu = 8 and pack the
+8 signs of b_i[8t:8t+8, n] into one byte, the key (bit j = 1 means +1 for input 8t+j):
+
+(1) T_t[key] = sum_{j<8} (2 bit_j(key) - 1) x[8t + j]            all 256 signed sums of x^(t)
+(2) T_t[0] = -sum_j x[8t + j];  T_t[key + 2^s] = T_t[key] + 2 x[8t + s] for key < 2^s
+    (the doubling build: 255 additions per table instead of 8 * 256)
+(3) y[m, n] = sum_i alpha[i, n] * sum_t T_t^(m)[key_{i,n,t}]      (one look-up per 8 weights)
+
+References: ``lut_matmul_reference`` (NumPy, builds every table explicitly) and, for the
+numbers, dense ``x @ dequantize(codes, alphas)``; the kernels equal both within a float32
+tolerance of order K * eps * (|x| @ sum_i |alpha_i|) (the sums are re-associated).
+K not a multiple of 32: x is padded with zero inputs, the pad keys are 0, and the pad adds 0.
+
+Dtypes: x float32, keys uint8, alphas float32, accumulation float32, output float32.
+
+Optimisations (perf-notes sections 3, 7, 8):
+* M = 1 (``_lut_gemv_kernel``): keys stored (N, q, Kb) so the look-up loop reads contiguously;
+  one parallel region: each of the ``nchunks`` chunks builds the whole table (K/8 x 256 floats,
+  cheap) and then serves its own block of output units; four partial sums break the add chain.
+* M >= 2 (``_lut_gemm_mt{8,16,32}_kernel`` in ``_lut_generated.py``, written by
+  ``_generated_source``): keys stored (q, Kb, N); per thread a block of output units; for each
+  batch tile of MT columns and each group of JU = 4 sub-vectors, the thread builds just that
+  tile of tables (4 x 256 x MT floats, L2-resident) and uses it on all its rows. The tile query
+  is straight-line code over MT with uint64 indices and all loads before stores, so LLVM's SLP
+  vectoriser (NUMBA_SLP_VECTORIZE=1, set by ``import tinyzip``) emits ymm adds.
+* ``prange`` runs over chunks of output units; each chunk writes only its own rows of ``out``
+  and owns its table buffer, so the loop is race-free.
+
+Dispatch (``lut_linear``): where the LUT path is slower than float32 (measured, see
+``use_lut``), dequantize once, cache the float32 W inside the prepared weights, and use x @ W.
+"""
+from dataclasses import dataclass, field
+
+import numpy as np
+from numba import get_num_threads, njit, prange
+
+from tinyzip.compress.base import PackedTensor
+from tinyzip.compress.binary_codes import dequantize, unpack_codes
+
+MU = 8      # inputs per key
+JU = 4      # sub-vectors per table tile (batched kernel)
+MTS = (32, 16, 8)
+
+
+def lut_tables(x: np.ndarray) -> np.ndarray:
+    """Eqs. (1)-(2) in NumPy: tables (M, Kb, 256) of x (M, 8 Kb), built by doubling."""
+    M, Kp = x.shape
+    xs = x.reshape(M, Kp // MU, MU)                                        # (M, Kb, 8)
+    T = np.empty((M, Kp // MU, 256), dtype=x.dtype)                        # (M, Kb, 256)
+    # Eq. (2)
+    T[:, :, 0] = -xs.sum(axis=2)
+    for s in range(MU):
+        h = 1 << s
+        T[:, :, h:2 * h] = T[:, :, :h] + 2 * xs[:, :, s:s + 1]
+    return T
+
+
+def lut_matmul_reference(x: np.ndarray, keys: np.ndarray, alpha: np.ndarray) -> np.ndarray:
+    """Eq. (3) in NumPy: x (M, 8 Kb), keys (N, q, Kb) uint8, alpha (q, N) -> y (M, N)."""
+    T = lut_tables(x)                                                      # (M, Kb, 256)
+    Kb = keys.shape[2]
+    looked_up = T[:, np.arange(Kb)[None, None, :], keys]                   # (M, N, q, Kb)
+    sums = looked_up.sum(axis=3)                                           # (M, N, q)
+    # Eq. (3)
+    return (sums * alpha.T[None]).sum(axis=2)                              # (M, N)
+
+
+@njit(parallel=True, cache=True)
+def _lut_gemv_kernel(x, keys, alpha, out, nchunks):
+    N, q, Kb = keys.shape
+    for c in prange(nchunks):
+        T = np.empty(Kb * 256, np.float32)
+        for t in range(Kb):                                                # Eq. (2)
+            tb = t * 256
+            s0 = np.float32(0.0)
+            for j in range(MU):
+                s0 -= x[MU * t + j]
+            T[tb] = s0
+            for s in range(MU):
+                h = 1 << s
+                two_x = np.float32(2.0) * x[MU * t + s]
+                for k in range(h):
+                    T[tb + h + k] = T[tb + k] + two_x
+        for n in range(c * N // nchunks, (c + 1) * N // nchunks):          # Eq. (3)
+            y = np.float32(0.0)
+            for i in range(q):
+                a0 = np.float32(0.0)
+                a1 = np.float32(0.0)
+                a2 = np.float32(0.0)
+                a3 = np.float32(0.0)
+                for t in range(0, Kb, 4):
+                    a0 += T[np.uint64(t * 256) + np.uint64(keys[n, i, t])]
+                    a1 += T[np.uint64(t * 256 + 256) + np.uint64(keys[n, i, t + 1])]
+                    a2 += T[np.uint64(t * 256 + 512) + np.uint64(keys[n, i, t + 2])]
+                    a3 += T[np.uint64(t * 256 + 768) + np.uint64(keys[n, i, t + 3])]
+                y += alpha[i, n] * ((a0 + a1) + (a2 + a3))
+            out[n] = y
+
+
+def _generated_source() -> str:
+    """Source of ``_lut_generated.py``: one batched kernel per batch tile MT (see docstring)."""
+    lines = ['"""Generated by tinyzip.kernels.lut_gemm._generated_source; do not edit (see lut_gemm.py)."""',
+             "import numpy as np", "from numba import njit, prange", ""]
+    for MT in MTS:
+        u64 = lambda v: f"np.uint64({v})"                                  # noqa: E731
+        lines += ["", "@njit(parallel=True, cache=True)",
+                  f"def _lut_gemm_mt{MT}_kernel(xt, Mp, keys, alpha, out, nchunks):",
+                  "    q, Kb, N = keys.shape",
+                  "    for c in prange(nchunks):",
+                  "        T = np.empty(%d, np.float32)" % (JU * 256 * MT),
+                  f"        for m0 in range(0, Mp, {MT}):",
+                  f"            for t0 in range(0, Kb, {JU}):",
+                  f"                for u in range({JU}):",
+                  "                    xb = np.uint64(8 * (t0 + u) * Mp + m0)",
+                  f"                    tb = np.uint64(u * {256 * MT})",
+                  f"                    for mm in range({MT}):",
+                  "                        s0 = np.float32(0.0)",
+                  "                        for j in range(8):",
+                  "                            s0 -= xt[xb + np.uint64(j * Mp + mm)]",
+                  "                        T[tb + np.uint64(mm)] = s0",
+                  "                    for s in range(8):",
+                  "                        xs = xb + np.uint64(s * Mp)",
+                  "                        h = 1 << s",
+                  "                        for k in range(h):",
+                  f"                            src = tb + np.uint64(k * {MT})",
+                  f"                            dst = src + np.uint64(h * {MT})",
+                  f"                            for mm in range({MT}):",
+                  "                                T[dst + np.uint64(mm)] = T[src + np.uint64(mm)] + np.float32(2.0) * xt[xs + np.uint64(mm)]",
+                  "                for n in range(c * N // nchunks, (c + 1) * N // nchunks):",
+                  "                    ob = np.uint64(n * Mp + m0)",
+                  "                    for i in range(q):"]
+        lines += [f"                        b{u} = {u64(u * 256 * MT)} + np.uint64(keys[i, t0 + {u}, n]) * {u64(MT)}"
+                  for u in range(JU)]
+        lines += ["                        a = alpha[i, n]"]
+        lines += [f"                        v{m} = " + " + ".join(f"T[b{u} + {u64(m)}]" for u in range(JU)) for m in range(MT)]
+        lines += [f"                        o{m} = out[ob + {u64(m)}]" for m in range(MT)]
+        lines += [f"                        out[ob + {u64(m)}] = o{m} + a * v{m}" for m in range(MT)]
+    return "\n".join(lines) + "\n"
+
+
+@dataclass
+class LutWeights:
+    """Binary-coded weights laid out for the kernels. Kb = ceil(K / 32) * 4 keys per unit and
+    plane (zero pad keys); ``keys_nqt`` (N, q, Kb) feeds M = 1, ``keys_qtn`` (q, Kb, N) M >= 2;
+    ``alpha`` float32 (q, N). ``dense`` caches the dequantized float32 W the first time the
+    dispatch rule picks the dense path (only then does it cost 32 bits per weight)."""
+
+    K: int
+    N: int
+    q: int
+    keys_nqt: np.ndarray
+    keys_qtn: np.ndarray
+    alpha: np.ndarray
+    codes_alpha: tuple = field(repr=False)
+    dense: np.ndarray | None = field(default=None, repr=False)
+
+
+def prepare_lut_weights(packed: PackedTensor | None = None, *, codes=None, alphas=None) -> LutWeights:
+    """From a ``binary_codes`` PackedTensor, or from codes (q, K, N) in {-1,+1} and alphas (q, N)."""
+    if (packed is None) == (codes is None):
+        raise ValueError("give either a packed tensor or codes= and alphas=")
+    if packed is not None:
+        codes, alphas = unpack_codes(packed)
+    codes, alphas = np.asarray(codes), np.asarray(alphas)
+    if codes.ndim != 3 or not np.issubdtype(codes.dtype, np.integer) or not np.all(np.abs(codes) == 1):
+        raise ValueError(f"codes must be integer (q, K, N) with values in {{-1,+1}}, got {codes.dtype} {codes.shape}")
+    q, K, N = codes.shape
+    if not 1 <= q <= 8:
+        raise ValueError(f"q must be in 1..8, got {q}")
+    if alphas.shape != (q, N) or not np.issubdtype(alphas.dtype, np.floating) or not np.all(np.isfinite(alphas)):
+        raise ValueError(f"alphas must be finite floats of shape {(q, N)}, got {alphas.dtype} {alphas.shape}")
+    Kb = -(-K // (MU * JU)) * JU
+    bits = np.zeros((q, N, MU * Kb), dtype=np.uint8)                       # (q, N, 8 Kb)
+    bits[:, :, :K] = np.moveaxis(codes, 1, 2) > 0
+    keys = np.packbits(bits, axis=2, bitorder="little")                    # (q, N, Kb)
+    alpha32 = np.ascontiguousarray(alphas, dtype=np.float32)
+    return LutWeights(K, N, q, np.ascontiguousarray(keys.transpose(1, 0, 2)),   # (N, q, Kb)
+                      np.ascontiguousarray(keys.transpose(0, 2, 1)), alpha32,   # (q, Kb, N)
+                      (codes.astype(np.int8), alpha32))
+
+
+def use_lut(M: int, q: int, K: int, N: int) -> bool:
+    """Dispatch rule, from the speed table in the final report (2 vCPUs, ratios vs numpy fp32):
+    the LUT wins for M >= 2 when q * ceil(M / 32) <= 4 or so ... see ``_LUT_RULE``."""
+    return _LUT_RULE(M, q, K, N)
+
+
+def _LUT_RULE(M, q, K, N):
+    if M == 1:
+        return K * N >= (1 << 22) and q <= 2
+    return q == 1 or (q == 2 and M < 128) or (q == 3 and M < 64)
+
+
+def lut_linear(x: np.ndarray, prepared: LutWeights, bias: np.ndarray | None = None) -> np.ndarray:
+    """y = x @ W + bias with W in binary codes; x float32 (M, K) -> float32 (M, N)."""
+    if not isinstance(prepared, LutWeights):
+        raise TypeError(f"prepared must come from prepare_lut_weights, got {type(prepared).__name__}")
+    if not isinstance(x, np.ndarray) or x.dtype != np.float32:
+        raise TypeError(f"x must be a float32 ndarray, got {getattr(x, 'dtype', type(x))}")
+    if x.ndim != 2 or x.shape[1] != prepared.K or x.shape[0] == 0:
+        raise ValueError(f"x must have shape (M >= 1, {prepared.K}), got {x.shape}")
+    if not np.all(np.isfinite(x)):
+        raise ValueError("x contains NaN or inf")
+    if bias is not None and (not isinstance(bias, np.ndarray) or bias.dtype != np.float32
+                             or bias.shape != (prepared.N,)):
+        raise ValueError(f"bias must be float32 of shape ({prepared.N},), got {getattr(bias, 'dtype', None)} "
+                         f"{getattr(bias, 'shape', None)}")
+    M, (q, Kb, N) = x.shape[0], prepared.keys_qtn.shape
+    if not use_lut(M, q, prepared.K, N):
+        if prepared.dense is None:
+            prepared.dense = dequantize(*prepared.codes_alpha)             # (K, N) float32
+        y = x @ prepared.dense
+    elif M == 1:
+        xp = np.zeros(MU * Kb, dtype=np.float32)                           # zero-padded inputs
+        xp[:prepared.K] = x[0]
+        y = np.empty(N, dtype=np.float32)
+        _lut_gemv_kernel(xp, prepared.keys_nqt, prepared.alpha, y, min(get_num_threads(), N))
+        y = y[None, :]                                                     # (1, N)
+    else:
+        from tinyzip.kernels import _lut_generated
+        Mp = -(-M // 8) * 8
+        MT = next(mt for mt in MTS if Mp % mt == 0)
+        xt = np.zeros((MU * Kb, Mp), dtype=np.float32)                     # (8 Kb, Mp): x.T, padded
+        xt[:prepared.K, :M] = x.T
+        out = np.zeros((N, Mp), dtype=np.float32)                          # (N, Mp)
+        kernel = getattr(_lut_generated, f"_lut_gemm_mt{MT}_kernel")
+        kernel(xt.reshape(-1), Mp, prepared.keys_qtn, prepared.alpha, out.reshape(-1),
+               min(get_num_threads(), N))
+        y = np.ascontiguousarray(out[:, :M].T)                             # (M, N)
+    return y if bias is None else y + bias
