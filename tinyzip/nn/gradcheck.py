@@ -1,0 +1,81 @@
+"""Float64 central-difference gradient checks for the hand-written backward passes.
+
+Every ``*_backward`` in tinyzip is checked the same way (llm.c's "fakeloss" trick): draw a random
+upstream gradient ``dout`` of the forward output's shape, define the scalar
+
+    L(x_1, ..., x_n) = sum(out(x_1, ..., x_n) * dout),
+
+so that dL/dout = dout, then compare the analytic ``backward(dout, cache)`` with central
+differences
+
+    dL/dx[i] ~= (L(x + eps e_i) - L(x - eps e_i)) / (2 eps),
+
+whose truncation error is O(eps^2) and round-off error about 1e-16 * |L| / eps. With eps = 1e-6 in
+float64 both are far below the default tolerance ``rtol=1e-6, atol=1e-8``.
+"""
+import numpy as np
+
+
+def numerical_grad(f, x, eps=1e-6):
+    """Central differences of the scalar ``f(x)`` w.r.t. the float64 array ``x``.
+
+    ``x`` is perturbed in place, one entry at a time, and restored exactly afterwards.
+    """
+    if not isinstance(x, np.ndarray) or x.dtype != np.float64:
+        raise TypeError(f"numerical_grad needs a float64 ndarray, got {type(x).__name__} "
+                        f"of dtype {getattr(x, 'dtype', None)}")
+    grad = np.zeros_like(x)
+    flat, gflat = x.reshape(-1), grad.reshape(-1)
+    if not np.shares_memory(flat, x):
+        raise ValueError("numerical_grad needs a contiguous x (it perturbs x in place)")
+    for i in range(flat.size):
+        old = flat[i]
+        flat[i] = old + eps
+        f_plus = float(f(x))
+        flat[i] = old - eps
+        f_minus = float(f(x))
+        flat[i] = old
+        gflat[i] = (f_plus - f_minus) / (2.0 * eps)
+    return grad
+
+
+def _as_tuple(value):
+    return value if isinstance(value, tuple) else (value,)
+
+
+def check_backward(forward, backward, inputs, wrt=None, rng=None, rtol=1e-6, atol=1e-8):
+    """Assert ``backward`` equals central differences of ``L = sum(out * dout)``.
+
+    ``forward(*inputs) -> (out, cache)`` where ``out`` is an array or a tuple of arrays;
+    ``backward(dout, cache)`` returns the gradients in the order of ``inputs`` (bare when there is
+    one). ``wrt`` lists the input indices to check (default: every float64 input). Raises
+    ``AssertionError`` naming the input and the worst entry.
+    """
+    rng = np.random.default_rng(0) if rng is None else rng
+    inputs = list(inputs)
+    if wrt is None:
+        wrt = [i for i, x in enumerate(inputs) if isinstance(x, np.ndarray) and x.dtype == np.float64]
+    out, cache = forward(*inputs)
+    outs = _as_tuple(out)
+    douts = tuple(rng.standard_normal(np.shape(o)) for o in outs)
+    grads = _as_tuple(backward(douts if isinstance(out, tuple) else douts[0], cache))
+
+    def fakeloss(_):
+        new = _as_tuple(forward(*inputs)[0])
+        return sum(float(np.sum(o * d)) for o, d in zip(new, douts))
+
+    for i in wrt:
+        if i >= len(grads):
+            raise AssertionError(f"backward returned {len(grads)} gradients, input {i} has none")
+        numeric = numerical_grad(fakeloss, inputs[i])
+        analytic = np.asarray(grads[i])
+        if analytic.shape != numeric.shape:
+            raise AssertionError(f"input {i}: gradient shape {analytic.shape} != input shape "
+                                 f"{numeric.shape}")
+        err = np.abs(analytic - numeric)
+        bad = err > atol + rtol * np.abs(numeric)
+        if bad.any():
+            j = np.unravel_index(np.argmax(err - rtol * np.abs(numeric)), err.shape)
+            raise AssertionError(
+                f"input {i}: {int(bad.sum())} of {bad.size} entries differ; worst at {j}: "
+                f"analytic {analytic[j]!r} vs numeric {numeric[j]!r}")
