@@ -13,6 +13,6 @@ Modules: ``layers`` (linear, embedding, layer norm, ReLU, GELU, softmax, log-sof
 ``losses`` (label-smoothed cross-entropy), ``attention`` (multi-head attention), ``transformer``
 (``Seq2Seq``, ``EncoderClassifier``), ``optim``, ``gradcheck``.
 """
-from tinyzip.nn.transformer import Seq2Seq, Seq2SeqConfig
+from tinyzip.nn.transformer import ClassifierConfig, EncoderClassifier, Seq2Seq, Seq2SeqConfig
 
-__all__ = ["Seq2Seq", "Seq2SeqConfig"]
+__all__ = ["ClassifierConfig", "EncoderClassifier", "Seq2Seq", "Seq2SeqConfig"]
