@@ -200,8 +200,14 @@ def _LUT_RULE(M, q, K, N):
     return q == 1 or (q == 2 and M < 128) or (q == 3 and M < 64)
 
 
-def lut_linear(x: np.ndarray, prepared: LutWeights, bias: np.ndarray | None = None) -> np.ndarray:
-    """y = x @ W + bias with W in binary codes; x float32 (M, K) -> float32 (M, N)."""
+def lut_linear(x: np.ndarray, prepared: LutWeights, bias: np.ndarray | None = None, *,
+               path: str = "auto") -> np.ndarray:
+    """y = x @ W + bias with W in binary codes; x float32 (M, K) -> float32 (M, N).
+
+    ``path``: "auto" follows ``use_lut``; "lut" or "dense" force one path (tests, benchmarks).
+    """
+    if path not in ("auto", "lut", "dense"):
+        raise ValueError(f"path must be 'auto', 'lut' or 'dense', got {path!r}")
     if not isinstance(prepared, LutWeights):
         raise TypeError(f"prepared must come from prepare_lut_weights, got {type(prepared).__name__}")
     if not isinstance(x, np.ndarray) or x.dtype != np.float32:
@@ -215,7 +221,7 @@ def lut_linear(x: np.ndarray, prepared: LutWeights, bias: np.ndarray | None = No
         raise ValueError(f"bias must be float32 of shape ({prepared.N},), got {getattr(bias, 'dtype', None)} "
                          f"{getattr(bias, 'shape', None)}")
     M, (q, Kb, N) = x.shape[0], prepared.keys_qtn.shape
-    if not use_lut(M, q, prepared.K, N):
+    if path == "dense" or (path == "auto" and not use_lut(M, q, prepared.K, N)):
         if prepared.dense is None:
             prepared.dense = dequantize(*prepared.codes_alpha)             # (K, N) float32
         y = x @ prepared.dense
