@@ -41,7 +41,7 @@ def linear_forward(x, W, b):
     if W.ndim != 2 or x.shape[-1] != W.shape[0] or b.shape != (W.shape[1],):
         raise ValueError(f"linear: x {x.shape}, W {W.shape}, b {b.shape} do not fit "
                          "(need x (..., D_in), W (D_in, D_out), b (D_out,))")
-    y = x @ W  # (..., D_out)
+    y = (x.reshape(-1, W.shape[0]) @ W).reshape(*x.shape[:-1], W.shape[1])  # (..., D_out)
     y += b
     return y, (x, W)
 
@@ -52,7 +52,7 @@ def linear_backward(dy, cache):
     dy2 = dy.reshape(-1, dy.shape[-1])  # (N, D_out)
     dW = x.reshape(-1, x.shape[-1]).T @ dy2  # (D_in, D_out)
     db = dy2.sum(0)  # (D_out,)
-    dx = dy @ W.T  # (..., D_in)
+    dx = (dy2 @ W.T).reshape(x.shape)  # (..., D_in)
     return dx, dW, db
 
 
