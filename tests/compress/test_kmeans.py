@@ -61,6 +61,8 @@ def test_assignment_is_nearest_centroid_ties_to_lower_index(x, c):
     for xi, j in zip(x, idx):
         d = [abs(xi - cj) for cj in c]
         assert j == d.index(min(d))
+    xs = np.sort(x)
+    assert np.array_equal(km.assign_sorted(xs, c), km.assign(xs, c))   # the interval search
 
 
 @given(hynp.arrays(np.float64, st.integers(1, 6), elements=floats_st(bound=4.0)),

@@ -58,7 +58,6 @@ from tinyzip.compress.magnitude_pruning import relative_index_decode, relative_i
 from tinyzip.packing import pack_uint, unpack_uint
 
 MAX_K = 1 << 16
-_CHUNK = 1 << 22       # entries of the (n, k) distance block computed at once
 
 
 def _check_values(W, name="W"):
@@ -117,12 +116,41 @@ def forgy_init(x: np.ndarray, k: int, rng: np.random.Generator) -> np.ndarray:
 
 def assign(x: np.ndarray, centroids: np.ndarray) -> np.ndarray:
     """Index of the nearest centroid, argmin_j |x - c_j|, ties to the lower index j. (n,) int64."""
-    out = np.empty(x.size, dtype=np.int64)
-    rows = max(1, _CHUNK // centroids.size)
-    for start in range(0, x.size, rows):
-        block = np.abs(x[start: start + rows, None] - centroids[None, :])  # (rows, k)
-        out[start: start + rows] = np.argmin(block, axis=1)                # first minimum wins
-    return out
+    # In 1-D the nearest centroid is one of the two sorted neighbours of x, because the computed
+    # distance |x - c| is monotone in c on each side of x. O(n log k) instead of an (n, k) block.
+    order = np.argsort(centroids, kind="stable")          # equal values: lower index first
+    u = centroids[order]                                  # (k,) sorted
+    new_run = np.r_[True, u[1:] != u[:-1]]
+    run_start = np.maximum.accumulate(np.where(new_run, np.arange(u.size), 0))
+    pos = np.searchsorted(u, x, side="left")              # u[pos - 1] < x <= u[pos]
+    left = run_start[np.maximum(pos - 1, 0)]              # lowest index among equal values
+    right = np.minimum(pos, u.size - 1)
+    d_left = np.where(pos > 0, np.abs(x - u[left]), np.inf)
+    d_right = np.where(pos < u.size, np.abs(x - u[right]), np.inf)
+    pick_left = (d_left < d_right) | ((d_left == d_right) & (order[left] < order[right]))
+    return order[np.where(pick_left, left, right)].astype(np.int64)
+
+
+def assign_sorted(xs: np.ndarray, centroids: np.ndarray) -> np.ndarray:
+    """``assign`` for sorted ``xs`` in O(k log n): each cluster is an interval of ``xs``.
+
+    Between sorted neighbouring centroid values u_j < u_{j+1}, "x goes to u_{j+1}" is monotone in
+    x, so the k - 1 interval ends are found by a binary search run for all j at once.
+    """
+    order = np.argsort(centroids, kind="stable")
+    u, first = np.unique(centroids[order], return_index=True)    # first: lowest index per value
+    rep = order[first]                                           # (m,) centroid index per value
+    lo, hi = np.zeros(u.size - 1, np.int64), np.full(u.size - 1, xs.size, np.int64)
+    while np.any(lo < hi):
+        mid = (lo + hi) // 2
+        x = xs[np.minimum(mid, xs.size - 1)]
+        d_left, d_right = np.abs(x - u[:-1]), np.abs(x - u[1:])
+        right = (d_right < d_left) | ((d_right == d_left) & (rep[1:] < rep[:-1]))
+        goes_right = (x > u[1:]) | ((x >= u[:-1]) & right) | (mid >= xs.size)
+        hi = np.where(goes_right & (lo < hi), mid, hi)
+        lo = np.where(~goes_right & (lo < hi), mid + 1, lo)
+    counts = np.diff(np.concatenate([[0], lo, [xs.size]]))       # (m,) points per value
+    return np.repeat(rep, counts).astype(np.int64)
 
 
 def update(x: np.ndarray, idx: np.ndarray, centroids: np.ndarray) -> np.ndarray:
@@ -162,16 +190,20 @@ def kmeans_1d(x: np.ndarray, k: int, init: str = "linear", rng: np.random.Genera
         centroids = density_init(x, k)
     else:
         centroids = forgy_init(x, k, rng)
-    idx = assign(x, centroids)
-    history = [sse(x, idx, centroids)]
+    order = np.argsort(x, kind="stable")
+    xs = x[order]                                        # (n,) sorted: clusters are intervals
+    idx = assign_sorted(xs, centroids)
+    history = [sse(xs, idx, centroids)]
     for _ in range(max_iter):
-        centroids = update(x, idx, centroids)
-        new_idx = assign(x, centroids)
-        history.append(sse(x, new_idx, centroids))
+        centroids = update(xs, idx, centroids)
+        new_idx = assign_sorted(xs, centroids)
+        history.append(sse(xs, new_idx, centroids))
         if np.array_equal(new_idx, idx):
             break
         idx = new_idx
-    return centroids, idx, history
+    out = np.empty_like(new_idx)
+    out[order] = new_idx
+    return centroids, out, history
 
 
 def kmeans_quantize(W: np.ndarray, k: int, init: str = "linear", rng: np.random.Generator | None = None,
