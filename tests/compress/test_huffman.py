@@ -142,6 +142,7 @@ def test_bad_input_raises():
         (lambda: hf.huffman_encode(np.array([0.5]), good), TypeError),
         (lambda: hf.huffman_encode(np.array([0]), good.astype(np.int64)), TypeError),
         (lambda: hf.huffman_encode(np.array([0]), np.array([60, 1], np.uint8)), ValueError),
+        (lambda: hf.canonical_codes(np.array([1, 1, 1], np.uint8)), ValueError),
         (lambda: hf.huffman_decode(stream, good, 10, nbits), ValueError),
         (lambda: hf.huffman_decode(stream.astype(np.int8), good, 3, nbits), TypeError),
         (lambda: hf.huffman_decode(stream, good, 3, 99), ValueError),

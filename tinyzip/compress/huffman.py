@@ -91,6 +91,9 @@ def huffman_code_lengths(counts: np.ndarray) -> np.ndarray:
 def canonical_codes(lengths: np.ndarray) -> np.ndarray:
     """Canonical codewords (uint64, read with their lengths) from the code lengths alone."""
     lengths = _check_lengths(lengths)
+    top = int(lengths.max())
+    if sum(1 << (top - int(v)) for v in lengths[lengths > 0]) > 1 << top:
+        raise ValueError("code lengths violate the Kraft inequality: no prefix code has them")
     codes = np.zeros(lengths.size, dtype=np.uint64)
     order = np.lexsort((np.arange(lengths.size), lengths))     # by length, then symbol
     order = order[lengths[order] > 0]

@@ -29,7 +29,9 @@ Sec. 3.2 initialisation     linear:  c_j = min + j (max - min) / (k - 1),  j = 0
                             Forgy:   k distinct observations drawn with ``rng``
 Lloyd iterations: assign every value to its nearest centroid, ties to the lower centroid index;
 then every non-empty centroid becomes the mean of its members; an empty centroid keeps its value.
-Stop when no assignment changes (a fixed point) or after ``max_iter`` iterations.
+Stop when no assignment changes (a fixed point) or after ``max_iter`` iterations. In 1-D every
+cluster is an interval of the sorted values, so Lloyd runs on sorted values and finds the k - 1
+interval ends by binary search (``assign_sorted``); ``assign`` is the same rule for any order.
 
 Choices
 -------
@@ -296,6 +298,10 @@ def pack_codes(codebook: np.ndarray, idx: np.ndarray, k: int, gap_bits: int | No
     ``meta``: k, K, index_bits, count (indices stored), zero_slot, and gap_bits, fillers if sparse.
     """
     K = int(codebook.size)
+    if K not in (k, k + 1) or not np.issubdtype(np.asarray(idx).dtype, np.integer) \
+            or (idx.size and (idx.min() < 0 or idx.max() >= K)):
+        raise ValueError(f"need a codebook of k or k + 1 entries and integer indices in [0, K); "
+                         f"got k={k}, K={K}, idx dtype {np.asarray(idx).dtype}")
     bits = index_bits(K)
     zero_slot = K > k
     flat = idx.reshape(-1)
