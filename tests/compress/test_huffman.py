@@ -1,7 +1,6 @@
 """compress/huffman.py: Huffman (1952) canonical codes, as Deep Compression (arXiv 1510.00149,
 Sec. 4) applies them to cluster indices and relative sparse indices."""
 import itertools
-import math
 from fractions import Fraction
 
 import numpy as np

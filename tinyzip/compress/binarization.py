@@ -184,7 +184,8 @@ def binarization_method(names, granularity: str | None = "output", word2bits: in
 
 # ---- export ---------------------------------------------------------------------------------
 
-def pack_binary(W: np.ndarray, granularity: str = "output", alpha: float | np.ndarray | None = None) -> PackedTensor:
+def pack_binary(W: np.ndarray, granularity: str = "output",
+                alpha: float | np.ndarray | None = None) -> PackedTensor:
     """1 bit per weight + float32 scales.
 
     Layout: ``arrays = {"signs": uint8 pack_uint(W >= 0, 1) over W row-major,
@@ -213,6 +214,7 @@ def unpack_binary(packed: PackedTensor) -> np.ndarray:
     keep = {"tensor": (1, 1), "output": (1, M), "row": (N, 1)}[granularity]
     alpha = np.asarray(packed.arrays["alpha"], dtype=np.float32)
     if alpha.size != keep[0] * keep[1]:
-        raise ValueError(f"{alpha.size} alphas do not fit granularity {granularity!r} of shape {packed.shape}")
+        raise ValueError(f"{alpha.size} alphas do not fit granularity {granularity!r} "
+                         f"of shape {packed.shape}")
     bits = unpack_uint(packed.arrays["signs"], 1, N * M).reshape(N, M)
     return alpha.reshape(keep) * (2.0 * bits.astype(np.float32) - 1.0)

@@ -126,7 +126,8 @@ def huffman_encode(symbols: np.ndarray, lengths: np.ndarray) -> tuple[np.ndarray
     return np.packbits(stream, bitorder="little"), int(stream.size)
 
 
-def huffman_decode(stream: np.ndarray, lengths: np.ndarray, count: int, nbits: int | None = None) -> np.ndarray:
+def huffman_decode(stream: np.ndarray, lengths: np.ndarray, count: int,
+                   nbits: int | None = None) -> np.ndarray:
     """Read ``count`` symbols back from a canonical Huffman stream. int64 (count,)."""
     lengths = _check_lengths(lengths)
     stream = np.asarray(stream)
