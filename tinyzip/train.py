@@ -31,7 +31,8 @@ import numpy as np
 
 from tinyzip import io
 from tinyzip.compress.base import IDENTITY, Method
-from tinyzip.nn.optim import Optimizer, clip_by_global_norm
+from tinyzip.data import copy_task
+from tinyzip.nn.optim import Optimizer, adam, clip_by_global_norm, inverse_sqrt_schedule
 
 PRESETS = {
     # model sizes for the CLI and the benchmark; "default" equals Seq2SeqConfig's defaults
@@ -248,3 +249,48 @@ def evaluate_teacher_forced(model, params: dict, batches) -> dict:
     if count == 0:
         raise ValueError("evaluation batches hold no non-PAD target token")
     return {"nll": nll_sum / count, "accuracy": correct / count}
+
+
+COPY_TASK = {"vocab_size": 20, "min_len": 3, "max_len": 10}
+DEV_EPOCH = 2 ** 31  # the dev set is the epoch that training never reaches
+
+
+def checkpoint_path_for(out) -> str:
+    """``runs/copy.npz`` -> ``runs/copy.ckpt.npz``: where a run's checkpoint lives."""
+    out = str(out)
+    return (out[:-4] if out.endswith(".npz") else out) + ".ckpt.npz"
+
+
+def train_copy_task(*, out, steps: int = 300, preset: str = "small", reverse: bool = False,
+                    batch_size: int = 32, seed: int = 0, resume: bool = False, warmup: int = 100,
+                    lr_scale: float = 1.0, checkpoint_every: int = 100, log=sys.stderr) -> dict:
+    """Train a Seq2Seq ``preset`` on the copy (or reverse) task and save it to ``out``.
+
+    Adam (0.9, 0.98, 1e-9) with Vaswani's schedule, clip 1.0, checkpoints beside ``out``
+    (:func:`checkpoint_path_for`). Returns ``{"params", "config", "dev", "step", "interrupted",
+    "checkpoint"}``; the model file is written only when training reached ``steps``.
+    """
+    from tinyzip.nn.transformer import Seq2Seq, Seq2SeqConfig
+
+    if preset not in PRESETS:
+        raise ValueError(f"unknown preset {preset!r}; choose from {sorted(PRESETS)}")
+    task = dict(COPY_TASK, reverse=reverse)
+    V = task["vocab_size"]
+    config = Seq2SeqConfig(src_vocab=V, tgt_vocab=V, max_len=task["max_len"] + 1, **PRESETS[preset])
+    model = Seq2Seq(config)
+    rng = np.random.default_rng(seed)
+    params = model.init_params(rng)
+    batches = functools.partial(copy_task.epoch_batches, seed=seed, n_batches=50, batch_size=batch_size, **task)
+    dev = copy_task.epoch_batches(DEV_EPOCH, seed=seed, n_batches=4, batch_size=64, **task)
+    name = "reverse" if reverse else "copy"
+    extra = {"model": "Seq2Seq", "task": name, "task_config": task, "preset": preset, "seed": seed}
+    result = train(model, params, batches, steps=steps, optimizer=adam(), rng=rng,
+                   schedule=functools.partial(inverse_sqrt_schedule, D=config.D, warmup=warmup, scale=lr_scale),
+                   checkpoint_path=checkpoint_path_for(out), checkpoint_every=checkpoint_every,
+                   resume=resume, validate=lambda p, step: evaluate_teacher_forced(model, p, dev),
+                   validate_every=max(steps // 5, 1), config=config.to_dict(), extra=extra, log=log)
+    dev_metrics = {k: v for k, v in result.history[-1].items() if k != "step"} if result.history else {}
+    if not result.interrupted:
+        io.save_model(out, result.params, config.to_dict(), dict(extra, steps=result.step, dev=dev_metrics))
+    return {"params": result.params, "config": config, "dev": dev_metrics, "step": result.step,
+            "interrupted": result.interrupted, "checkpoint": checkpoint_path_for(out)}
