@@ -1,0 +1,117 @@
+"""Tests of the ``tinyzip`` command, run as a user would: ``python -m tinyzip.cli`` in a subprocess.
+
+Bad input must give exactly one line on stderr and exit status 2, never a traceback.
+"""
+import json
+import os
+import signal
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from tinyzip import io
+
+# One BLAS thread: with other processes busy, OpenBLAS's spinning threads make these tiny models
+# many times slower (see tinyzip/bench.py); the results do not depend on it.
+ENV = dict(os.environ, OPENBLAS_NUM_THREADS="1")
+
+
+def _tinyzip(*args, cwd=None, timeout=120):
+    return subprocess.run([sys.executable, "-m", "tinyzip.cli", *args], capture_output=True, text=True,
+                          cwd=cwd, env=ENV, timeout=timeout)
+
+
+@pytest.mark.parametrize("args, words", [
+    ((), ["demo", "train", "bench"]),
+    (("train",), ["--task", "--preset", "--steps", "--out", "--seed", "--resume"]),
+    (("bench", "train"), ["--json", "--presets"]),
+])
+def test_help(args, words):
+    run = _tinyzip(*args, "--help")
+    assert run.returncode == 0 and run.stderr == ""
+    assert all(w in run.stdout for w in words), run.stdout
+
+
+def _assert_one_line_error(run, words):
+    lines = run.stderr.strip().splitlines()
+    assert run.returncode == 2, (run.returncode, run.stderr)
+    assert len(lines) == 1 and lines[0].startswith("tinyzip"), run.stderr
+    assert "Traceback" not in run.stderr and words in lines[0], lines[0]
+
+
+@pytest.mark.parametrize("args, words", [
+    ((), "required: COMMAND"),
+    (("fly",), "invalid choice: 'fly'"),
+    (("train", "--task", "wmt99"), "invalid choice: 'wmt99'"),
+    (("train", "--steps", "ten"), "invalid int value: 'ten'"),
+    (("train", "--steps", "0"), "--steps"),
+    (("bench",), "required: BENCH"),
+    (("bench", "train", "--presets", "huge"), "unknown preset 'huge'"),
+])
+def test_bad_arguments_give_one_line_and_status_2(args, words):
+    _assert_one_line_error(_tinyzip(*args), words)
+
+
+def test_missing_checkpoint_file_on_resume(tmp_path):
+    run = _tinyzip("train", "--resume", "--out", str(tmp_path / "model.npz"))
+    _assert_one_line_error(run, f"{tmp_path / 'model.ckpt.npz'}: no such file")
+
+
+def test_unwritable_output_path(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    _assert_one_line_error(_tinyzip("train", "--steps", "1", "--out", str(blocker / "m.npz")), str(blocker))
+
+
+def test_train_writes_a_loadable_model_and_resumes(tmp_path):
+    out = tmp_path / "m.npz"
+    run = _tinyzip("train", "--preset", "tiny", "--steps", "3", "--batch-size", "4", "--out", str(out))
+    assert run.returncode == 0, run.stderr
+    assert f"wrote {out}" in run.stdout and "step 3/3" in run.stderr
+    params, config, extra = io.load_model(out)
+    assert config["D"] == 32 and extra["task"] == "copy" and extra["steps"] == 3
+    assert io.load_checkpoint(tmp_path / "m.ckpt.npz").step == 3
+    run = _tinyzip("train", "--preset", "tiny", "--steps", "5", "--batch-size", "4", "--out", str(out),
+                   "--resume")
+    assert run.returncode == 0, run.stderr
+    assert "step 4/5" in run.stderr and "step 1/5" not in run.stderr
+    assert io.load_model(out)[2]["steps"] == 5
+
+
+def test_ctrl_c_writes_checkpoint_and_exits_with_one_line(tmp_path):
+    out = tmp_path / "m.npz"
+    proc = subprocess.Popen([sys.executable, "-m", "tinyzip.cli", "train", "--preset", "tiny", "--steps",
+                             "100000", "--out", str(out)], stderr=subprocess.PIPE, text=True, env=ENV)
+    first = proc.stderr.readline()  # the progress line of step 1: training is under way
+    assert first.startswith("step"), first
+    proc.send_signal(signal.SIGINT)
+    rest = proc.stderr.read()
+    assert proc.wait(timeout=60) == 2
+    assert "Traceback" not in rest and rest.strip().splitlines()[-1].startswith("tinyzip: interrupted")
+    assert io.load_checkpoint(tmp_path / "m.ckpt.npz").step >= 1 and not out.exists()
+
+
+def test_bench_train_json_shape(tmp_path):
+    path = tmp_path / "bench.json"
+    run = _tinyzip("bench", "train", "--presets", "tiny", "--batch", "2", "--length", "4", "--repeats", "1",
+                   "--json", str(path))
+    assert run.returncode == 0, run.stderr
+    assert "tokens/s" in run.stdout
+    result = json.loads(path.read_text())
+    (row,) = result["results"]
+    assert {"preset", "D", "layers", "batch", "tokens", "step_seconds", "tokens_per_s"} <= set(row)
+    assert row["preset"] == "tiny" and row["tokens"] == 2 * 4 and row["batch"] == 2
+    assert np.isclose(row["tokens_per_s"], row["tokens"] / row["step_seconds"])
+
+
+@pytest.mark.slow
+def test_demo_placeholder_prints_one_row_and_json(tmp_path):
+    path = tmp_path / "demo.json"
+    run = _tinyzip("demo", "--steps", "1", "--out", str(tmp_path / "demo.npz"), "--json", str(path))
+    assert run.returncode == 0, run.stderr
+    assert "float32" in run.stdout
+    (row,) = json.loads(path.read_text())["rows"]
+    assert row["method"] == "float32" and row["ratio"] == 1.0
+    assert row["file_bytes"] == os.path.getsize(tmp_path / "demo.npz")
