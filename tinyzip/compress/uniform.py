@@ -40,7 +40,8 @@ FQT Eq. (1)-(2): Q(x) = round((clamp(x, x_min, x_max) - x_min) / s),  s = (x_max
 quantize:        q = clamp(round(x / S + Z), qmin, qmax);   dequantize: x_hat = S (q - Z)
 EMA (FQT):       x_max <- m x_max + (1 - m) max(x), m = 0.9 (same for x_min)
 EMA (Q8BERT):    t <- d t + (1 - d) max|x|, d = 0.9999, t initialised to the first max|x|
-STE clipped (Jacob, FQT): dx = dx_hat * [S (qmin - Z) <= x <= S (qmax - Z)];  "q8bert": dx = dx_hat
+STE clipped (Jacob, FQT): dx = dx_hat * [qmin <= round(x / S + Z) <= qmax] (zero where the clamp
+                 acts, i.e. outside [S (qmin - Z - 1/2), S (qmax - Z + 1/2)]);  "q8bert": dx = dx_hat
 Jacob Eq. (4):   acc = sum_k (qx_k - Zx)(qW_k - ZW) + q_bias     (int32, bias scale S1 S2, Z 0)
 Jacob Eq. (7):   = K Zx ZW - Zx sum_k qW_k - ZW sum_k qx_k + sum_k qx_k qW_k
 Jacob Eq. (5)-(6), output stage: q3 = clamp(Z3 + RDivPOT(SRDHM(acc, M0_q), n), qmin, qmax)
@@ -184,25 +185,24 @@ def fake_quant_forward(x, scale, zero_point, bits, symmetric=False, unsigned=Fal
     """x_hat = S (clamp(round(x / S + Z), qmin, qmax) - Z); cache = the STE mask (or None)."""
     if ste not in ("clipped", "q8bert"):
         raise ValueError(f"ste must be 'clipped' (Jacob, FQT) or 'q8bert' (pass everything), got {ste!r}")
-    q = quantize(x, scale, zero_point, bits, symmetric, unsigned)
-    x_hat = dequantize(q, scale, zero_point, dtype=x.dtype)
-    if ste == "q8bert":
-        return x_hat, None
+    x = _check_float(x)
     qmin, qmax = qrange(bits, symmetric, unsigned)
-    lo, hi = scale * (qmin - zero_point), scale * (qmax - zero_point)  # the clipping range
-    return x_hat, (x >= lo) & (x <= hi)
+    v = np.rint(x.astype(np.float64) / scale + zero_point)  # the code before clamping
+    x_hat = dequantize(np.clip(v, qmin, qmax), scale, zero_point, dtype=x.dtype)
+    return x_hat, (None if ste == "q8bert" else (v >= qmin) & (v <= qmax))
 
 
 def fake_quant_backward(dx_hat, cache):
-    """STE: pass dx_hat inside the clipping range, zero outside (clipped) or everywhere (q8bert)."""
+    """STE: pass dx_hat where the clamp did not act, zero where it did (clipped); all of it (q8bert)."""
     return dx_hat if cache is None else dx_hat * cache
 
 
 def weight_qparams(W, bits, granularity="channel", symmetric=True, bucket_size=None):
-    """Min/max (S, Z) per group of W; S rounded to float32, the precision ``pack_uniform`` stores."""
+    """Min/max (S, Z) per group of W; S rounded to float32, the precision ``pack_uniform`` stores
+    (a step below float32's smallest normal is raised to it: such tiny weights quantize to 0)."""
     x_min, x_max = minmax_range(W, granularity, bucket_size)
     scale, zero_point = quant_params(x_min, x_max, bits, symmetric)
-    return scale.astype(np.float32).astype(np.float64), zero_point
+    return np.maximum(scale.astype(np.float32), np.finfo(np.float32).tiny).astype(np.float64), zero_point
 
 
 @dataclass(frozen=True)
@@ -286,16 +286,16 @@ def int8_matmul_reference(qx, qW, zx=0, zW=0, bias=None):
 
 
 def quantize_rows_reference(x):
-    """Dynamic per-row (per-token) affine int8 quantization of x (M, K): (qx int8, scale (M,), Z (M,))."""
+    """Dynamic per-row (per-token) symmetric int8 of x (M, K): (qx in [-127, 127], scale (M,))."""
     x = _check_float(x)
-    scale, zero_point = quant_params(x.min(axis=1), x.max(axis=1), 8)
-    return quantize(x, scale[:, None], zero_point[:, None], 8), scale, zero_point
+    scale, _ = quant_params(x.min(axis=1), x.max(axis=1), 8, symmetric=True)
+    return quantize(x, scale[:, None], 0, 8, symmetric=True), scale
 
 
 def int8_linear_reference(x, W_q, w_scale, w_zero=None, bias=None):
     """y = (S_x S_W) acc + b in float64, returned as float32; x (M, K) float, W_q (K, N) int8."""
-    qx, sx, zx = quantize_rows_reference(x)
-    acc = int8_matmul_reference(qx, W_q, zx, 0 if w_zero is None else w_zero)  # (M, N)
+    qx, sx = quantize_rows_reference(x)
+    acc = int8_matmul_reference(qx, W_q, 0, 0 if w_zero is None else w_zero)  # (M, N)
     y = (sx[:, None] * np.asarray(w_scale, np.float64)) * acc
     if bias is not None:
         y = y + np.asarray(bias, np.float64)
