@@ -1,0 +1,122 @@
+"""Tests for the Moses + BPE + Vocab pipeline (tinyzip/data/text.py).
+
+The expected text of a round trip is computed independently with sacremoses itself: for text whose
+characters were all seen in training, decode(encode(x)) must equal Moses-detokenize(Moses-tokenize(x)).
+"""
+import json
+
+import pytest
+from sacremoses import MosesDetokenizer, MosesTokenizer
+
+from tinyzip.data import BOS, EOS, PAD, UNK, Tokenizer, load_task
+from tinyzip.data.numbers_de import generate_numbers_de
+
+SRC = ["I have twenty-three red apples.", "On March 3, 2021, she bought five old books.",
+       "Tom's dog & cat (both) sleep; \"really\"?", "The newest widest lower low."]
+TGT = ["Ich habe dreiundzwanzig rote Äpfel.", "Am 3. März 2021 kaufte sie fünf alte Bücher.",
+       "Toms Hund & Katze (beide) schlafen; „wirklich“?", "Die neueste breiteste untere niedrige."]
+
+
+def _moses_round_trip(text, lang):
+    return MosesDetokenizer(lang).detokenize(MosesTokenizer(lang).tokenize(text, escape=False))
+
+
+@pytest.fixture(scope="module")
+def tok():
+    return Tokenizer.learn(SRC, TGT, "en", "de", num_merges=60)
+
+
+def test_specials_are_fixed():
+    assert (PAD, BOS, EOS, UNK) == (0, 1, 2, 3)
+    t = Tokenizer("en", "de", [], ["a"])
+    assert [t.src_vocab.symbol(i) for i in range(5)] == ["<pad>", "<s>", "</s>", "<unk>", "a"]
+
+
+def test_round_trip_equals_moses_detokenized_text(tok):
+    for text in SRC:
+        ids = tok.encode_src(text)
+        assert ids and min(ids) > EOS                 # no PAD/BOS/EOS, and no UNK (all seen)
+        assert UNK not in ids
+        assert tok.decode(ids, side="src") == _moses_round_trip(text, "en")
+    for text in TGT:
+        assert tok.decode(tok.encode_tgt(text)) == _moses_round_trip(text, "de")
+
+
+def test_round_trip_on_numbers_de_dev_text():
+    """Unseen sentences built from seen characters round-trip exactly (BPE segments any word)."""
+    train, dev, _ = generate_numbers_de(seed=1, n_train=300, n_dev=30, n_test=0)
+    t = Tokenizer.learn([s for s, _ in train], [d for _, d in train], "en", "de", vocab_size=200)
+    for en, de in dev:
+        if set(de) <= {c for _, d in train for c in d}:
+            assert tok_round_trip(t, de, "tgt") == _moses_round_trip(de, "de")
+        if set(en) <= {c for s, _ in train for c in s}:
+            assert tok_round_trip(t, en, "src") == _moses_round_trip(en, "en")
+
+
+def tok_round_trip(t, text, side):
+    return t.decode(t.encode(text, side), side=side)
+
+
+def test_unknown_characters_become_one_unk_each(tok):
+    """Rule: a character never seen in training is UNK (one id per character); the rest survives."""
+    ids = tok.encode_src("I have ÇΩ apples Ω.")          # Moses tokens: ... "ÇΩ" ... "Ω" "."
+    assert ids.count(UNK) == 3
+    assert tok.decode(ids, side="src") == "I have <unk><unk> apples <unk>."
+
+
+def test_decode_stops_at_eos_and_skips_pad_bos(tok):
+    ids = tok.encode_tgt("Ich habe rote Äpfel.")
+    assert tok.decode([BOS] + ids + [EOS] + ids + [PAD]) == "Ich habe rote Äpfel."
+    assert tok.decode([PAD, BOS] + ids) == "Ich habe rote Äpfel."
+    assert tok.decode([]) == ""
+
+
+def test_vocab_size_is_reached_exactly():
+    train, _, _ = generate_numbers_de(seed=2, n_train=300, n_dev=0, n_test=0)
+    t = Tokenizer.learn([s for s, _ in train], [d for _, d in train], "en", "de", vocab_size=150)
+    assert len(t.src_vocab) == 150 and t.tgt_vocab is t.src_vocab
+
+
+def test_copy_task_tokenizes_letters():
+    task = load_task("copy")
+    texts = [s for s, _ in task.train]
+    t = Tokenizer.learn(texts, texts, "en", "en", num_merges=20)
+    assert all(t.decode(t.encode_tgt(x)) == x for x in texts[:50])
+
+
+def test_to_dict_is_json_safe_and_round_trips(tok):
+    restored = Tokenizer.from_dict(json.loads(json.dumps(tok.to_dict())))
+    for text in SRC + ["Unseen ☃ words zebra."]:
+        assert restored.encode_src(text) == tok.encode_src(text)
+    for text in TGT:
+        ids = restored.encode_tgt(text)
+        assert ids == tok.encode_tgt(text) and restored.decode(ids) == tok.decode(ids)
+
+
+def test_separate_vocabularies_when_not_joint():
+    t = Tokenizer.learn(SRC, TGT, "en", "de", num_merges=20, joint=False)
+    assert t.src_vocab is not t.tgt_vocab and "Ä" in t.tgt_vocab and "Ä" not in t.src_vocab
+    restored = Tokenizer.from_dict(json.loads(json.dumps(t.to_dict())))
+    assert restored.encode_tgt(TGT[0]) == t.encode_tgt(TGT[0])
+    assert restored.decode(t.encode_tgt(TGT[1])) == _moses_round_trip(TGT[1], "de")
+
+
+def test_bad_input_raises(tok):
+    with pytest.raises(ValueError):
+        Tokenizer.learn(SRC, TGT, "en", "de")                     # neither limit
+    with pytest.raises(ValueError):
+        Tokenizer.learn(SRC, TGT, "en", "de", num_merges=5, vocab_size=50)
+    with pytest.raises(ValueError):
+        Tokenizer.learn(SRC, TGT, "en", "de", vocab_size=4)
+    with pytest.raises(TypeError):
+        Tokenizer.learn("one string", TGT, "en", "de", num_merges=5)
+    with pytest.raises(TypeError):
+        tok.encode_src(None)
+    with pytest.raises(ValueError):
+        tok.decode([len(tok.tgt_vocab)])
+    with pytest.raises(ValueError):
+        Tokenizer.from_dict({"format": "something else"})
+    with pytest.raises(ValueError):
+        Tokenizer.from_dict({"format": "tinyzip-tokenizer", "version": 1})
+    with pytest.raises(ValueError):
+        tok.encode("x", side="middle")
