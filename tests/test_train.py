@@ -247,3 +247,24 @@ def test_teacher_forced_eval_of_uniform_logits():
     """Uniform logits: nll = log V per token; argmax is id 0 (PAD), never a target, so accuracy 0."""
     metrics = tz_train.evaluate_teacher_forced(UniformLogits(), {}, BATCHES(0))
     assert metrics["nll"] == pytest.approx(np.log(V), rel=1e-12) and metrics["accuracy"] == 0.0
+
+
+def test_exact_resume_with_the_real_seq2seq_and_dropout(tmp_path):
+    """The same law on the real model (dropout on): 6 steps == 3 steps + checkpoint + 3 steps."""
+    from tinyzip.nn.transformer import Seq2Seq, Seq2SeqConfig
+
+    model = Seq2Seq(Seq2SeqConfig(src_vocab=V, tgt_vocab=V, D=16, H=2, F=32, enc_layers=1, dec_layers=1,
+                                  max_len=8, dropout=0.2))
+
+    def run(steps, **kwargs):
+        return tz_train.train(model, model.init_params(np.random.default_rng(0)), BATCHES, steps=steps,
+                              optimizer=optim.adamw(), rng=np.random.default_rng(5), log=None,
+                              schedule=functools.partial(optim.inverse_sqrt_schedule, D=16, warmup=3),
+                              checkpoint_path=tmp_path / "s.npz", **kwargs)
+
+    full = run(6)
+    first = run(3)
+    second = run(6, resume=True)
+    np.testing.assert_array_equal(first.losses + second.losses, full.losses)
+    for name, value in full.params.items():
+        np.testing.assert_array_equal(second.params[name], value)

@@ -75,7 +75,7 @@ def train(model, params: dict, batches, *, steps: int, optimizer: Optimizer,
           clip_norm: float | None = 1.0, checkpoint_path=None, checkpoint_every: int = 0,
           resume: bool = False, validate: Callable[[dict, int], dict] | None = None,
           validate_every: int = 0, config: dict | None = None, extra: dict | None = None,
-          log=sys.stderr, log_seconds: float | None = None) -> TrainResult:
+          log="stderr", log_seconds: float | None = None) -> TrainResult:
     """Train ``params`` until ``steps`` optimizer steps in total have been taken.
 
     model: anything with ``loss_and_grads(params, *batch, rng=, act_hooks=) -> (loss, grads, stats)``.
@@ -85,8 +85,9 @@ def train(model, params: dict, batches, *, steps: int, optimizer: Optimizer,
     resume: continue from ``checkpoint_path`` (params, optimizer, step, rng, data position).
     validate: ``validate(effective_params, step) -> {metric: float}`` every ``validate_every``
         steps and at the end; the results go to ``TrainResult.history`` and the progress line.
-    log: stream for the progress line (None: silent); ``log_seconds`` between lines (default
-        0.2 s on a terminal, where the line updates in place, and 10 s otherwise).
+    log: stream for the progress line, ``"stderr"`` (sys.stderr at call time) or None (silent);
+        ``log_seconds`` between lines (default 0.2 s on a terminal, where the line updates in
+        place, and 10 s otherwise).
     """
     if steps < 0:
         raise ValueError(f"steps must be >= 0, got {steps}")
@@ -100,7 +101,7 @@ def train(model, params: dict, batches, *, steps: int, optimizer: Optimizer,
     else:
         cur = _Committed(params, optimizer.init(params), 0, (0, 0), rng.bit_generator.state)
     save = functools.partial(_save, checkpoint_path, config=config, extra=extra)
-    progress = _Progress(log, cur.step, steps, log_seconds)
+    progress = _Progress(sys.stderr if log == "stderr" else log, cur.step, steps, log_seconds)
     result = TrainResult(cur.params, cur.opt_state, cur.step, rng, cur.position)
     epoch, index = cur.position
     data = _epoch(batches, epoch)
@@ -263,7 +264,7 @@ def checkpoint_path_for(out) -> str:
 
 def train_copy_task(*, out, steps: int = 300, preset: str = "small", reverse: bool = False,
                     batch_size: int = 32, seed: int = 0, resume: bool = False, warmup: int = 100,
-                    lr_scale: float = 1.0, checkpoint_every: int = 100, log=sys.stderr) -> dict:
+                    lr_scale: float = 1.0, checkpoint_every: int = 100, log="stderr") -> dict:
     """Train a Seq2Seq ``preset`` on the copy (or reverse) task and save it to ``out``.
 
     Adam (0.9, 0.98, 1e-9) with Vaswani's schedule, clip 1.0, checkpoints beside ``out``
