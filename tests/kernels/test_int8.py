@@ -1,0 +1,136 @@
+"""kernels/int8.py against its NumPy references in compress/uniform.py (Jacob et al. 2018,
+arXiv 1712.05877: Eq. (4), (7) and the gemmlowp output stage). Integer results are compared
+exactly; shapes cross the 2 x 4 register tile (1..17) so every remainder path runs."""
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hynp
+
+from tinyzip.compress import uniform as U
+from tinyzip.kernels import int8 as I
+from tests.strategies import floats_st
+
+i8 = st.integers(-128, 127)
+
+
+@st.composite
+def gemm_st(draw, max_side=17):
+    M, K, N = (draw(st.integers(1, max_side)) for _ in range(3))
+    qx = draw(hynp.arrays(np.int8, (M, K), elements=i8))
+    W = draw(hynp.arrays(np.int8, (K, N), elements=i8))
+    zx = draw(st.none() | hynp.arrays(np.int32, M, elements=i8))
+    zw = draw(st.none() | hynp.arrays(np.int32, N, elements=i8))
+    bias = draw(st.none() | hynp.arrays(np.int32, N, elements=st.integers(-(2 ** 20), 2 ** 20)))
+    return qx, W, zx, zw, bias
+
+
+@given(gemm_st())
+def test_eq4_int8_gemm_equals_reference_bit_for_bit(case):
+    qx, W, zx, zw, bias = case
+    expected = U.int8_matmul_reference(qx, W, 0 if zx is None else zx, 0 if zw is None else zw, bias)
+    np.testing.assert_array_equal(I.int8_gemm(qx, I.prepare_weight(W), zx, zw, bias), expected)
+
+
+@pytest.mark.parametrize("M, N", [(1, 5), (3, 4)])
+def test_int8_gemm_all_minus_128_at_the_largest_k_does_not_overflow(M, N):
+    """K = 131071 is the largest K with K * 128^2 <= 2^31 - 1; every output is K * 2^14."""
+    K = 131071
+    qx, W_t = np.full((M, K), -128, np.int8), np.full((N, K), -128, np.int8)
+    acc = I.int8_gemm(qx, W_t)
+    assert np.all(acc == K * 2 ** 14)
+    np.testing.assert_array_equal(acc, U.int8_matmul_reference(qx, np.ascontiguousarray(W_t.T)))
+    with pytest.raises(ValueError, match="overflow"):
+        I.int8_gemm(np.full((1, K + 1), -128, np.int8), np.full((1, K + 1), -128, np.int8))
+
+
+@st.composite
+def requant_st(draw):
+    M, N = draw(st.integers(1, 9)), draw(st.integers(1, 9))
+    extremes = st.sampled_from([U.INT32_MIN, U.INT32_MAX, -1, 0, 1])
+    acc = draw(hynp.arrays(np.int32, (M, N), elements=st.integers(U.INT32_MIN, U.INT32_MAX) | extremes))
+    M0 = draw(hynp.arrays(np.int32, N, elements=st.integers(2 ** 30, 2 ** 31 - 1)))
+    shift = draw(hynp.arrays(np.int32, N, elements=st.integers(0, 31)))
+    return acc, M0, shift, draw(i8)
+
+
+@given(requant_st())
+def test_eq6_requantize_equals_reference_bit_for_bit(case):
+    acc, M0, shift, z_out = case
+    np.testing.assert_array_equal(I.requantize(acc, M0, shift, z_out),
+                                  U.requantize_reference(acc, M0, shift, z_out))
+
+
+@st.composite
+def linear_st(draw, max_side=17):
+    M, K, N = (draw(st.integers(1, max_side)) for _ in range(3))
+    x = draw(hynp.arrays(np.float32, (M, K), elements=floats_st(np.float32, 10.0)))
+    W = draw(hynp.arrays(np.int8, (K, N), elements=st.integers(-127, 127)))
+    w_scale = draw(hynp.arrays(np.float32, N, elements=st.floats(2.0 ** -10, 1.0, width=32)))
+    w_zero = draw(st.none() | hynp.arrays(np.int32, N, elements=st.integers(-20, 20)))
+    bias = draw(st.none() | hynp.arrays(np.float32, N, elements=floats_st(np.float32, 5.0)))
+    return x, W, w_scale, w_zero, bias
+
+
+@given(linear_st(), st.sampled_from(["NK", "KN"]))
+def test_int8_linear_equals_reference_bit_for_bit(case, layout):
+    """Per-row symmetric activation quantization + int32 GEMM + float64 epilogue, all exact."""
+    x, W, w_scale, w_zero, bias = case
+    W_q = I.prepare_weight(W) if layout == "NK" else W
+    y = I.int8_linear(x, W_q, w_scale, bias, w_zero=w_zero, layout=layout, fallback_batch=None)
+    np.testing.assert_array_equal(y, U.int8_linear_reference(x, W, w_scale, w_zero, bias))
+
+
+@given(linear_st(max_side=9))
+def test_int8_linear_fallback_is_dequantized_sgemm(case):
+    """From fallback_batch rows on: y = x @ W_hat + b in float32, within K eps (|x| @ |W_hat| + |b|)."""
+    x, W, w_scale, w_zero, bias = case
+    zw = np.zeros(W.shape[1], np.int64) if w_zero is None else w_zero.astype(np.int64)
+    W_hat = (w_scale.astype(np.float64) * (W.astype(np.int64) - zw)).astype(np.float32).astype(np.float64)
+    b = np.zeros(W.shape[1]) if bias is None else bias.astype(np.float64)
+    y = I.int8_linear(x, I.prepare_weight(W), w_scale, bias, w_zero=w_zero, fallback_batch=1)
+    x64 = x.astype(np.float64)
+    tol = (W.shape[0] + 2) * np.finfo(np.float32).eps * (np.abs(x64) @ np.abs(W_hat) + np.abs(b))
+    assert np.all(np.abs(y - (x64 @ W_hat + b)) <= tol + 1e-30)
+
+
+def test_int8_linear_is_close_to_float_on_a_real_layer():
+    """Weights per channel + activations per token, 8 bits: ~1% of max|y| (perf-notes: 1.0-1.4%)."""
+    rng = np.random.default_rng(0)
+    x, W = rng.standard_normal((5, 64)).astype(np.float32), rng.standard_normal((64, 33)).astype(np.float32)
+    packed = U.pack_uniform(W, 8, "channel")
+    y = I.int8_linear(x, I.prepare_weight(packed.arrays["values"]), packed.arrays["scales"][0])
+    assert np.abs(y - x @ W).max() <= 0.03 * np.abs(x @ W).max()
+
+
+def test_bad_inputs_raise_clear_errors():
+    qx, W_t = np.ones((2, 3), np.int8), np.ones((4, 3), np.int8)
+    with pytest.raises(TypeError, match="int8"):
+        I.int8_gemm(qx.astype(np.int16), W_t)
+    with pytest.raises(ValueError, match="differ in K"):
+        I.int8_gemm(qx, np.ones((4, 5), np.int8))
+    with pytest.raises(ValueError, match="C-contiguous"):
+        I.int8_gemm(qx, np.ones((3, 4), np.int8).T)
+    with pytest.raises(ValueError, match="empty"):
+        I.int8_gemm(np.ones((0, 3), np.int8), W_t)
+    with pytest.raises(ValueError, match=r"shape \(4,\)"):
+        I.int8_gemm(qx, W_t, zw=np.zeros(3, np.int32))
+    with pytest.raises(TypeError, match="integer"):
+        I.int8_gemm(qx, W_t, zx=np.zeros(2))
+    with pytest.raises(ValueError, match="shift"):
+        I.requantize(np.ones((2, 2), np.int32), 2 ** 30, 32)
+    with pytest.raises(TypeError, match="int32"):
+        I.requantize(np.ones((2, 2), np.int64), 2 ** 30, 3)
+    x = np.ones((2, 3), np.float32)
+    with pytest.raises(TypeError, match="float32"):
+        I.int8_linear(x.astype(np.float64), W_t, np.ones(4))
+    bad = x.copy()
+    bad[0, 1] = np.nan
+    with pytest.raises(ValueError, match="NaN or inf"):
+        I.int8_linear(bad, W_t, np.ones(4))
+    with pytest.raises(ValueError, match="NaN or inf"):
+        I.int8_linear(x, W_t, np.array([1.0, np.inf, 1.0, 1.0]))
+    with pytest.raises(ValueError, match="layout"):
+        I.int8_linear(x, W_t, np.ones(4), layout="T")
+    with pytest.raises(ValueError, match="does not match"):
+        I.int8_linear(x, W_t, np.ones(4), layout="KN")

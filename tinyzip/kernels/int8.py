@@ -1,0 +1,267 @@
+"""int8 x int8 -> int32 GEMM/GEMV, Jacob's integer requantization, and a float-in/float-out int8 linear.
+
+Computes (Jacob et al. 2018, arXiv:1712.05877, Eq. (4) and (7); references in
+``tinyzip.compress.uniform``):
+
+    int8_gemm:    acc[m, n] = sum_k (qx[m, k] - zx[m]) (W_t[n, k] - zw[n]) + bias[n]   == int8_matmul_reference
+    requantize:   q3 = clamp(Z3 + RDivPOT(SRDHM(acc, M0_q[n]), shift[n]), -128, 127)  == requantize_reference
+    int8_linear:  y = (S_x[m] S_W[n]) acc[m, n] + b[n], with qx the per-row symmetric int8
+                  quantization of x (dynamic, per token)                              == int8_linear_reference
+
+Layout: the weight is stored transposed, ``W_t = W.T`` of shape (N, K) = (D_out, D_in), C-contiguous,
+so both operands of every dot product are contiguous along k. ``prepare_weight(W_q)`` makes it once.
+
+Dtype contract: int8 x int8 products summed in an int32 accumulator that wraps (two's complement);
+Eq. (7) expands the zero points, so the result is exact whenever the true sum fits int32. The
+wrappers refuse inputs whose worst case K * max|qx - zx| * max|W - zw| + max|bias| exceeds
+2^31 - 1: for plain int8 that is K <= 131071 (all -128 x -128 gives K * 2^14, and 131072 * 2^14 = 2^31
+already overflows by one).
+
+Optimisations:
+* ``prange`` over blocks of 4 output columns n (rows of W_t): every block writes its own columns
+  of the output, so threads never share an output element.
+* 2 x 4 register tile (2 rows of qx x 4 rows of W_t, 8 int32 accumulators) over a contiguous k
+  loop, so each loaded byte is reused 2 or 4 times. Measured on this machine (1 thread, K=4096):
+  2x4 and 4x2 33 GMAC/s, 4x4 25 (register spills), 1x1 21. ``acc = np.int32(acc + np.int32(a) * np.int32(b))``
+  keeps the arithmetic 32-bit (vpmovsxbd + vpmulld + vpaddd for the tiles; only the 1 x 1 loop
+  becomes vpmaddwd, and it is slower than the tiles).
+* Row remainders use a 1 x 4 tile, column remainders a scalar dot product.
+* No fastmath: the float epilogue is the reference's float64 expression, bit for bit.
+"""
+import numpy as np
+from numba import njit, prange
+
+from tinyzip.compress.uniform import (  # noqa: F401  (the references this file must equal)
+    INT32_MAX, int8_linear_reference, int8_matmul_reference, quantize_rows_reference,
+    requantize_reference,
+)
+
+# Batch size from which int8_linear hands over to dequantize + BLAS sgemm (measured, see
+# int8_linear): the 2 x 4 int32 tile loses to OpenBLAS's FMA kernel once W stops being the
+# bottleneck.
+FALLBACK_BATCH = 64
+
+
+@njit(cache=True)
+def _dot_block(a, wt, m_rows, acc, n0, nn):
+    """acc[:, n0:n0+nn] = a @ wt[n0:n0+nn].T for all rows m < m_rows (nn = 4, or a tail of 1..3)."""
+    K = a.shape[1]
+    if nn == 4:
+        w0, w1, w2, w3 = wt[n0], wt[n0 + 1], wt[n0 + 2], wt[n0 + 3]
+        m = 0
+        while m + 2 <= m_rows:
+            a0, a1 = a[m], a[m + 1]
+            c00 = c01 = c02 = c03 = c10 = c11 = c12 = c13 = np.int32(0)
+            for k in range(K):
+                x0, x1 = np.int32(a0[k]), np.int32(a1[k])
+                y0, y1, y2, y3 = np.int32(w0[k]), np.int32(w1[k]), np.int32(w2[k]), np.int32(w3[k])
+                c00 = np.int32(c00 + x0 * y0); c01 = np.int32(c01 + x0 * y1)  # noqa: E702
+                c02 = np.int32(c02 + x0 * y2); c03 = np.int32(c03 + x0 * y3)  # noqa: E702
+                c10 = np.int32(c10 + x1 * y0); c11 = np.int32(c11 + x1 * y1)  # noqa: E702
+                c12 = np.int32(c12 + x1 * y2); c13 = np.int32(c13 + x1 * y3)  # noqa: E702
+            acc[m, n0], acc[m, n0 + 1], acc[m, n0 + 2], acc[m, n0 + 3] = c00, c01, c02, c03
+            acc[m + 1, n0], acc[m + 1, n0 + 1], acc[m + 1, n0 + 2], acc[m + 1, n0 + 3] = c10, c11, c12, c13
+            m += 2
+        while m < m_rows:
+            a0 = a[m]
+            c00 = c01 = c02 = c03 = np.int32(0)
+            for k in range(K):
+                x0 = np.int32(a0[k])
+                c00 = np.int32(c00 + x0 * np.int32(w0[k])); c01 = np.int32(c01 + x0 * np.int32(w1[k]))  # noqa: E702
+                c02 = np.int32(c02 + x0 * np.int32(w2[k])); c03 = np.int32(c03 + x0 * np.int32(w3[k]))  # noqa: E702
+            acc[m, n0], acc[m, n0 + 1], acc[m, n0 + 2], acc[m, n0 + 3] = c00, c01, c02, c03
+            m += 1
+    else:
+        for n in range(n0, n0 + nn):
+            for m in range(m_rows):
+                c = np.int32(0)
+                for k in range(K):
+                    c = np.int32(c + np.int32(a[m, k]) * np.int32(wt[n, k]))
+                acc[m, n] = c
+
+
+@njit(parallel=True, cache=True)
+def _int8_gemm_kernel(a, wt, za, zw, bias, rowsum, colsum, acc):
+    """acc = raw - zw rowsum - za colsum + K za zw + bias (Eq. 7), in wrapping int32."""
+    M, K = a.shape
+    N = wt.shape[0]
+    for nb in prange((N + 3) // 4):
+        n0 = nb * 4
+        nn = min(4, N - n0)
+        _dot_block(a, wt, M, acc, n0, nn)
+        for m in range(M):
+            for n in range(n0, n0 + nn):
+                acc[m, n] = np.int32(acc[m, n] - zw[n] * rowsum[m] - za[m] * colsum[n]
+                                     + np.int32(K * za[m]) * zw[n] + bias[n])
+
+
+@njit(parallel=True, cache=True)
+def _rowsum_kernel(a, out):
+    """out[i] = sum_k a[i, k] in int32 (row sums of qx, or of W_t = column sums of W)."""
+    for i in prange(a.shape[0]):
+        s = np.int32(0)
+        for k in range(a.shape[1]):
+            s = np.int32(s + np.int32(a[i, k]))
+        out[i] = s
+
+
+@njit(parallel=True, cache=True)
+def _requantize_kernel(acc, M0, shift, z_out, qmin, qmax, out):
+    """gemmlowp output stage per element: SRDHM, then RoundingDivideByPOT, + Z3, clamp."""
+    M, N = acc.shape
+    for m in prange(M):
+        for n in range(N):
+            # SRDHM; M0_q >= 0, so its saturating case (both operands -2^31) cannot occur here
+            ab = np.int64(acc[m, n]) * np.int64(M0[n])
+            num = ab + (np.int64(1 << 30) if ab >= 0 else np.int64(1 - (1 << 30)))
+            h = num >> 31 if num >= 0 else -((-num) >> 31)  # C division: toward zero
+            e = np.int64(shift[n])
+            mask = (np.int64(1) << e) - 1
+            threshold = (mask >> 1) + (1 if h < 0 else 0)
+            r = (h >> e) + (1 if (h & mask) > threshold else 0)
+            out[m, n] = min(max(r + z_out, qmin), qmax)
+
+
+@njit(parallel=True, cache=True)
+def _quantize_rows_kernel(x, qx, scale):
+    """Per-row symmetric int8: S = max|x| / 127 (1 if the row is zero), q = clamp(rint(x / S), +-127)."""
+    for m in prange(x.shape[0]):
+        amax = 0.0
+        for k in range(x.shape[1]):
+            amax = max(amax, abs(np.float64(x[m, k])))
+        s = amax / 127.0 if amax > 0.0 else 1.0
+        scale[m] = s
+        for k in range(x.shape[1]):
+            qx[m, k] = np.int8(min(max(np.rint(np.float64(x[m, k]) / s), -127.0), 127.0))
+
+
+@njit(parallel=True, cache=True)
+def _linear_kernel(a, wt, sx, sw, zw, rowsum, bias, acc, y):
+    """y = float32((sx[m] sw[n]) (raw - zw[n] rowsum[m]) + bias[n]); acc is int32 scratch."""
+    M = a.shape[0]
+    N = wt.shape[0]
+    for nb in prange((N + 3) // 4):
+        n0 = nb * 4
+        nn = min(4, N - n0)
+        _dot_block(a, wt, M, acc, n0, nn)
+        for m in range(M):
+            for n in range(n0, n0 + nn):
+                c = np.int32(acc[m, n] - zw[n] * rowsum[m])
+                y[m, n] = np.float32((sx[m] * sw[n]) * np.float64(c) + bias[n])
+
+
+@njit(parallel=True, cache=True)
+def _dequantize_kernel(wt, sw, zw, out):
+    """out[n, k] = float32(sw[n] (wt[n, k] - zw[n])): W_hat.T, (N, K), for the BLAS path."""
+    N, K = wt.shape
+    for n in prange(N):
+        for k in range(K):
+            out[n, k] = np.float32(sw[n] * np.float64(np.int32(wt[n, k]) - zw[n]))
+
+
+def prepare_weight(W_q):
+    """The stored layout: W_q (K, N) int8 -> W_t = W_q.T as a C-contiguous (N, K) int8 array."""
+    _check_2d("W_q", W_q, np.int8)
+    return np.ascontiguousarray(W_q.T)
+
+
+def _check_2d(name, a, dtype):
+    if not isinstance(a, np.ndarray) or a.dtype != dtype or a.ndim != 2:
+        raise TypeError(f"{name} must be a 2-D {np.dtype(dtype).name} ndarray, got "
+                        f"{getattr(a, 'dtype', type(a).__name__)} {getattr(a, 'shape', '')}")
+    if a.size == 0:
+        raise ValueError(f"{name} is empty (shape {a.shape})")
+    if not a.flags.c_contiguous:
+        raise ValueError(f"{name} must be C-contiguous (use np.ascontiguousarray or prepare_weight)")
+
+
+def _vector(name, v, n, dtype, default=0):
+    """A length-n vector of ``dtype`` from None (default), a scalar or an (n,) array."""
+    if v is None:
+        return np.full(n, default, dtype)
+    v = np.asarray(v)
+    if v.ndim == 0:
+        v = np.full(n, v)
+    if v.shape != (n,):
+        raise ValueError(f"{name} must have shape ({n},), got {v.shape}")
+    if np.issubdtype(dtype, np.integer) and not np.issubdtype(v.dtype, np.integer):
+        raise TypeError(f"{name} must be integer, got {v.dtype}")
+    if not np.all(np.isfinite(v)):
+        raise ValueError(f"{name} contains NaN or inf")
+    return np.ascontiguousarray(v, dtype)
+
+
+def _guard_overflow(K, x_bound, w_bound, bias_bound=0):
+    worst = int(K) * int(x_bound) * int(w_bound) + int(bias_bound)
+    if worst > INT32_MAX:
+        raise ValueError(f"K={K} can overflow the int32 accumulator: worst case {worst} > 2^31 - 1 "
+                         f"(max K for int8 x int8 without zero points is 131071)")
+
+
+def int8_gemm(qx, W_t, zx=None, zw=None, bias=None):
+    """Jacob Eq. (4) in int32: qx (M, K) int8, W_t (N, K) int8 (= W.T), zx (M,) or scalar,
+    zw (N,) or scalar, bias (N,) int32 -> acc (M, N) int32 == ``int8_matmul_reference(qx, W_t.T, ...)``."""
+    _check_2d("qx", qx, np.int8)
+    _check_2d("W_t", W_t, np.int8)
+    (M, K), N = qx.shape, W_t.shape[0]
+    if W_t.shape[1] != K:
+        raise ValueError(f"qx {qx.shape} and W_t {W_t.shape} differ in K")
+    za, zw, b = _vector("zx", zx, M, np.int32), _vector("zw", zw, N, np.int32), _vector("bias", bias, N, np.int32)
+    _guard_overflow(K, 128 + np.abs(za.astype(np.int64)).max(), 128 + np.abs(zw.astype(np.int64)).max(),
+                    np.abs(b.astype(np.int64)).max())
+    rowsum, colsum = np.empty(M, np.int32), np.empty(N, np.int32)
+    _rowsum_kernel(qx, rowsum)
+    _rowsum_kernel(W_t, colsum)
+    acc = np.empty((M, N), np.int32)
+    _int8_gemm_kernel(qx, W_t, za, zw, b, rowsum, colsum, acc)
+    return acc
+
+
+def requantize(acc, M0_q, shift, z_out=0):
+    """Jacob's integer output stage to int8: acc (M, N) int32, M0_q and shift per column (N,) or
+    scalars (from ``quantize_multiplier``), z_out the output zero point == ``requantize_reference``."""
+    _check_2d("acc", acc, np.int32)
+    N = acc.shape[1]
+    M0, sh = _vector("M0_q", M0_q, N, np.int32), _vector("shift", shift, N, np.int32)
+    if np.any(M0 < 0) or np.any((sh < 0) | (sh > 31)):
+        raise ValueError("M0_q must be >= 0 and shift in 0..31 (see quantize_multiplier)")
+    if not -128 <= int(z_out) <= 127:
+        raise ValueError(f"z_out must lie in [-128, 127], got {z_out}")
+    out = np.empty(acc.shape, np.int8)
+    _requantize_kernel(acc, M0, sh, int(z_out), -128, 127, out)
+    return out
+
+
+def int8_linear(x, W_q, w_scale, bias=None, *, w_zero=None, layout="NK", fallback_batch=FALLBACK_BATCH):
+    """y = x @ W_hat + b with W_hat = w_scale (W_q - w_zero), x quantized per row on the fly.
+
+    x (M, K) float32; W_q int8, (N, K) = W.T when ``layout="NK"`` (the fast stored layout, see
+    ``prepare_weight``) or (K, N) with ``layout="KN"`` (transposed on every call); w_scale (N,);
+    bias (N,) float. For M < ``fallback_batch`` the int8 kernel runs and equals
+    ``int8_linear_reference`` bit for bit. From ``fallback_batch`` rows on (None: never) W is
+    dequantized and multiplied by OpenBLAS sgemm in float32 (x itself is then not quantized).
+    """
+    if layout not in ("NK", "KN"):
+        raise ValueError(f"layout must be 'NK' (W.T, fast) or 'KN' (W), got {layout!r}")
+    _check_2d("x", x, np.float32)
+    W_t = prepare_weight(W_q) if layout == "KN" else W_q
+    _check_2d("W_q", W_t, np.int8)
+    (M, K), N = x.shape, W_t.shape[0]
+    if W_t.shape[1] != K:
+        raise ValueError(f"x {x.shape} does not match W_q {W_q.shape} with layout {layout!r}")
+    if not np.all(np.isfinite(x)):
+        raise ValueError("x contains NaN or inf")
+    sw, b = _vector("w_scale", w_scale, N, np.float64), _vector("bias", bias, N, np.float64, 0.0)
+    zw = _vector("w_zero", w_zero, N, np.int32)
+    if fallback_batch is not None and M >= fallback_batch:
+        W_hat_t = np.empty((N, K), np.float32)
+        _dequantize_kernel(W_t, sw, zw, W_hat_t)
+        return x @ W_hat_t.T + b.astype(np.float32)
+    _guard_overflow(K, 127, 128 + np.abs(zw.astype(np.int64)).max())
+    qx, sx, rowsum = np.empty((M, K), np.int8), np.empty(M, np.float64), np.zeros(M, np.int32)
+    _quantize_rows_kernel(x, qx, sx)
+    if np.any(zw):
+        _rowsum_kernel(qx, rowsum)
+    acc, y = np.empty((M, N), np.int32), np.empty((M, N), np.float32)
+    _linear_kernel(qx, W_t, sx, sw, zw, rowsum, b, acc, y)
+    return y
