@@ -160,12 +160,14 @@ def accuracy(pred, labels, ignore_index=None):
     pred, labels = np.asarray(pred), np.asarray(labels)
     if pred.shape != labels.shape:
         raise ValueError(f"pred shape {pred.shape} != labels shape {labels.shape}")
+    if pred.size == 0:
+        raise ValueError("accuracy of an empty array is undefined")
     for name, a in (("pred", pred), ("labels", labels)):
         if a.dtype.kind not in "iub":
             raise TypeError(f"{name} must hold integers or bools, got dtype {a.dtype}")
     keep = np.ones(labels.shape, dtype=bool) if ignore_index is None else labels != ignore_index
     if not keep.any():
-        raise ValueError("accuracy of zero positions (empty input, or every label is ignore_index)")
+        raise ValueError("accuracy of zero positions: every label is ignore_index")
     return float((pred[keep] == labels[keep]).mean())
 
 
