@@ -4,7 +4,6 @@ The model here is a stand-in with Seq2Seq's ``loss_and_grads`` signature (a soft
 the copy task, with dropout so the rng stream matters), so the loop is tested on its own.
 """
 import functools
-import importlib.util
 import io as stdio
 import subprocess
 import sys
@@ -85,7 +84,7 @@ class HalveW:
 
 
 def test_step_is_the_five_lines_of_the_design():
-    """One train() step equals method.forward -> loss_and_grads -> method.backward -> clip -> step -> after_step."""
+    """One train() step == method.forward, loss_and_grads, method.backward, clip, step, after_step."""
     calls = []
     method = Method("test", transforms={"W": HalveW()},
                     after_step=lambda p: {**p, "b": np.zeros_like(p["b"])},
@@ -139,8 +138,7 @@ def test_exact_resume_in_a_fresh_process(tmp_path):
 
     out = tmp_path / "second.npz"
     code = textwrap.dedent(f"""
-        import importlib.util
-        spec = importlib.util.spec_from_file_location("resume_half", {__file__!r})
+                spec = importlib.util.spec_from_file_location("resume_half", {__file__!r})
         module = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(module)
         module._fresh_process_second_half({str(ckpt)!r}, {str(out)!r}, {2 * N})
@@ -214,23 +212,32 @@ def test_progress_line_plain_and_tty():
     _run(4, log=tty, log_seconds=0.0)
     text = tty.getvalue()
     assert text.count("\r") == 4 and text.endswith("\n") and text.count("\n") == 1
+    tty = FakeTTY()
+    with pytest.raises(ValueError, match="diverged"):
+        _run(4, log=tty, model=DivergesAt(3), log_seconds=0.0)
+    assert tty.getvalue().count("\r") == 2 and tty.getvalue().endswith("\n"), "error must start a new line"
 
 
-class Diverges(StandIn):
+class DivergesAt(StandIn):
+    def __init__(self, k):
+        self.k, self.calls = k, 0
+
     def loss_and_grads(self, *args, **kwargs):
+        self.calls += 1
         loss, grads, stats = super().loss_and_grads(*args, **kwargs)
-        return float("nan"), grads, stats
+        return (float("nan") if self.calls >= self.k else loss), grads, stats
 
 
 def test_bad_use_raises_clear_errors(tmp_path):
     with pytest.raises(ValueError, match="diverged"):
-        _run(3, model=Diverges())
+        _run(3, model=DivergesAt(1))
     with pytest.raises(ValueError, match="checkpoint_path"):
         _run(3, resume=True)
     with pytest.raises(FileFormatError, match="no such file"):
         _run(3, checkpoint_path=tmp_path / "missing.npz", resume=True)
     other = {"W": np.ones((2, 2), np.float32)}
-    io.save_checkpoint(tmp_path / "o.npz", other, optim.adam_init(other), step=1, rng=np.random.default_rng(0))
+    io.save_checkpoint(tmp_path / "o.npz", other, optim.adam_init(other), step=1,
+                       rng=np.random.default_rng(0))
     with pytest.raises(ValueError, match="does not fit"):
         _run(3, checkpoint_path=tmp_path / "o.npz", resume=True)
     with pytest.raises(ValueError, match="no batch"):

@@ -49,7 +49,8 @@ def _add_train(sub):
     p.add_argument("--batch-size", type=int, default=32, help="sequences per batch (default: 32)")
     p.add_argument("--warmup", type=int, default=100, help="warmup steps of the schedule (default: 100)")
     p.add_argument("--lr-scale", type=float, default=1.0, help="multiplies Vaswani's schedule (default: 1)")
-    p.add_argument("--checkpoint-every", type=int, default=100, help="steps between checkpoints (default: 100)")
+    p.add_argument("--checkpoint-every", type=int, default=100,
+                   help="steps between checkpoints (default: 100)")
     p.add_argument("--out", default=None, help="model file to write (default: runs/TASK-PRESET.npz)")
     p.add_argument("--seed", type=int, default=0, help="seed of init, dropout and data (default: 0)")
     p.add_argument("--resume", action="store_true", help="continue from the checkpoint beside --out")
@@ -81,7 +82,8 @@ def _add_demo(sub):
                        description="Placeholder of the main demo: train the default model on the copy "
                                    "task and print a one-row table (float32 baseline).")
     p.add_argument("--steps", type=int, default=200, help="training steps (default: 200)")
-    p.add_argument("--out", default=os.path.join("runs", "demo.npz"), help="model file (default: runs/demo.npz)")
+    p.add_argument("--out", default=os.path.join("runs", "demo.npz"),
+                   help="model file (default: runs/demo.npz)")
     p.add_argument("--json", metavar="PATH", help="also write the table as JSON")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=_cmd_demo)

@@ -139,7 +139,8 @@ def _check_shapes(path, params: dict, expected_shapes: dict) -> None:
     if set(params) != set(expected_shapes):
         missing = sorted(set(expected_shapes) - set(params))
         unknown = sorted(set(params) - set(expected_shapes))
-        raise _fail(path, f"parameters do not match the config (missing {missing[:3]}, unexpected {unknown[:3]})")
+        raise _fail(path, f"parameters do not match the config (missing {missing[:3]}, "
+                          f"unexpected {unknown[:3]})")
     for name, shape in expected_shapes.items():
         if tuple(params[name].shape) != tuple(shape):
             raise _fail(path, f"parameter {name!r} has shape {tuple(params[name].shape)}, "
@@ -193,7 +194,8 @@ def save_checkpoint(path, params: dict, opt_state: dict, *, step: int, rng: np.r
             opt_scalars[key] = value
     meta = {"format": CHECKPOINT_FORMAT, "version": VERSION, "step": int(step),
             "data_position": [int(x) for x in data_position], "rng_state": rng_state_to_json(rng),
-            "opt_scalars": opt_scalars, "opt_groups": sorted(k for k, v in opt_state.items() if isinstance(v, dict)),
+            "opt_scalars": opt_scalars,
+            "opt_groups": sorted(k for k, v in opt_state.items() if isinstance(v, dict)),
             "config": config or {}, "extra": extra or {}}
     _write_atomic(path, members, meta)
 

@@ -150,6 +150,9 @@ def train(model, params: dict, batches, *, steps: int, optimizer: Optimizer,
             save(cur)
         progress.interrupted(cur.step, checkpoint_path)
         result.interrupted = True
+    except BaseException:
+        progress.end_line()  # so an error message starts on its own line
+        raise
     result.params, result.opt_state, result.step, result.data_position = (
         cur.params, cur.opt_state, cur.step, cur.position)
     rng.bit_generator.state = cur.rng_state
@@ -184,13 +187,14 @@ class _Progress:
         self.tty = bool(stream is not None and getattr(stream, "isatty", lambda: False)())
         self.interval = interval if interval is not None else (0.2 if self.tty else 10.0)
         self.t0 = self.t_last = time.perf_counter()
-        self.losses, self.tokens, self.printed_step = [], 0, None
+        self.losses, self.tokens, self.printed_step, self.line_open = [], 0, None, False
 
     def _emit(self, text: str, final: bool = False) -> None:
         if self.stream is None:
             return
         if self.tty:
             self.stream.write("\r" + text + "\x1b[K" + ("\n" if final else ""))
+            self.line_open = not final
         else:
             self.stream.write(text + "\n")
         self.stream.flush()
@@ -221,15 +225,23 @@ class _Progress:
             return
         if self.printed_step != step and hasattr(self, "lr"):
             self._emit(self._line(step, self.lr, history))
-        if self.tty:
-            self.stream.write("\n")
+        self.end_line()
         if history and history[-1]["step"] == step:
-            self._emit("final val " + " ".join(f"{k} {v:.4g}" for k, v in history[-1].items() if k != "step"))
+            metrics = " ".join(f"{k} {v:.4g}" for k, v in history[-1].items() if k != "step")
+            self._emit(f"final val {metrics}", final=True)
+
+    def end_line(self) -> None:
+        """Finish an in-place terminal line with a newline."""
+        if self.stream is not None and self.line_open:
+            self.stream.write("\n")
+            self.stream.flush()
+            self.line_open = False
 
     def interrupted(self, step: int, path) -> None:
         if self.stream is not None:
+            self.end_line()
             saved = f"; checkpoint written to {path}" if path is not None else ""
-            self._emit(f"{chr(10) if self.tty else ''}interrupted after step {step}{saved}")
+            self._emit(f"interrupted after step {step}{saved}", final=True)
 
 
 def evaluate_teacher_forced(model, params: dict, batches) -> dict:
@@ -281,12 +293,14 @@ def train_copy_task(*, out, steps: int = 300, preset: str = "small", reverse: bo
     model = Seq2Seq(config)
     rng = np.random.default_rng(seed)
     params = model.init_params(rng)
-    batches = functools.partial(copy_task.epoch_batches, seed=seed, n_batches=50, batch_size=batch_size, **task)
+    batches = functools.partial(copy_task.epoch_batches, seed=seed, n_batches=50, batch_size=batch_size,
+                                **task)
     dev = copy_task.epoch_batches(DEV_EPOCH, seed=seed, n_batches=4, batch_size=64, **task)
     name = "reverse" if reverse else "copy"
     extra = {"model": "Seq2Seq", "task": name, "task_config": task, "preset": preset, "seed": seed}
     result = train(model, params, batches, steps=steps, optimizer=adam(), rng=rng,
-                   schedule=functools.partial(inverse_sqrt_schedule, D=config.D, warmup=warmup, scale=lr_scale),
+                   schedule=functools.partial(inverse_sqrt_schedule, D=config.D, warmup=warmup,
+                                              scale=lr_scale),
                    checkpoint_path=checkpoint_path_for(out), checkpoint_every=checkpoint_every,
                    resume=resume, validate=lambda p, step: evaluate_teacher_forced(model, p, dev),
                    validate_every=max(steps // 5, 1), config=config.to_dict(), extra=extra, log=log)

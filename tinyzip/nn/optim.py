@@ -202,7 +202,7 @@ def global_norm(grads: dict) -> float:
 
 
 def clip_by_global_norm(grads: dict, max_norm: float) -> tuple[dict, float]:
-    """Pascanu Alg. 1: rescale all gradients by max_norm/||g|| when ||g|| > max_norm. Returns (grads, ||g||)."""
+    """Pascanu Alg. 1: scale all gradients by max_norm/||g|| if ||g|| > max_norm. Returns (grads, ||g||)."""
     if not max_norm > 0:
         raise ValueError(f"max_norm must be > 0, got {max_norm}")
     norm = global_norm(grads)
