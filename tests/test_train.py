@@ -138,7 +138,8 @@ def test_exact_resume_in_a_fresh_process(tmp_path):
 
     out = tmp_path / "second.npz"
     code = textwrap.dedent(f"""
-                spec = importlib.util.spec_from_file_location("resume_half", {__file__!r})
+        import importlib.util
+        spec = importlib.util.spec_from_file_location("resume_half", {__file__!r})
         module = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(module)
         module._fresh_process_second_half({str(ckpt)!r}, {str(out)!r}, {2 * N})
