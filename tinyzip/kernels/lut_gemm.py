@@ -113,12 +113,13 @@ def _generated_source() -> str:
     for MT in MTS:
         u64 = lambda v: f"np.uint64({v})"                                  # noqa: E731
         lines += ["", "@njit(parallel=True, cache=True)",
-                  f"def _lut_gemm_mt{MT}_kernel(xt, Mp, keys, alpha, out, nchunks):",
-                  "    q, Kb, N = keys.shape",
+                  f"def _lut_gemm_mt{MT}_kernel(xt, Mp, keys, alpha, out, nchunks, kmask):",
+                  "    q, G, N = keys.shape",
                   "    for c in prange(nchunks):",
                   "        T = np.empty(%d, np.float32)" % (JU * 256 * MT),
                   f"        for m0 in range(0, Mp, {MT}):",
-                  f"            for t0 in range(0, Kb, {JU}):",
+                  "            for g in range(G):",
+                  f"                t0 = {JU} * g",
                   f"                for u in range({JU}):",
                   "                    xb = np.uint64(8 * (t0 + u) * Mp + m0)",
                   f"                    tb = np.uint64(u * {256 * MT})",
@@ -128,22 +129,26 @@ def _generated_source() -> str:
                   "                            s0 -= xt[xb + np.uint64(j * Mp + mm)]",
                   "                        T[tb + np.uint64(mm)] = s0",
                   "                    for s in range(8):",
-                  "                        xs = xb + np.uint64(s * Mp)",
-                  "                        h = 1 << s",
+                  "                        xs = xb + np.uint64(s * Mp)"]
+        lines += [f"                        d{m} = np.float32(2.0) * xt[xs + {u64(m)}]" for m in range(MT)]
+        lines += ["                        h = 1 << s",
                   "                        for k in range(h):",
                   f"                            src = tb + np.uint64(k * {MT})",
-                  f"                            dst = src + np.uint64(h * {MT})",
-                  f"                            for mm in range({MT}):",
-                  "                                T[dst + np.uint64(mm)] = T[src + np.uint64(mm)] + np.float32(2.0) * xt[xs + np.uint64(mm)]",
+                  f"                            dst = src + np.uint64(h * {MT})"]
+        lines += [f"                            e{m} = T[src + {u64(m)}]" for m in range(MT)]
+        lines += [f"                            T[dst + {u64(m)}] = e{m} + d{m}" for m in range(MT)]
+        lines += [
                   "                for n in range(c * N // nchunks, (c + 1) * N // nchunks):",
-                  "                    ob = np.uint64(n * Mp + m0)",
-                  "                    for i in range(q):"]
-        lines += [f"                        b{u} = {u64(u * 256 * MT)} + np.uint64(keys[i, t0 + {u}, n]) * {u64(MT)}"
+                  "                    ob = np.uint64(n * Mp + m0)"]
+        lines += [f"                    o{m} = out[ob + {u64(m)}]" for m in range(MT)]
+        lines += ["                    for i in range(q):"]
+        lines += ["                        kk = np.uint64(keys[i, g, n])"]
+        lines += [f"                        b{u} = {u64(u * 256 * MT)} + ((kk >> {u64(8 * u)}) & kmask) * {u64(MT)}"
                   for u in range(JU)]
         lines += ["                        a = alpha[i, n]"]
-        lines += [f"                        v{m} = " + " + ".join(f"T[b{u} + {u64(m)}]" for u in range(JU)) for m in range(MT)]
-        lines += [f"                        o{m} = out[ob + {u64(m)}]" for m in range(MT)]
-        lines += [f"                        out[ob + {u64(m)}] = o{m} + a * v{m}" for m in range(MT)]
+        lines += [f"                        o{m} = o{m} + a * (" + " + ".join(f"T[b{u} + {u64(m)}]" for u in range(JU)) + ")"
+                  for m in range(MT)]
+        lines += [f"                    out[ob + {u64(m)}] = o{m}" for m in range(MT)]
     return "\n".join(lines) + "\n"
 
 
@@ -158,7 +163,7 @@ class LutWeights:
     N: int
     q: int
     keys_nqt: np.ndarray
-    keys_qtn: np.ndarray
+    keys_qgn: np.ndarray
     alpha: np.ndarray
     codes_alpha: tuple = field(repr=False)
     dense: np.ndarray | None = field(default=None, repr=False)
@@ -183,8 +188,10 @@ def prepare_lut_weights(packed: PackedTensor | None = None, *, codes=None, alpha
     bits[:, :, :K] = np.moveaxis(codes, 1, 2) > 0
     keys = np.packbits(bits, axis=2, bitorder="little")                    # (q, N, Kb)
     alpha32 = np.ascontiguousarray(alphas, dtype=np.float32)
+    quads = keys.reshape(q, N, Kb // JU, JU).astype(np.uint32) << (8 * np.arange(JU, dtype=np.uint32))
+    keys_qgn = np.ascontiguousarray(quads.sum(axis=3, dtype=np.uint32).transpose(0, 2, 1))  # (q, Kb/4, N)
     return LutWeights(K, N, q, np.ascontiguousarray(keys.transpose(1, 0, 2)),   # (N, q, Kb)
-                      np.ascontiguousarray(keys.transpose(0, 2, 1)), alpha32,   # (q, Kb, N)
+                      keys_qgn, alpha32,
                       (codes.astype(np.int8), alpha32))
 
 
@@ -220,7 +227,7 @@ def lut_linear(x: np.ndarray, prepared: LutWeights, bias: np.ndarray | None = No
                              or bias.shape != (prepared.N,)):
         raise ValueError(f"bias must be float32 of shape ({prepared.N},), got {getattr(bias, 'dtype', None)} "
                          f"{getattr(bias, 'shape', None)}")
-    M, (q, Kb, N) = x.shape[0], prepared.keys_qtn.shape
+    M, (N, q, Kb) = x.shape[0], prepared.keys_nqt.shape
     if path == "dense" or (path == "auto" and not use_lut(M, q, prepared.K, N)):
         if prepared.dense is None:
             prepared.dense = dequantize(*prepared.codes_alpha)             # (K, N) float32
@@ -239,7 +246,7 @@ def lut_linear(x: np.ndarray, prepared: LutWeights, bias: np.ndarray | None = No
         xt[:prepared.K, :M] = x.T
         out = np.zeros((N, Mp), dtype=np.float32)                          # (N, Mp)
         kernel = getattr(_lut_generated, f"_lut_gemm_mt{MT}_kernel")
-        kernel(xt.reshape(-1), Mp, prepared.keys_qtn, prepared.alpha, out.reshape(-1),
-               min(get_num_threads(), N))
+        kernel(xt.reshape(-1), Mp, prepared.keys_qgn, prepared.alpha, out.reshape(-1),
+               min(get_num_threads(), N), np.uint64(255))
         y = np.ascontiguousarray(out[:, :M].T)                             # (M, N)
     return y if bias is None else y + bias
