@@ -191,3 +191,28 @@ def test_checkpoint_rejects_uncheckpointable_rng(tmp_path):
     mt = np.random.Generator(np.random.MT19937(0))
     with pytest.raises(TypeError, match="MT19937"):
         io.save_checkpoint(tmp_path / "c.npz", {"w": np.ones(1)}, {"step": 0}, step=0, rng=mt)
+
+
+def test_load_seq2seq_checks_every_shape_against_the_config(tmp_path):
+    from tinyzip.nn.transformer import Seq2Seq, Seq2SeqConfig
+
+    config = Seq2SeqConfig(src_vocab=10, tgt_vocab=10, D=8, H=2, F=16, enc_layers=1, dec_layers=1, max_len=6)
+    params = Seq2Seq(config).init_params(np.random.default_rng(0))
+    path = tmp_path / "m.npz"
+    io.save_model(path, params, config.to_dict(), {"model": "Seq2Seq"})
+    model, loaded, extra = io.load_seq2seq(path)
+    assert model.config == config and extra == {"model": "Seq2Seq"}
+    np.testing.assert_array_equal(loaded["enc.0.ffn.W_1"], params["enc.0.ffn.W_1"])
+
+    io.save_model(path, dict(params, **{"enc.0.ffn.W_1": np.ones((8, 17), np.float32)}), config.to_dict(), {})
+    with pytest.raises(FileFormatError) as e:
+        io.load_seq2seq(path)
+    _assert_one_line_naming(e, path, "'enc.0.ffn.W_1' has shape (8, 17), the config implies (8, 16)")
+    io.save_model(path, params, dict(config.to_dict(), D=7), {})
+    with pytest.raises(FileFormatError) as e:
+        io.load_seq2seq(path)
+    _assert_one_line_naming(e, path, "invalid Seq2Seq config")
+    io.save_model(path, params, config.to_dict(), {"model": "EncoderClassifier"})
+    with pytest.raises(FileFormatError) as e:
+        io.load_seq2seq(path)
+    _assert_one_line_naming(e, path, "not a Seq2Seq")

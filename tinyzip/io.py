@@ -135,6 +135,26 @@ def load_model(path, expected_shapes: dict | None = None) -> tuple[dict, dict, d
     return params, meta.get("config", {}), meta.get("extra", {})
 
 
+def load_seq2seq(path):
+    """Read a Seq2Seq model file -> (model, params, extra), every shape checked against its config.
+
+    Written by ``tinyzip train`` (``extra["model"] == "Seq2Seq"``); a config the model rejects or
+    parameters that do not fit it raise FileFormatError.
+    """
+    from tinyzip.nn.transformer import Seq2Seq, Seq2SeqConfig
+
+    params, config, extra = load_model(path)
+    if extra.get("model", "Seq2Seq") != "Seq2Seq":
+        raise _fail(path, f"holds a {extra['model']!r} model, not a Seq2Seq")
+    try:
+        model = Seq2Seq(Seq2SeqConfig.from_dict(config))
+    except (TypeError, ValueError) as e:
+        raise _fail(path, f"invalid Seq2Seq config ({e})") from None
+    shapes = {k: v.shape for k, v in model.init_params(np.random.default_rng(0)).items()}
+    _check_shapes(path, params, shapes)
+    return model, params, extra
+
+
 def _check_shapes(path, params: dict, expected_shapes: dict) -> None:
     if set(params) != set(expected_shapes):
         missing = sorted(set(expected_shapes) - set(params))
