@@ -62,7 +62,7 @@ Choices and deviations
   points there, so those stay float (``qat_method``). M >= 1 or n > 31 in ``quantize_multiplier``
   raise (the paper observes 0 < M < 1).
 """
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 
