@@ -62,7 +62,7 @@ def test_adam_update_is_invariant_to_gradient_scale(g, c):
 
 
 def test_adamw_alg2_decoupled_decay_skips_biases():
-    """Alg. 2 line 12 with g = 0: theta = theta - lr * lambda * theta for matrices only.
+    """Alg. 2 with g = 0: theta = theta - lr * lambda * theta for matrices only (torch.optim.AdamW form).
 
     W = 2, lr = 0.1, lambda = 0.5: 2 - 0.1 * 0.5 * 2 = 1.9; the 1-D bias keeps 2.
     """

@@ -28,10 +28,12 @@ Adam, Algorithm 1 of Kingma & Ba:
   (2) v_t = beta2 v_{t-1} + (1 - beta2) g_t^2
   (3) m_hat = m_t / (1 - beta1^t),  v_hat = v_t / (1 - beta2^t)
   (4) theta_t = theta_{t-1} - lr m_hat / (sqrt(v_hat) + eps)
-AdamW, Algorithm 2 of Loshchilov & Hutter, line 12:
+AdamW, the parameter update of Algorithm 2 of Loshchilov & Hutter, in our form:
   theta_t = theta_{t-1} - lr (m_hat / (sqrt(v_hat) + eps) + lambda theta_{t-1})
-  Deviation: the paper multiplies the decay by a schedule multiplier eta_t and the Adam term by
-  alpha * eta_t; we fold both into ``lr`` (decay = lr * lambda), as PyTorch and Optax do.
+  Deviation: the paper writes theta_{t-1} - eta_t (alpha m_hat / (sqrt(v_hat) + eps) + lambda
+  theta_{t-1}) with a schedule multiplier eta_t; our ``lr`` is alpha * eta_t and also scales the
+  decay, as torch.optim.AdamW does (theta <- theta - lr * lambda * theta), so our lambda is the
+  paper's lambda / alpha.
   Decay is applied only where ``decay_mask(name, value)`` is true; the default skips every
   parameter with fewer than 2 dimensions (biases, LayerNorm gamma/beta).
 Vaswani Eq. (3):  lr(step) = scale * D^-0.5 * min(step^-0.5, step * warmup^-1.5),  step >= 1.
@@ -121,7 +123,7 @@ def decays_matrices(name: str, value: np.ndarray) -> bool:
 def adamw_step(params: dict, grads: dict, state: dict, lr: float, *,
                betas: tuple = (0.9, 0.98), eps: float = 1e-9, weight_decay: float = 0.01,
                decay_mask: Callable[[str, np.ndarray], bool] = decays_matrices) -> tuple[dict, dict]:
-    """One AdamW update: Adam plus weight decay decoupled from the gradient (Alg. 2, line 12)."""
+    """One AdamW update: Adam plus weight decay decoupled from the gradient (Alg. 2)."""
     _check_grads(params, grads)
     beta1, beta2 = betas
     t = state["step"] + 1
@@ -130,7 +132,7 @@ def adamw_step(params: dict, grads: dict, state: dict, lr: float, *,
         direction, m_new[name], v_new[name] = _adam_direction(
             grads[name], state["m"][name], state["v"][name], t, beta1, beta2, eps)
         if weight_decay and decay_mask(name, theta):
-            # Alg. 2, line 12: the decay uses theta_{t-1}, never the gradient moments
+            # Alg. 2: the decay uses theta_{t-1} and never enters the moments m, v
             direction = direction + weight_decay * theta
         new_params[name] = theta - lr * direction
     return new_params, {"step": t, "m": m_new, "v": v_new}
