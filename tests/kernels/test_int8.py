@@ -92,6 +92,9 @@ def test_int8_linear_fallback_is_dequantized_sgemm(case):
     x64 = x.astype(np.float64)
     tol = (W.shape[0] + 2) * np.finfo(np.float32).eps * (np.abs(x64) @ np.abs(W_hat) + np.abs(b))
     assert np.all(np.abs(y - (x64 @ W_hat + b)) <= tol + 1e-30)
+    W_hat32 = W_hat.astype(np.float32)  # a caller-kept dequantized copy is used as is
+    y_kept = I.int8_linear(x, I.prepare_weight(W), w_scale, bias, w_zero=w_zero, fallback_batch=1, W_hat=W_hat32)
+    np.testing.assert_array_equal(y_kept, x @ W_hat32 + b.astype(np.float32))
 
 
 def test_int8_linear_is_close_to_float_on_a_real_layer():
@@ -134,3 +137,5 @@ def test_bad_inputs_raise_clear_errors():
         I.int8_linear(x, W_t, np.ones(4), layout="T")
     with pytest.raises(ValueError, match="does not match"):
         I.int8_linear(x, W_t, np.ones(4), layout="KN")
+    with pytest.raises(TypeError, match="W_hat"):
+        I.int8_linear(x, W_t, np.ones(4), fallback_batch=1, W_hat=np.ones((4, 3), np.float32))

@@ -95,10 +95,10 @@ def _int8_gemm_kernel(a, wt, za, zw, bias, rowsum, colsum, acc):
                                      + np.int32(K * za[m]) * zw[n] + bias[n])
 
 
-@njit(parallel=True, cache=True)
+@njit(cache=True)
 def _rowsum_kernel(a, out):
     """out[i] = sum_k a[i, k] in int32 (row sums of qx, or of W_t = column sums of W)."""
-    for i in prange(a.shape[0]):
+    for i in range(a.shape[0]):
         s = np.int32(0)
         for k in range(a.shape[1]):
             s = np.int32(s + np.int32(a[i, k]))
@@ -122,10 +122,11 @@ def _requantize_kernel(acc, M0, shift, z_out, qmin, qmax, out):
             out[m, n] = min(max(r + z_out, qmin), qmax)
 
 
-@njit(parallel=True, cache=True)
+@njit(cache=True)
 def _quantize_rows_kernel(x, qx, scale):
-    """Per-row symmetric int8: S = max|x| / 127 (1 if the row is zero), q = clamp(rint(x / S), +-127)."""
-    for m in prange(x.shape[0]):
+    """Per-row symmetric int8: S = max|x| / 127 (1 if the row is zero), q = clamp(rint(x / S), +-127).
+    Serial: M K work against the GEMM's M K N, and one parallel launch fewer per call."""
+    for m in range(x.shape[0]):
         amax = 0.0
         for k in range(x.shape[1]):
             amax = max(amax, abs(np.float64(x[m, k])))
@@ -232,14 +233,17 @@ def requantize(acc, M0_q, shift, z_out=0):
     return out
 
 
-def int8_linear(x, W_q, w_scale, bias=None, *, w_zero=None, layout="NK", fallback_batch=FALLBACK_BATCH):
+def int8_linear(x, W_q, w_scale, bias=None, *, w_zero=None, layout="NK", fallback_batch=FALLBACK_BATCH,
+                W_hat=None):
     """y = x @ W_hat + b with W_hat = w_scale (W_q - w_zero), x quantized per row on the fly.
 
     x (M, K) float32; W_q int8, (N, K) = W.T when ``layout="NK"`` (the fast stored layout, see
     ``prepare_weight``) or (K, N) with ``layout="KN"`` (transposed on every call); w_scale (N,);
     bias (N,) float. For M < ``fallback_batch`` the int8 kernel runs and equals
-    ``int8_linear_reference`` bit for bit. From ``fallback_batch`` rows on (None: never) W is
-    dequantized and multiplied by OpenBLAS sgemm in float32 (x itself is then not quantized).
+    ``int8_linear_reference`` bit for bit. From ``fallback_batch`` rows on (None: never) the
+    product runs in float32 on OpenBLAS sgemm (x itself is then not quantized), with ``W_hat``
+    (float32 (K, N), e.g. ``unpack_uniform(packed)``) when the caller keeps one, else with W
+    dequantized on the spot (an extra pass over W each call).
     """
     if layout not in ("NK", "KN"):
         raise ValueError(f"layout must be 'NK' (W.T, fast) or 'KN' (W), got {layout!r}")
@@ -254,9 +258,14 @@ def int8_linear(x, W_q, w_scale, bias=None, *, w_zero=None, layout="NK", fallbac
     sw, b = _vector("w_scale", w_scale, N, np.float64), _vector("bias", bias, N, np.float64, 0.0)
     zw = _vector("w_zero", w_zero, N, np.int32)
     if fallback_batch is not None and M >= fallback_batch:
-        W_hat_t = np.empty((N, K), np.float32)
-        _dequantize_kernel(W_t, sw, zw, W_hat_t)
-        return x @ W_hat_t.T + b.astype(np.float32)
+        if W_hat is None:
+            W_hat = np.empty((N, K), np.float32)
+            _dequantize_kernel(W_t, sw, zw, W_hat)
+            W_hat = W_hat.T  # (K, N) view: sgemm reads the transposed layout at full speed
+        elif not isinstance(W_hat, np.ndarray) or W_hat.dtype != np.float32 or W_hat.shape != (K, N):
+            raise TypeError(f"W_hat must be a float32 ({K}, {N}) array, got {getattr(W_hat, 'dtype', None)} "
+                            f"{getattr(W_hat, 'shape', None)}")
+        return x @ W_hat + b.astype(np.float32)
     _guard_overflow(K, 127, 128 + np.abs(zw.astype(np.int64)).max())
     qx, sx, rowsum = np.empty((M, K), np.int8), np.empty(M, np.float64), np.zeros(M, np.int32)
     _quantize_rows_kernel(x, qx, sx)
