@@ -276,3 +276,29 @@ def test_exact_resume_with_the_real_seq2seq_and_dropout(tmp_path):
     np.testing.assert_array_equal(first.losses + second.losses, full.losses)
     for name, value in full.params.items():
         np.testing.assert_array_equal(second.params[name], value)
+
+
+@pytest.mark.parametrize("reverse", [False, True])
+def test_copy_task_batches_follow_the_data_layout(reverse):
+    """tgt_in = BOS + y, tgt_out = y + EOS, PAD = 0 after each row's length; y = x or x reversed."""
+    src, tgt_in, tgt_out = copy_task.copy_batch(np.random.default_rng(0), 50, vocab_size=9, min_len=1,
+                                                max_len=6, reverse=reverse)
+    assert src.shape == (50, 6) and tgt_in.shape == tgt_out.shape == (50, 7)
+    for x_row, ti, to in zip(src, tgt_in, tgt_out):
+        x = x_row[x_row != copy_task.PAD]
+        assert 1 <= len(x) <= 6 and x.min() >= copy_task.FIRST_SYMBOL and x.max() < 9
+        assert not x_row[len(x):].any(), "padding must come after the symbols"
+        y = x[::-1] if reverse else x
+        np.testing.assert_array_equal(ti[:len(y) + 1], np.r_[copy_task.BOS, y])
+        np.testing.assert_array_equal(to[:len(y) + 1], np.r_[y, copy_task.EOS])
+        assert not ti[len(y) + 1:].any() and not to[len(y) + 1:].any()
+
+
+def test_copy_task_epochs_are_a_pure_function_of_seed_and_epoch():
+    a, b, c = BATCHES(3), BATCHES(3), BATCHES(4)
+    for x, y in zip(a, b):
+        for u, v in zip(x, y):
+            np.testing.assert_array_equal(u, v)
+    assert any((x[0].shape != z[0].shape) or (x[0] != z[0]).any() for x, z in zip(a, c))
+    with pytest.raises(ValueError, match="vocab_size"):
+        copy_task.copy_batch(np.random.default_rng(0), 2, vocab_size=4)
