@@ -132,18 +132,29 @@ def join_subwords(symbols):
     return words
 
 
-def _merge_word(symbols, pair):
-    """Replace every non-overlapping occurrence of ``pair``, left to right (merge_vocab's regex)."""
+def _merge_word(symbols, pair, positions=False):
+    """Replace every non-overlapping occurrence of ``pair``, left to right (merge_vocab's regex).
+
+    With ``positions``, also return where the merged symbols sit in the new list and which pair
+    indices of the old list overlapped a merge (those pairs disappear)."""
     a, b = pair
-    out, i = [], 0
-    while i < len(symbols):
-        if i + 1 < len(symbols) and symbols[i] == a and symbols[i + 1] == b:
+    out, merged_at, old_touched, i, n = [], [], set(), 0, len(symbols)
+    while i < n:
+        try:
+            j = symbols.index(a, i)                  # jump to the next candidate (C speed)
+        except ValueError:
+            out.extend(symbols[i:])
+            break
+        if j + 1 < n and symbols[j + 1] == b:
+            out.extend(symbols[i:j])
+            old_touched.update((j - 1, j, j + 1))    # pairs starting at j-1, j, j+1 disappear
+            merged_at.append(len(out))
             out.append(a + b)
-            i += 2
+            i = j + 2
         else:
-            out.append(symbols[i])
-            i += 1
-    return out
+            out.extend(symbols[i:j + 1])
+            i = j + 1
+    return (out, merged_at, old_touched) if positions else out
 
 
 class _LearnState:
@@ -161,7 +172,7 @@ class _LearnState:
         for w, symbols in enumerate(words):
             for symbol in symbols:
                 self._count_symbol(symbol, freqs[w])
-            for pair, n in _pair_counts(symbols).items():
+            for pair, n in _pair_counts(list(zip(symbols, symbols[1:]))).items():
                 self._count_pair(w, pair, n, freqs[w])
         self.heap = [(-c, *self._first(p), p) for p, c in self.stats.items()]
         heapq.heapify(self.heap)
@@ -170,18 +181,21 @@ class _LearnState:
         return len(self.base) + self.n_merged_symbols
 
     def merge(self, w, pair):
-        """merge_vocab for word w: update only the pairs and symbols the merge changes."""
-        old, freq = self.words[w], self.freqs[w]
-        new = self.words[w] = _merge_word(old, pair)
-        old_pairs, new_pairs = _pair_counts(old), _pair_counts(new)
-        for p in old_pairs.keys() | new_pairs.keys():
-            delta = new_pairs.get(p, 0) - old_pairs.get(p, 0)
+        """merge_vocab for word w, updating only the pairs that overlap a merged position."""
+        old, freq, (a, b) = self.words[w], self.freqs[w], pair
+        new, merged_at, old_touched = _merge_word(old, pair, positions=True)
+        self.words[w] = new
+        new_touched = {k for j in merged_at for k in (j - 1, j)}
+        removed = _pair_counts([(old[k], old[k + 1]) for k in old_touched if 0 <= k < len(old) - 1])
+        added = _pair_counts([(new[k], new[k + 1]) for k in new_touched if 0 <= k < len(new) - 1])
+        for p in removed.keys() | added.keys():
+            delta = added.get(p, 0) - removed.get(p, 0)
             if delta:
                 self._count_pair(w, p, delta, freq)
             if delta > 0:                            # a new occurrence: the key may have improved
                 heapq.heappush(self.heap, (-self.stats[p], -1, -1, p))
-        k = len(old) - len(new)                      # occurrences merged in this word
-        for symbol, delta in ((pair[0], -k), (pair[1], -k), (pair[0] + pair[1], k)):
+        k = len(merged_at)
+        for symbol, delta in ((a, -k), (b, -k), (a + b, k)):
             self._count_symbol(symbol, delta * freq)
 
     def pop_best(self):
@@ -232,8 +246,8 @@ class _LearnState:
                 del self.where[pair]
 
 
-def _pair_counts(symbols):
+def _pair_counts(pairs):
     counts = {}
-    for pair in zip(symbols, symbols[1:]):
+    for pair in pairs:
         counts[pair] = counts.get(pair, 0) + 1
     return counts

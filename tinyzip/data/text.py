@@ -22,6 +22,7 @@ PAD, BOS, EOS, UNK = 0, 1, 2, 3
 SPECIALS = ("<pad>", "<s>", "</s>", "<unk>")
 FORMAT = "tinyzip-tokenizer"
 FORMAT_VERSION = 1
+TOKEN_CACHE_SIZE = 200_000     # Moses is the slow step; learn() and encode() share its output
 
 
 class Vocab:
@@ -60,7 +61,7 @@ class Tokenizer:
             self.tgt_bpe, self.tgt_vocab = self.src_bpe, self.src_vocab
         else:
             self.tgt_bpe, self.tgt_vocab = BPE(tgt_merges), Vocab(tgt_symbols)
-        self._moses, self._ids = {}, {"src": {}, "tgt": {}}
+        self._moses, self._ids, self._token_cache = {}, {"src": {}, "tgt": {}}, {}
 
     @classmethod
     def learn(cls, src_texts, tgt_texts, src_lang="en", tgt_lang="de", *, num_merges=None,
@@ -85,13 +86,20 @@ class Tokenizer:
             freqs = _word_freqs(lines)
             merges = learn_bpe(freqs, num_merges=num_merges, max_symbols=max_symbols, min_count=min_count)
             learned += [merges, _symbols(freqs, BPE(merges))]
-        return cls(src_lang, tgt_lang, *learned)
+        result = cls(src_lang, tgt_lang, *learned)
+        result._token_cache = tok._token_cache       # encoding the training texts next is common
+        return result
 
     def tokenize(self, text, lang):
         """Moses tokens of one line (``escape=False``)."""
         if not isinstance(text, str):
             raise TypeError(f"text must be a str, got {type(text).__name__}")
-        return self._tools(lang)[0].tokenize(text, escape=False)
+        tokens = self._token_cache.get((lang, text))
+        if tokens is None:
+            if len(self._token_cache) >= TOKEN_CACHE_SIZE:
+                self._token_cache.clear()
+            tokens = self._token_cache[lang, text] = tuple(self._tools(lang)[0].tokenize(text, escape=False))
+        return list(tokens)
 
     def encode_src(self, text):
         """Source text -> ids (no BOS/EOS)."""
