@@ -75,6 +75,7 @@ def test_dispatch_dense_path_equals_lut_path(case):
     x, codes, alphas = case
     P = lg.prepare_lut_weights(bc.pack_binary_codes(codes, alphas))
     bound = _bound(x, alphas, P.keys_nqt.shape[2])
+    np.testing.assert_array_equal(lg.lut_linear(x, P, path="dense"), x @ bc.dequantize(codes, alphas))
     assert np.all(np.abs(lg.lut_linear(x, P, path="dense") - lg.lut_linear(x, P, path="lut")) <= 2 * bound)
     assert np.all(np.abs(lg.lut_linear(x, P) - lg.lut_linear(x, P, path="lut")) <= 2 * bound)
 

@@ -20,14 +20,15 @@ numbers, dense ``x @ dequantize(codes, alphas)``; the kernels equal both within 
 tolerance of order K * eps * (|x| @ sum_i |alpha_i|) (the sums are re-associated).
 K not a multiple of 32: x is padded with zero inputs, the pad keys are 0, and the pad adds 0.
 
-Dtypes: x float32, keys uint8, alphas float32, accumulation float32, output float32.
+Dtypes: x float32, keys uint8 (uint32 = 4 keys in the batched layout), alphas float32,
+accumulation float32, output float32. The table is built by doubling, Eq. (2), not Gray code.
 
 Optimisations (perf-notes sections 3, 7, 8):
 * M = 1 (``_lut_gemv_kernel``): keys stored (N, q, Kb) so the look-up loop reads contiguously;
   one parallel region: each of the ``nchunks`` chunks builds the whole table (K/8 x 256 floats,
   cheap) and then serves its own block of output units; four partial sums break the add chain.
 * M >= 2 (``_lut_gemm_mt{8,16,32}_kernel`` in ``_lut_generated.py``, written by
-  ``_generated_source``): keys stored (q, Kb, N); per thread a block of output units; for each
+  ``_generated_source``): keys stored (q, Kb/4, N) as uint32 (4 keys, one load); per thread a block of output units; for each
   batch tile of MT columns and each group of JU = 4 sub-vectors, the thread builds just that
   tile of tables (4 x 256 x MT floats, L2-resident) and uses it on all its rows. The tile query
   is straight-line code over MT with uint64 indices and all loads before stores, so LLVM's SLP
@@ -35,8 +36,11 @@ Optimisations (perf-notes sections 3, 7, 8):
 * ``prange`` runs over chunks of output units; each chunk writes only its own rows of ``out``
   and owns its table buffer, so the loop is race-free.
 
-Dispatch (``lut_linear``): where the LUT path is slower than float32 (measured, see
-``use_lut``), dequantize once, cache the float32 W inside the prepared weights, and use x @ W.
+Dispatch (``lut_linear``, rule in ``use_lut``): where the LUT path measured slower than numpy
+float32 (M = 1 except 1 bit on big layers; q = 3 above batch 32; q = 2 above 64), dequantize
+once, cache the float32 W in the prepared weights, and use x @ W: never slower than float32.
+* The key mask is a kernel argument (255), not a constant: with a constant, LLVM dropped the
+  mask on the top key and split that look-up into scalar loads instead of one ymm load.
 """
 from dataclasses import dataclass, field
 
@@ -155,9 +159,10 @@ def _generated_source() -> str:
 @dataclass
 class LutWeights:
     """Binary-coded weights laid out for the kernels. Kb = ceil(K / 32) * 4 keys per unit and
-    plane (zero pad keys); ``keys_nqt`` (N, q, Kb) feeds M = 1, ``keys_qtn`` (q, Kb, N) M >= 2;
-    ``alpha`` float32 (q, N). ``dense`` caches the dequantized float32 W the first time the
-    dispatch rule picks the dense path (only then does it cost 32 bits per weight)."""
+    plane (pad keys 0). ``keys_nqt`` uint8 (N, q, Kb) feeds M = 1; ``keys_qgn`` uint32
+    (q, Kb/4, N) feeds M >= 2 and holds the keys of sub-vectors 4g..4g+3 in bytes 0..3 (so the
+    weights sit in memory twice: 2q bits per weight); ``alpha`` float32 (q, N). ``dense`` caches
+    the dequantized float32 W the first time the dispatch rule picks the dense path."""
 
     K: int
     N: int
@@ -165,7 +170,6 @@ class LutWeights:
     keys_nqt: np.ndarray
     keys_qgn: np.ndarray
     alpha: np.ndarray
-    codes_alpha: tuple = field(repr=False)
     dense: np.ndarray | None = field(default=None, repr=False)
 
 
@@ -191,20 +195,17 @@ def prepare_lut_weights(packed: PackedTensor | None = None, *, codes=None, alpha
     quads = keys.reshape(q, N, Kb // JU, JU).astype(np.uint32) << (8 * np.arange(JU, dtype=np.uint32))
     keys_qgn = np.ascontiguousarray(quads.sum(axis=3, dtype=np.uint32).transpose(0, 2, 1))  # (q, Kb/4, N)
     return LutWeights(K, N, q, np.ascontiguousarray(keys.transpose(1, 0, 2)),   # (N, q, Kb)
-                      keys_qgn, alpha32,
-                      (codes.astype(np.int8), alpha32))
+                      keys_qgn, alpha32)
 
 
 def use_lut(M: int, q: int, K: int, N: int) -> bool:
-    """Dispatch rule, from the speed table in the final report (2 vCPUs, ratios vs numpy fp32):
-    the LUT wins for M >= 2 when q * ceil(M / 32) <= 4 or so ... see ``_LUT_RULE``."""
-    return _LUT_RULE(M, q, K, N)
-
-
-def _LUT_RULE(M, q, K, N):
+    """Dispatch rule: True where the LUT kernel beat numpy float32 ``x @ W`` in the measured
+    speed table (W 1024x1024 .. 4096x4096, q = 1..3, one thread, see the report), else False
+    (dequantize once and use numpy). M = 1: only 1 bit on layers of >= 4M weights. M = 2..32:
+    q <= 3. M = 33..64: q <= 2. Larger batches: 1 bit only. q > 3 is not measured: dense."""
     if M == 1:
-        return K * N >= (1 << 22) and q <= 2
-    return q == 1 or (q == 2 and M < 128) or (q == 3 and M < 64)
+        return q == 1 and K * N >= 1 << 22
+    return q <= (3 if M <= 32 else 2 if M <= 64 else 1)
 
 
 def lut_linear(x: np.ndarray, prepared: LutWeights, bias: np.ndarray | None = None, *,
@@ -230,7 +231,9 @@ def lut_linear(x: np.ndarray, prepared: LutWeights, bias: np.ndarray | None = No
     M, (N, q, Kb) = x.shape[0], prepared.keys_nqt.shape
     if path == "dense" or (path == "auto" and not use_lut(M, q, prepared.K, N)):
         if prepared.dense is None:
-            prepared.dense = dequantize(*prepared.codes_alpha)             # (K, N) float32
+            bits = np.unpackbits(prepared.keys_nqt, axis=2, bitorder="little")[:, :, :prepared.K]  # (N, q, K)
+            codes = 2 * bits.transpose(1, 2, 0).astype(np.int8) - 1             # (q, K, N)
+            prepared.dense = np.ascontiguousarray(dequantize(codes, prepared.alpha))  # (K, N) float32
         y = x @ prepared.dense
     elif M == 1:
         xp = np.zeros(MU * Kb, dtype=np.float32)                           # zero-padded inputs
