@@ -4,7 +4,7 @@
 training) and, separately, one Adam update, for each model preset on random token batches of
 ``batch x length`` target tokens (no padding, so every token counts). It validates before timing
 (finite loss, a gradient for every parameter; llm.c's "validate, then benchmark") and reports the
-median over ``repeats`` timed runs after one warm-up run.
+median (and minimum) over ``repeats`` timed runs after one warm-up run.
 
 Timings on a shared 2-vCPU machine drift by 1.5-3x (see perf-notes): compare numbers taken in the
 same run, and read ``machine.loadavg``. With other processes busy, OpenBLAS's 2 threads can make
@@ -21,14 +21,15 @@ from tinyzip.nn.optim import adam
 from tinyzip.train import PRESETS
 
 
-def _median_seconds(fn, repeats: int) -> float:
+def _seconds(fn, repeats: int) -> tuple[float, float]:
+    """(median, min) wall-clock seconds of ``fn()`` over ``repeats`` runs after one warm-up run."""
     fn()  # warm-up: first-touch allocations, BLAS thread start
     times = []
     for _ in range(repeats):
         t0 = time.perf_counter()
         fn()
         times.append(time.perf_counter() - t0)
-    return float(np.median(times))
+    return float(np.median(times)), float(np.min(times))
 
 
 def machine_info() -> dict:
@@ -61,17 +62,17 @@ def bench_train(presets=("tiny", "small", "default"), *, batch: int = 32, length
         loss, grads, stats = model.loss_and_grads(params, src, tgt_in, tgt_out, rng=rng)
         if not np.isfinite(loss) or set(grads) < set(params):
             raise RuntimeError(f"preset {name}: loss {loss}, or gradients missing; not timing a broken step")
-        step_seconds = _median_seconds(
+        step_seconds, step_min = _seconds(
             lambda: model.loss_and_grads(params, src, tgt_in, tgt_out, rng=rng), repeats)
         opt = adam()
         state = opt.init(params)
-        adam_seconds = _median_seconds(lambda: opt.step(params, grads, state, 1e-4), repeats)
+        adam_seconds, _ = _seconds(lambda: opt.step(params, grads, state, 1e-4), repeats)
         tokens = int(stats["tokens"])
         rows.append({"preset": name, "D": config.D, "H": config.H, "F": config.F,
                      "layers": config.enc_layers + config.dec_layers, "batch": batch, "length": length,
                      "vocab": vocab, "params": int(sum(v.size for v in params.values())),
                      "tokens": tokens, "step_seconds": step_seconds, "tokens_per_s": tokens / step_seconds,
-                     "adam_seconds": adam_seconds})
+                     "step_seconds_min": step_min, "adam_seconds": adam_seconds})
     return rows
 
 
