@@ -122,7 +122,7 @@ def _lut_gemm_mt32_kernel(xt, Mp, keys, alpha, out, nchunks, kmask):
                             T[dst + np.uint64(30)] = e30 + d30
                             T[dst + np.uint64(31)] = e31 + d31
                 for n in range(c * N // nchunks, (c + 1) * N // nchunks):
-                    ob = np.uint64(n * Mp + m0)
+                    ob = np.uint64(m0 * N + n * 32)
                     o0 = out[ob + np.uint64(0)]
                     o1 = out[ob + np.uint64(1)]
                     o2 = out[ob + np.uint64(2)]
@@ -298,7 +298,7 @@ def _lut_gemm_mt16_kernel(xt, Mp, keys, alpha, out, nchunks, kmask):
                             T[dst + np.uint64(14)] = e14 + d14
                             T[dst + np.uint64(15)] = e15 + d15
                 for n in range(c * N // nchunks, (c + 1) * N // nchunks):
-                    ob = np.uint64(n * Mp + m0)
+                    ob = np.uint64(m0 * N + n * 16)
                     o0 = out[ob + np.uint64(0)]
                     o1 = out[ob + np.uint64(1)]
                     o2 = out[ob + np.uint64(2)]
@@ -402,7 +402,7 @@ def _lut_gemm_mt8_kernel(xt, Mp, keys, alpha, out, nchunks, kmask):
                             T[dst + np.uint64(6)] = e6 + d6
                             T[dst + np.uint64(7)] = e7 + d7
                 for n in range(c * N // nchunks, (c + 1) * N // nchunks):
-                    ob = np.uint64(n * Mp + m0)
+                    ob = np.uint64(m0 * N + n * 8)
                     o0 = out[ob + np.uint64(0)]
                     o1 = out[ob + np.uint64(1)]
                     o2 = out[ob + np.uint64(2)]

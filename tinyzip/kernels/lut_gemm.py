@@ -28,7 +28,8 @@ Optimisations (perf-notes sections 3, 7, 8):
   one parallel region: each of the ``nchunks`` chunks builds the whole table (K/8 x 256 floats,
   cheap) and then serves its own block of output units; four partial sums break the add chain.
 * M >= 2 (``_lut_gemm_mt{8,16,32}_kernel`` in ``_lut_generated.py``, written by
-  ``_generated_source``): keys stored (q, Kb/4, N) as uint32 (4 keys, one load); per thread a block of output units; for each
+  ``_generated_source``): keys stored (q, Kb/4, N) as uint32 (4 keys, one load); output
+  stored (M/MT, N, MT) so each tile's rows are contiguous (streams well); per thread a block of output units; for each
   batch tile of MT columns and each group of JU = 4 sub-vectors, the thread builds just that
   tile of tables (4 x 256 x MT floats, L2-resident) and uses it on all its rows. The tile query
   is straight-line code over MT with uint64 indices and all loads before stores, so LLVM's SLP
@@ -143,7 +144,7 @@ def _generated_source() -> str:
         lines += [f"                            T[dst + {u64(m)}] = e{m} + d{m}" for m in range(MT)]
         lines += [
                   "                for n in range(c * N // nchunks, (c + 1) * N // nchunks):",
-                  "                    ob = np.uint64(n * Mp + m0)"]
+                  "                    ob = np.uint64(m0 * N + n * %d)" % MT]
         lines += [f"                    o{m} = out[ob + {u64(m)}]" for m in range(MT)]
         lines += ["                    for i in range(q):"]
         lines += ["                        kk = np.uint64(keys[i, g, n])"]
@@ -247,9 +248,9 @@ def lut_linear(x: np.ndarray, prepared: LutWeights, bias: np.ndarray | None = No
         MT = next(mt for mt in MTS if Mp % mt == 0)
         xt = np.zeros((MU * Kb, Mp), dtype=np.float32)                     # (8 Kb, Mp): x.T, padded
         xt[:prepared.K, :M] = x.T
-        out = np.zeros((N, Mp), dtype=np.float32)                          # (N, Mp)
+        out = np.zeros((Mp // MT, N, MT), dtype=np.float32)                # (tiles, N, MT)
         kernel = getattr(_lut_generated, f"_lut_gemm_mt{MT}_kernel")
         kernel(xt.reshape(-1), Mp, prepared.keys_qgn, prepared.alpha, out.reshape(-1),
                min(get_num_threads(), N), np.uint64(255))
-        y = np.ascontiguousarray(out[:, :M].T)                             # (M, N)
+        y = np.ascontiguousarray(out.transpose(0, 2, 1).reshape(Mp, N)[:M])  # (M, N)
     return y if bias is None else y + bias
