@@ -199,3 +199,16 @@ def test_chung_staged_schedule_adds_one_block_per_interval():
     assert all(a <= b for a, b in zip(sets, sets[1:])) and sets[-1] == {n for blk in blocks for n in blk}
     with pytest.raises(ValueError):
         bc.staged_quantized_names(-1, blocks, 100)
+
+
+@given(matrix_st(max_side=12, dtype=np.float32), st.integers(1, 3), st.floats(0.1, 0.6))
+def test_chung_mixed_embedding_export_round_trip_and_bytes(E, max_bits, ratio):
+    freqs = np.arange(E.shape[0])[::-1]
+    bits = bc.embedding_bits(freqs, max_bits, ratio)
+    packed = bc.pack_embedding_codes(E, bits, "greedy")
+    E_hat = bc.unpack_embedding_codes(packed)
+    for v in range(E.shape[0]):
+        expected = bc.dequantize(*bc.greedy_codes(E[v][:, None], int(bits[v])))[:, 0]   # token alone
+        np.testing.assert_allclose(E_hat[v], expected, rtol=1e-5, atol=1e-6 * (1 + np.abs(E[v]).max()))
+    D = E.shape[1]
+    assert packed.nbytes == sum(int(b) * (-(-D // 8) + 4) + 4 for b in bits)   # planes + alphas + id

@@ -4,9 +4,11 @@ the model-level strategy of Chung et al. 2020.
 Papers
 ------
 * Guo, Yao, Zhao, Chen (2017). "Network Sketching: Exploiting Binary Structure in Deep CNNs".
-  CVPR 2017, arXiv:1706.02021. Greedy residual binary codes and their least-squares refinement.
+  CVPR 2017, arXiv:1706.02021. Greedy residual binary codes ("direct approximation") and their
+  least-squares refinement ("approximation with refinement"), there per conv filter.
 * Xu, Yao, Lin, Ou, Cao, Wang, Zha (2018). "Alternating Multi-bit Quantization for Recurrent
-  Neural Networks". ICLR 2018, arXiv:1802.00150. Alternate LS scales and optimal codes.
+  Neural Networks". ICLR 2018, arXiv:1802.00150. Alternate LS scales and optimal codes (found
+  by a binary search over the sorted levels); two alternating cycles suffice, hence iters=2.
 * Chung, Kim, Choi, Kwon, Jeon, Park, Kim, Lee (2020). "Extremely Low Bit Transformer
   Quantization for On-Device Neural Machine Translation". Findings of EMNLP 2020,
   arXiv:2009.07453. Mixed-precision BCQ of a Transformer: more bits for frequent words, a bit
@@ -330,3 +332,36 @@ def staged_quantized_names(step: int, blocks: list, interval: int) -> set:
     if step < 0 or interval <= 0:
         raise ValueError(f"need step >= 0 and interval > 0, got step={step}, interval={interval}")
     return {name for block in blocks[: step // interval + 1] for name in block}
+
+
+def pack_embedding_codes(E: np.ndarray, token_bits: np.ndarray, method: str = "alternating",
+                         iters: int = 2) -> PackedTensor:
+    """Frequency-aware embedding E (V, D) -> PackedTensor("binary_codes_mixed"): for each bit
+    width b in use, ``ids{b}`` int32 token ids and that group's ``planes{b}``/``alphas{b}`` laid
+    out as in ``pack_binary_codes`` for the group's E[ids].T (D, n_b)."""
+    E = _check_weights(E)
+    token_bits = np.asarray(token_bits)
+    if token_bits.shape != (E.shape[0],) or token_bits.min() < 1 or token_bits.max() > MAX_BITS:
+        raise ValueError(f"token_bits must hold one width in 1..{MAX_BITS} per row of E {E.shape}")
+    arrays = {}
+    for b in np.unique(token_bits):
+        ids = np.flatnonzero(token_bits == b).astype(np.int32)
+        group = pack_binary_codes(*binary_codes(np.ascontiguousarray(E[ids].T), int(b), method, iters))
+        arrays.update({f"ids{b}": ids, f"planes{b}": group.arrays["planes"], f"alphas{b}": group.arrays["alphas"]})
+    meta = {"bits": sorted(int(b) for b in np.unique(token_bits)), "layout": "per bit width b: ids{b}, and "
+            "planes{b}/alphas{b} as binary_codes of E[ids{b}].T (D, n_b)"}
+    return PackedTensor("binary_codes_mixed", E.shape, arrays, meta)
+
+
+def unpack_embedding_codes(packed: PackedTensor) -> np.ndarray:
+    """Inverse of ``pack_embedding_codes``: float32 E (V, D)."""
+    if packed.method != "binary_codes_mixed":
+        raise ValueError(f"not a binary_codes_mixed tensor: method {packed.method!r}")
+    V, D = packed.shape
+    E = np.zeros((V, D), dtype=np.float32)
+    for b in packed.meta["bits"]:
+        ids = packed.arrays[f"ids{b}"]
+        group = PackedTensor("binary_codes", (D, ids.size), {"planes": packed.arrays[f"planes{b}"],
+                             "alphas": packed.arrays[f"alphas{b}"]}, {"q": b})
+        E[ids] = unpack_binary_codes(group).T                               # (n_b, D)
+    return E
