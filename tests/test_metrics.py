@@ -123,10 +123,9 @@ def test_tokenize_none_is_whitespace_only():
 
 def test_signature_fields_match_sacrebleu():
     from sacrebleu.metrics import BLEU
-    for kw, ours in (({}, {}), ({"smooth_method": "floor"}, {"smooth_method": "floor"}),
-                     ({"lowercase": True, "effective_order": True}, {"lowercase": True, "effective_order": True}),
-                     ({"tokenize": "none"}, {"tokenize": "none"})):
-        metric = BLEU(**kw)
+    for ours in ({}, {"smooth_method": "floor"}, {"lowercase": True, "effective_order": True},
+                 {"tokenize": "none"}):
+        metric = BLEU(**ours)
         metric.corpus_score(["a b c d"], [["a b c d"]])
         theirs = [f for f in metric.get_signature().format().split("|") if not f.startswith("version")]
         mine = [f for f in corpus_bleu(["a b c d"], ["a b c d"], **ours).signature.split("|")
@@ -156,7 +155,8 @@ def test_equals_sacrebleu_on_random_corpora(corpus, smooth, eff, tok, lower):
     ours = corpus_bleu(hyps, refs, tokenize=tok, smooth_method=smooth, effective_order=eff, lowercase=lower)
     assert ours.score == pytest.approx(theirs.score, abs=1e-6)
     assert ours.precisions == pytest.approx(theirs.precisions, abs=1e-6)
-    assert (ours.bp, ours.sys_len, ours.ref_len) == (pytest.approx(theirs.bp, abs=1e-12), theirs.sys_len, theirs.ref_len)
+    assert ours.bp == pytest.approx(theirs.bp, abs=1e-12)
+    assert (ours.sys_len, ours.ref_len) == (theirs.sys_len, theirs.ref_len)
     assert 0.0 <= ours.score <= 100.0 + 1e-9
     # order of segments and of reference streams does not matter
     perm = list(reversed(range(len(hyps))))

@@ -57,7 +57,8 @@ def test_deterministic_given_rng(pairs_budget, seed):
 
 def test_unshuffled_batches_are_sorted_by_length():
     rng = np.random.default_rng(0)
-    pairs = [(list(rng.integers(4, 9, size=n)), list(rng.integers(4, 9, size=n))) for n in rng.integers(1, 30, 200)]
+    pairs = [(list(rng.integers(4, 9, size=n)), list(rng.integers(4, 9, size=n)))
+             for n in rng.integers(1, 30, 200)]
     costs = [max(b[0].shape[1], b[1].shape[1]) for b in make_batches(pairs, 64, shuffle=False)]
     assert costs == sorted(costs)
 

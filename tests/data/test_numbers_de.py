@@ -51,7 +51,8 @@ def _parse_de(word):
     """Independent reader of German numerals (units before tens, 'und', 'hundert', 'tausend')."""
     units = {"ein": 1, "eins": 1, "zwei": 2, "drei": 3, "vier": 4, "fünf": 5, "sechs": 6, "sieben": 7,
              "acht": 8, "neun": 9, "zehn": 10, "elf": 11, "zwölf": 12, "sechzehn": 16, "siebzehn": 17}
-    units.update({u + "zehn": 10 + v for u, v in (("drei", 3), ("vier", 4), ("fünf", 5), ("acht", 8), ("neun", 9))})
+    for u, v in (("drei", 3), ("vier", 4), ("fünf", 5), ("acht", 8), ("neun", 9)):
+        units[u + "zehn"] = 10 + v
     tens = {"zwanzig": 20, "dreißig": 30, "vierzig": 40, "fünfzig": 50, "sechzig": 60, "siebzig": 70,
             "achtzig": 80, "neunzig": 90}
 
@@ -177,7 +178,8 @@ def test_noun_phrase_articles_and_adjective_endings():
         ((21, "cat", None), {}, ("twenty-one cats", "einundzwanzig Katzen")),
         ((1, "apple", "red"), {"definite": True, "case": "nom"}, ("the red apple", "der rote Apfel")),
         ((1, "house", "small"), {"definite": True, "case": "nom"}, ("the small house", "das kleine Haus")),
-        ((2, "glass", "green"), {"definite": True, "case": "nom"}, ("the two green glasses", "die zwei grünen Gläser")),
+        ((2, "glass", "green"), {"definite": True, "case": "nom"},
+         ("the two green glasses", "die zwei grünen Gläser")),
     ]
     for (count, noun, adj), kw, expected in cases:
         assert noun_phrase(count, _noun(noun), None if adj is None else _adj(adj), **kw) == expected
@@ -209,7 +211,8 @@ def test_clause_verb_second_and_verb_final():
          ("You see two dogs.", "Du siehst zwei Hunde.")),
         ((you, buy, "past", noun_phrase(1, _noun("lamp"), definite=True)), {},
          ("You bought the lamp.", "Du kauftest die Lampe.")),
-        ((tom, sell, "present", noun_phrase(1, _noun("house"), _adj("beautiful"))), {"time": ("today", "heute")},
+        ((tom, sell, "present", noun_phrase(1, _noun("house"), _adj("beautiful"))),
+         {"time": ("today", "heute")},
          ("Tom sells a beautiful house today.", "Tom verkauft heute ein schönes Haus.")),
     ]
     for args, kw, expected in cases:

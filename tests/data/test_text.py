@@ -149,7 +149,8 @@ def test_load_parallel_files(tmp_path):
     src, tgt = tmp_path / "a.en", tmp_path / "a.de"
     src.write_text("Hello.\n\nTwo words\r\nlast", encoding="utf-8")
     tgt.write_text("Hallo.\nleer\nZwei Wörter\nletzte\n", encoding="utf-8")
-    assert load_parallel_files(src, tgt) == [("Hello.", "Hallo."), ("Two words", "Zwei Wörter"), ("last", "letzte")]
+    expected = [("Hello.", "Hallo."), ("Two words", "Zwei Wörter"), ("last", "letzte")]
+    assert load_parallel_files(src, tgt) == expected
 
 
 def test_load_parallel_files_errors_name_the_file(tmp_path):

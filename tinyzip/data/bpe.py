@@ -53,7 +53,8 @@ def learn_bpe(word_freqs, num_merges=None, max_symbols=None, min_count=2):
             raise ValueError(f"{name} must be a non-negative int, got {value!r}")
     words, freqs = [], []
     for word, freq in word_freqs.items():
-        if not isinstance(word, str) or not word or isinstance(freq, bool) or not isinstance(freq, int) or freq < 1:
+        bad_freq = isinstance(freq, bool) or not isinstance(freq, int) or freq < 1
+        if not isinstance(word, str) or not word or bad_freq:
             raise ValueError(f"word_freqs must map non-empty str to int >= 1, got {word!r}: {freq!r}")
         words.append(list(word) + [END])
         freqs.append(freq)
