@@ -58,9 +58,13 @@ Choices and deviations
 * Granularity: "tensor"; "channel" = one (S, Z) per output column of W, i.e. per output unit;
   "bucket" = FQT buckets of ``bucket_size`` consecutive rows inside each column (the last bucket
   may be shorter; bucket_size >= D_in is "channel").
-* FQT also quantizes Q, K, V before Q K^T and P V and parts of LayerNorm; the model exposes no hook
-  points there, so those stay float (``qat_method``). M >= 1 or n > 31 in ``quantize_multiplier``
-  raise (the paper observes 0 < M < 1).
+* FQT quantizes more than this file does: LayerNorm gamma, Q, K, V, the softmax numerator and
+  denominator, the attention output and LayerNorm's internals. The model has no hook points for
+  those and LayerNorm parameters stay float here, so ``qat_method`` covers every 2-D weight, every
+  matmul input, ReLU and softmax outputs. FQT's bucket shape is not pinned down from the paper text
+  we could reach; ours (rows inside a column) makes buckets a refinement of per-channel.
+* M >= 1 or n > 31 in ``quantize_multiplier`` raise (the paper observes 0 < M < 1). Jacob's
+  equation numbers are as recalled from arXiv v1; the arithmetic is checked against gemmlowp's.
 """
 from dataclasses import dataclass
 
