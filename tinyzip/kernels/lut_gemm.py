@@ -29,11 +29,13 @@ Optimisations (perf-notes sections 3, 7, 8):
   cheap) and then serves its own block of output units; four partial sums break the add chain.
 * M >= 2 (``_lut_gemm_mt{8,16,32}_kernel`` in ``_lut_generated.py``, written by
   ``_generated_source``): keys stored (q, Kb/4, N) as uint32 (4 keys, one load); output
-  stored (M/MT, N, MT) so each tile's rows are contiguous (streams well); per thread a block of output units; for each
-  batch tile of MT columns and each group of JU = 4 sub-vectors, the thread builds just that
-  tile of tables (4 x 256 x MT floats, L2-resident) and uses it on all its rows. The tile query
-  is straight-line code over MT with uint64 indices and all loads before stores, so LLVM's SLP
-  vectoriser (NUMBA_SLP_VECTORIZE=1, set by ``import tinyzip``) emits ymm adds.
+  stored (M/MT, N, MT) so each tile's rows are contiguous. Per thread a block of output units;
+  for each batch tile of MT columns and each group of JU = 4 sub-vectors, the thread builds just
+  that tile of tables (4 x 256 x MT floats, L2-resident) and uses it on all its rows. Build and
+  query are straight-line code over MT with uint64 indices and all loads before stores, so
+  LLVM's SLP vectoriser (NUMBA_SLP_VECTORIZE=1, set by ``import tinyzip``) emits ymm adds; the
+  q bit planes accumulate in registers before one store. The batch is zero-padded to the tile
+  width (32, 16 or 8) with the lowest measured cost, ``MT_COST``.
 * ``prange`` runs over chunks of output units; each chunk writes only its own rows of ``out``
   and owns its table buffer, so the loop is race-free.
 
@@ -50,10 +52,12 @@ from numba import get_num_threads, njit, prange
 
 from tinyzip.compress.base import PackedTensor
 from tinyzip.compress.binary_codes import dequantize, unpack_codes
+from tinyzip.kernels import _lut_generated
 
 MU = 8      # inputs per key
 JU = 4      # sub-vectors per table tile (batched kernel)
 MTS = (32, 16, 8)
+MT_COST = {32: 1.0, 16: 1.5, 8: 2.3}   # measured time per batch column of each tile width
 
 
 def lut_tables(x: np.ndarray) -> np.ndarray:
@@ -243,9 +247,8 @@ def lut_linear(x: np.ndarray, prepared: LutWeights, bias: np.ndarray | None = No
         _lut_gemv_kernel(xp, prepared.keys_nqt, prepared.alpha, y, min(get_num_threads(), N))
         y = y[None, :]                                                     # (1, N)
     else:
-        from tinyzip.kernels import _lut_generated
-        Mp = -(-M // 8) * 8
-        MT = next(mt for mt in MTS if Mp % mt == 0)
+        MT = min(MTS, key=lambda mt: -(-M // mt) * mt * MT_COST[mt])      # pad to the cheapest tile
+        Mp = -(-M // MT) * MT
         xt = np.zeros((MU * Kb, Mp), dtype=np.float32)                     # (8 Kb, Mp): x.T, padded
         xt[:prepared.K, :M] = x.T
         out = np.zeros((Mp // MT, N, MT), dtype=np.float32)                # (tiles, N, MT)
