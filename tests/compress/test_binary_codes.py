@@ -127,6 +127,7 @@ def test_pack_round_trip_and_real_bytes(W, q):
     D_in, D_out = W.shape
     assert packed.nbytes == q * D_out * -(-D_in // 8) + 4 * q * D_out
     np.testing.assert_array_equal(bc.unpack_binary_codes(packed), bc.dequantize(B, alpha))
+    np.testing.assert_array_equal(bc.unpack(packed), bc.dequantize(B, alpha))
 
 
 def test_pack_bit_layout_is_lsb_first_one_means_plus_one():
@@ -207,6 +208,7 @@ def test_chung_mixed_embedding_export_round_trip_and_bytes(E, max_bits, ratio):
     bits = bc.embedding_bits(freqs, max_bits, ratio)
     packed = bc.pack_embedding_codes(E, bits, "greedy")
     E_hat = bc.unpack_embedding_codes(packed)
+    np.testing.assert_array_equal(bc.unpack(packed), E_hat)
     for v in range(E.shape[0]):
         expected = bc.dequantize(*bc.greedy_codes(E[v][:, None], int(bits[v])))[:, 0]   # token alone
         np.testing.assert_allclose(E_hat[v], expected, rtol=1e-5, atol=1e-6 * (1 + np.abs(E[v]).max()))

@@ -365,3 +365,10 @@ def unpack_embedding_codes(packed: PackedTensor) -> np.ndarray:
                              "alphas": packed.arrays[f"alphas{b}"]}, {"q": b})
         E[ids] = unpack_binary_codes(group).T                               # (n_b, D)
     return E
+
+
+def unpack(packed: PackedTensor) -> np.ndarray:
+    """The container's entry point: float32 weights of a "binary_codes" or "binary_codes_mixed" tensor."""
+    if packed.method == "binary_codes_mixed":
+        return unpack_embedding_codes(packed)
+    return unpack_binary_codes(packed)
