@@ -10,7 +10,8 @@ Specials (every tinyzip vocabulary): PAD=0, BOS=1, EOS=2, UNK=3. By default sour
 one BPE model and one vocabulary ("joint BPE", learned on the concatenation of both sides as in the
 paper's footnote 4), which is what ``Seq2SeqConfig(share_embeddings=True)`` needs.
 
-Unknown input never crashes: a subword not in the vocabulary is split back into the two symbols it
+Decoding splits words at the BPE end-of-word marker ``</w>``; Moses always splits "<", "/" and ">"
+apart, so no token can contain the marker itself. Unknown input never crashes: a subword not in the vocabulary is split back into the two symbols it
 was merged from, recursively (the paper's footnote 3), and a character never seen in training
 becomes UNK, one UNK per unknown character.
 """
@@ -68,9 +69,10 @@ class Tokenizer:
               vocab_size=None, joint=True, min_count=2):
         """Learn BPE on Moses tokens of the training texts; stop at num_merges or vocab_size.
 
-        ``vocab_size`` counts the four specials and every symbol (characters included); the
-        result is at most about that size (exactly, unless segmenting reproduces a merged symbol
-        the inventory count did not hold).
+        ``vocab_size`` counts the four specials and every symbol, characters included. The
+        vocabulary has exactly that size, or fewer symbols when no pair occurring ``min_count``
+        times is left first (applying the merges reproduces the learned segmentation, so the
+        learner's inventory count is the vocabulary's size). Texts are lists of str.
         """
         if (num_merges is None) == (vocab_size is None):
             raise ValueError("give exactly one of num_merges and vocab_size")
