@@ -27,7 +27,9 @@ k-means codes and 68% on absolute int32 sparse indices. Every saving it finds is
 that a method owns (Huffman coding and relative indices, Deep Compression): leaving it to the
 container would hide it inside every row instead of showing it in that method's row. Stored
 members also make the reader safe against zip bombs (a member's size is its stored size, which
-cannot exceed the file) and keep each array's bytes contiguous and aligned as written.
+cannot exceed the file) and keep each array's bytes contiguous in the file.
+Overhead is about 0.5 KB per array (128 B ``.npy`` header, ~110 B of zip headers, ~250 B of
+manifest entry); ``format_inspect`` prints it, and it is part of every ratio tinyzip reports.
 
 Determinism: fixed timestamps (1980-01-01), sorted members, ``.npy`` format 1.0 little-endian,
 sorted JSON, so save -> load -> save gives identical bytes. Writes go to a temporary file in the
@@ -54,7 +56,7 @@ MANIFEST = "manifest.json"
 MAX_MANIFEST_BYTES = 64 << 20        # tokenizer merges fit easily; a 1 GB "manifest" is an attack
 _ZIP_DATE = (1980, 1, 1, 0, 0, 0)
 _KEY_RE = re.compile(r"[A-Za-z0-9_]+\Z")
-_MEMBER_RE = re.compile(r"[0-9]{5}\.[A-Za-z0-9_]+\.npy\Z")
+_MEMBER_RE = re.compile(r"[0-9]{5,}\.[A-Za-z0-9_]+\.npy\Z")
 _KINDS = "biuf"                      # bool, signed, unsigned, float arrays; nothing else is stored
 
 

@@ -73,9 +73,10 @@ def _check(x, idx, codebook):
 
 
 def _block_width(N: int) -> int:
-    """Columns per parallel block: at most 256 (acc, w in L1/L2), at least 2 blocks per thread."""
+    """Columns per parallel block: two blocks per thread, 32..1024 columns (w and acc stay in
+    L1/L2; narrower blocks read each idx row in short pieces, one page per row, and were slower)."""
     per_block = -(-N // (2 * get_num_threads()))
-    return int(min(256, max(32, -(-per_block // 32) * 32)))
+    return int(min(1024, max(32, -(-per_block // 32) * 32)))
 
 
 def codebook_matmul(x: np.ndarray, idx: np.ndarray, codebook: np.ndarray) -> np.ndarray:
@@ -94,31 +95,41 @@ def codebook_matmul(x: np.ndarray, idx: np.ndarray, codebook: np.ndarray) -> np.
 
 @njit(parallel=True, cache=True)
 def _codebook_matmul_kernel(x, idx, lut, out, nb):
+    # Indices are uint64 where it matters: Numba's signed indices carry a negative-index
+    # wrap-around select that blocks vectorisation (perf-notes section 7.3).
     M, K = x.shape
     N = idx.shape[1]
     K4 = K - K % 4
+    u1, u2, u3 = np.uint64(1), np.uint64(2), np.uint64(3)
     for b in prange((N + nb - 1) // nb):
-        n0 = b * nb
-        L = min(N, n0 + nb) - n0
-        w = np.empty((4, L), dtype=np.float32)
-        acc = np.zeros((M, L), dtype=np.float32)
-        for k in range(0, K4, 4):
-            for j in range(L):                      # dequantize rows k..k+3 of this tile
-                w[0, j] = lut[idx[k, n0 + j]]
-                w[1, j] = lut[idx[k + 1, n0 + j]]
-                w[2, j] = lut[idx[k + 2, n0 + j]]
-                w[3, j] = lut[idx[k + 3, n0 + j]]
+        n0 = np.uint64(b * nb)
+        L = np.uint64(min(N, b * nb + nb) - b * nb)
+        w0 = np.empty(L, dtype=np.float32)
+        w1 = np.empty(L, dtype=np.float32)
+        w2 = np.empty(L, dtype=np.float32)
+        w3 = np.empty(L, dtype=np.float32)
+        acc = np.zeros((M, L), dtype=np.float32)                          # (M, L)
+        for kk in range(0, K4, 4):
+            k = np.uint64(kk)
+            for j in range(L):                   # dequantize rows k..k+3 of this column block
+                w0[j] = lut[idx[k, n0 + j]]
+                w1[j] = lut[idx[k + u1, n0 + j]]
+                w2[j] = lut[idx[k + u2, n0 + j]]
+                w3[j] = lut[idx[k + u3, n0 + j]]
             for m in range(M):
-                x0, x1, x2, x3 = x[m, k], x[m, k + 1], x[m, k + 2], x[m, k + 3]
+                x0, x1, x2, x3 = x[m, k], x[m, k + u1], x[m, k + u2], x[m, k + u3]
+                a = acc[m]
                 for j in range(L):
-                    acc[m, j] += x0 * w[0, j] + x1 * w[1, j] + x2 * w[2, j] + x3 * w[3, j]
-        for k in range(K4, K):                      # remainder rows, K not a multiple of 4
+                    a[j] += x0 * w0[j] + x1 * w1[j] + x2 * w2[j] + x3 * w3[j]
+        for kk in range(K4, K):                  # remainder rows, K not a multiple of 4
+            k = np.uint64(kk)
             for j in range(L):
-                w[0, j] = lut[idx[k, n0 + j]]
+                w0[j] = lut[idx[k, n0 + j]]
             for m in range(M):
                 xk = x[m, k]
+                a = acc[m]
                 for j in range(L):
-                    acc[m, j] += xk * w[0, j]
+                    a[j] += xk * w0[j]
         for m in range(M):
             for j in range(L):
                 out[m, n0 + j] = acc[m, j]
