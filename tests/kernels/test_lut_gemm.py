@@ -70,6 +70,19 @@ def test_eq3_kernel_equals_dense_matmul_with_dequantized_weights(case, with_bias
     assert np.all(np.abs(y - dense32) <= 2 * bound)
 
 
+@pytest.mark.parametrize("M", [1, 2, 9, 33])
+def test_eq3_parallel_kernels_equal_dense_matmul(M, monkeypatch):
+    """Hypothesis shapes are small, so they run on one thread; force the parallel path here."""
+    monkeypatch.setattr(lg, "SERIAL_WORK", 0)
+    rng = np.random.default_rng(M)
+    x = rng.normal(size=(M, 77)).astype(np.float32)
+    codes = rng.choice(np.array([-1, 1], np.int8), size=(3, 77, 23))
+    alphas = rng.random((3, 23), dtype=np.float32)
+    P = lg.prepare_lut_weights(codes=codes, alphas=alphas)
+    y = lg.lut_linear(x, P, path="lut")
+    assert np.all(np.abs(y - x @ bc.dequantize(codes, alphas)) <= 2 * _bound(x, alphas, P.keys_nqt.shape[2]))
+
+
 @given(lut_case_st())
 def test_dispatch_dense_path_equals_lut_path(case):
     x, codes, alphas = case

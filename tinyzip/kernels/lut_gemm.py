@@ -48,7 +48,7 @@ once, cache the float32 W in the prepared weights, and use x @ W: never slower t
 from dataclasses import dataclass, field
 
 import numpy as np
-from numba import get_num_threads, njit, prange
+from numba import get_num_threads, njit, prange, set_num_threads
 
 from tinyzip.compress.base import PackedTensor
 from tinyzip.compress.binary_codes import dequantize, unpack_codes
@@ -58,6 +58,7 @@ MU = 8      # inputs per key
 JU = 4      # sub-vectors per table tile (batched kernel)
 MTS = (32, 16, 8)
 MT_COST = {32: 1.0, 16: 1.5, 8: 2.3}   # measured time per batch column of each tile width
+SERIAL_WORK = 1 << 22                  # M*K*N*q below this runs on one thread (see lut_linear)
 
 
 def lut_tables(x: np.ndarray) -> np.ndarray:
@@ -240,20 +241,32 @@ def lut_linear(x: np.ndarray, prepared: LutWeights, bias: np.ndarray | None = No
             codes = 2 * bits.transpose(1, 2, 0).astype(np.int8) - 1             # (q, K, N)
             prepared.dense = np.ascontiguousarray(dequantize(codes, prepared.alpha))  # (K, N) float32
         y = x @ prepared.dense
-    elif M == 1:
+    else:
+        # small calls run on one thread: a parallel region costs tens of microseconds and its
+        # closing barrier waits for every worker (perf-notes section 9, "run small layers serially")
+        threads = get_num_threads()
+        set_num_threads(1 if M * prepared.K * N * q < SERIAL_WORK else threads)
+        try:
+            y = _lut_matmul(x, prepared, min(get_num_threads(), N))
+        finally:
+            set_num_threads(threads)
+    return y if bias is None else y + bias
+
+
+def _lut_matmul(x, prepared, nchunks):
+    """Pad x with zero inputs (and the batch to the tile width), run the M = 1 or M >= 2 kernel."""
+    M, (N, q, Kb) = x.shape[0], prepared.keys_nqt.shape
+    if M == 1:
         xp = np.zeros(MU * Kb, dtype=np.float32)                           # zero-padded inputs
         xp[:prepared.K] = x[0]
         y = np.empty(N, dtype=np.float32)
-        _lut_gemv_kernel(xp, prepared.keys_nqt, prepared.alpha, y, min(get_num_threads(), N))
-        y = y[None, :]                                                     # (1, N)
-    else:
-        MT = min(MTS, key=lambda mt: -(-M // mt) * mt * MT_COST[mt])      # pad to the cheapest tile
-        Mp = -(-M // MT) * MT
-        xt = np.zeros((MU * Kb, Mp), dtype=np.float32)                     # (8 Kb, Mp): x.T, padded
-        xt[:prepared.K, :M] = x.T
-        out = np.zeros((Mp // MT, N, MT), dtype=np.float32)                # (tiles, N, MT)
-        kernel = getattr(_lut_generated, f"_lut_gemm_mt{MT}_kernel")
-        kernel(xt.reshape(-1), Mp, prepared.keys_qgn, prepared.alpha, out.reshape(-1),
-               min(get_num_threads(), N), np.uint64(255))
-        y = np.ascontiguousarray(out.transpose(0, 2, 1).reshape(Mp, N)[:M])  # (M, N)
-    return y if bias is None else y + bias
+        _lut_gemv_kernel(xp, prepared.keys_nqt, prepared.alpha, y, nchunks)
+        return y[None, :]                                                  # (1, N)
+    MT = min(MTS, key=lambda mt: -(-M // mt) * mt * MT_COST[mt])      # pad to the cheapest tile
+    Mp = -(-M // MT) * MT
+    xt = np.zeros((MU * Kb, Mp), dtype=np.float32)                     # (8 Kb, Mp): x.T, padded
+    xt[:prepared.K, :M] = x.T
+    out = np.zeros((Mp // MT, N, MT), dtype=np.float32)                # (tiles, N, MT)
+    kernel = getattr(_lut_generated, f"_lut_gemm_mt{MT}_kernel")
+    kernel(xt.reshape(-1), Mp, prepared.keys_qgn, prepared.alpha, out.reshape(-1), nchunks, np.uint64(255))
+    return np.ascontiguousarray(out.transpose(0, 2, 1).reshape(Mp, N)[:M])  # (M, N)
