@@ -1,0 +1,193 @@
+"""Translation end to end: tokenizer, model, training, decoding and BLEU, as the CLI and demo use them.
+
+    task = load_task("numbers-de")
+    translator, result = train_translation(task, preset=PRESETS["numbers-de"], out="runs/nde.npz")
+    print(translator.translate(["I have twenty-three red apples."]))
+    print(evaluate(translator, task.test)["bleu"])
+
+A ``Translator`` is the model (config only), its float32 params and the tokenizer; it is saved as
+one model file (``tinyzip.io``; the tokenizer's merges and vocabulary ride in the JSON ``extra``)
+and loaded back from that file or from a compressed ``.tz`` (``tinyzip.container``), whose tensors
+are either dequantized or, with ``kernels=True``, multiplied on the real kernels.
+"""
+import time
+from dataclasses import dataclass, field, replace
+
+import numpy as np
+
+from tinyzip import io
+from tinyzip.data import Task, Tokenizer, make_batches
+from tinyzip.decode import beam_search, greedy_decode
+from tinyzip.metrics import corpus_bleu
+from tinyzip.nn.optim import adam
+from tinyzip.nn.transformer import Seq2Seq, Seq2SeqConfig
+from tinyzip.train import checkpoint_path_for, evaluate_teacher_forced, train
+from tinyzip.errors import FileFormatError
+
+
+@dataclass(frozen=True)
+class Preset:
+    """A model size and its training recipe (Adam 0.9/0.98/1e-9, linear warmup then 1/sqrt decay)."""
+
+    vocab_size: int
+    model: dict
+    steps: int
+    max_tokens: int            # source + target tokens per batch (padding included)
+    peak_lr: float
+    warmup: int
+    max_len: int = 128         # longest sentence in tokens the model accepts
+
+    def schedule(self, step: int) -> float:
+        """lr(step) = peak_lr * min(step / warmup, sqrt(warmup / step)): Vaswani's shape, scaled to its peak."""
+        step = max(step, 1)
+        return self.peak_lr * min(step / self.warmup, (self.warmup / step) ** 0.5)
+
+
+PRESETS = {
+    "numbers-de": Preset(vocab_size=1000, model=dict(D=128, H=4, F=256, enc_layers=2, dec_layers=2,
+                                                     dropout=0.1, label_smoothing=0.1),
+                         steps=1200, max_tokens=3000, peak_lr=2e-3, warmup=200),
+    "bible-es": Preset(vocab_size=8000, model=dict(D=128, H=4, F=512, enc_layers=2, dec_layers=2,
+                                                   dropout=0.1, label_smoothing=0.1),
+                       steps=12000, max_tokens=2500, peak_lr=1.5e-3, warmup=400, max_len=160),
+}
+
+
+@dataclass
+class Translator:
+    """A trained model ready to translate: ``model`` (config only), float32 ``params``, ``tokenizer``.
+
+    ``matmuls`` (optional) maps weight names to kernel matmuls of a compressed model.
+    """
+
+    model: Seq2Seq
+    params: dict
+    tokenizer: Tokenizer
+    matmuls: dict = field(default_factory=dict)
+
+    def translate(self, texts, beam: int = 1, batch_size: int = 64) -> list:
+        """Translate a list of source sentences (greedy, or beam search with ``beam > 1``)."""
+        ids = [self.tokenizer.encode_src(t) for t in texts]
+        return [self.tokenizer.decode(y) for y in self.decode_ids(ids, beam, batch_size)]
+
+    def decode_ids(self, src_ids, beam: int = 1, batch_size: int = 64) -> list:
+        """Token-id lists in, token-id lists out; sentences are batched by length, order kept."""
+        max_len = self.model.config.max_len
+        too_long = [i for i, s in enumerate(src_ids) if len(s) > max_len]
+        if too_long:
+            raise ValueError(f"sentence {too_long[0]} has {len(src_ids[too_long[0]])} tokens; "
+                             f"this model reads at most {max_len}")
+        order = sorted(range(len(src_ids)), key=lambda i: len(src_ids[i]))
+        out = [None] * len(src_ids)
+        for start in range(0, len(order), batch_size):
+            chunk = order[start:start + batch_size]
+            S = max(1, max(len(src_ids[i]) for i in chunk))
+            src = np.zeros((len(chunk), S), dtype=np.int64)        # (B, S), PAD = 0
+            for row, i in enumerate(chunk):
+                src[row, :len(src_ids[i])] = src_ids[i]
+            limit = min(max_len, 2 * S + 10)
+            if beam > 1:
+                hyps = beam_search(self.model, self.params, src, beam_size=beam, max_len=limit,
+                                   matmuls=self.matmuls or None)
+            else:
+                hyps = greedy_decode(self.model, self.params, src, max_len=limit, matmuls=self.matmuls or None)
+            for i, hyp in zip(chunk, hyps):
+                out[i] = list(hyp)
+        return out
+
+
+def encode_pairs(tokenizer: Tokenizer, pairs, max_len: int) -> list:
+    """(src, tgt) texts -> id lists; pairs longer than ``max_len`` tokens on either side are dropped."""
+    encoded = [(tokenizer.encode_src(s), tokenizer.encode_tgt(t)) for s, t in pairs]
+    return [(s, t) for s, t in encoded if 0 < len(s) <= max_len and len(t) < max_len]
+
+
+def train_translation(task: Task, *, preset: Preset, out=None, steps: int | None = None, seed: int = 0,
+                      resume: bool = False, checkpoint_every: int = 200, log="stderr",
+                      tokenizer: Tokenizer | None = None):
+    """Learn a joint BPE tokenizer (unless given), train a Seq2Seq on ``task.train``, save to ``out``.
+
+    Returns ``(translator, train_result)``. Dev loss/accuracy (teacher forced) is the validation
+    metric; BLEU is measured by :func:`evaluate` afterwards. ``resume`` continues from the
+    checkpoint beside ``out`` (``<out>.ckpt.npz``), exactly.
+    """
+    import sys
+    log = sys.stderr if log == "stderr" else log
+    steps = preset.steps if steps is None else steps
+    if tokenizer is None:
+        tokenizer = Tokenizer.learn([s for s, _ in task.train], [t for _, t in task.train],
+                                    task.src_lang, task.tgt_lang, vocab_size=preset.vocab_size)
+    train_ids = encode_pairs(tokenizer, task.train, preset.max_len)
+    dev_ids = encode_pairs(tokenizer, task.dev, preset.max_len)
+    config = Seq2SeqConfig(src_vocab=tokenizer.src_vocab_size, tgt_vocab=tokenizer.tgt_vocab_size,
+                           max_len=preset.max_len + 2, **preset.model)
+    model = Seq2Seq(config)
+    rng = np.random.default_rng(seed)
+    params = model.init_params(rng)
+    dev_batches = list(make_batches(dev_ids, preset.max_tokens, shuffle=False))
+
+    def batches(epoch):
+        return make_batches(train_ids, preset.max_tokens, np.random.default_rng([seed, epoch]))
+
+    def validate(eff, step):
+        return evaluate_teacher_forced(model, eff, dev_batches)
+
+    extra = {"task": task.name, "tokenizer": tokenizer.to_dict()}
+    ckpt = None if out is None else checkpoint_path_for(out)
+    result = train(model, params, batches, steps=steps, optimizer=adam(), schedule=preset.schedule,
+                   rng=rng, checkpoint_path=ckpt, checkpoint_every=checkpoint_every if ckpt else 0,
+                   resume=resume, validate=validate, validate_every=max(steps // 4, 1),
+                   config=config.to_dict(), extra=extra, log=log)
+    translator = Translator(model, result.params, tokenizer)
+    if out is not None and not result.interrupted:
+        save_translator(out, translator, {"steps": result.step, "history": result.history})
+    return translator, result
+
+
+def save_translator(path, translator: Translator, extra: dict | None = None) -> None:
+    """One float32 model file: params, config, tokenizer (and any ``extra`` notes)."""
+    io.save_model(path, translator.params, translator.model.config.to_dict(),
+                  dict(extra or {}, tokenizer=translator.tokenizer.to_dict()))
+
+
+def load_translator(path, kernels: bool = False) -> Translator:
+    """A Translator from a model file (``.npz``) or a compressed ``.tz`` (dequantized, or on the
+    real kernels with ``kernels=True``)."""
+    from tinyzip import container
+    from tinyzip.compressed import dequantize_all, kernel_matmuls
+    path = str(path)
+    if path.endswith(".tz"):
+        tz = container.load_tz(path)
+        params, config, extra = dequantize_all(tz.packed), tz.config, tz.extra
+        matmuls = kernel_matmuls(tz.packed) if kernels else {}
+    else:
+        params, config, extra = io.load_model(path)
+        matmuls = {}
+    try:
+        model = Seq2Seq(Seq2SeqConfig.from_dict(config))
+        tokenizer = Tokenizer.from_dict(extra["tokenizer"])
+    except (KeyError, TypeError, ValueError) as e:
+        raise FileFormatError(f"{path}: not a translation model ({e})") from None
+    return Translator(model, params, tokenizer, matmuls)
+
+
+def evaluate(translator: Translator, pairs, beam: int = 1, batch_size: int = 64) -> dict:
+    """Corpus BLEU (sacreBLEU 13a, detokenized) on (src, ref) pairs, and decode speed.
+
+    Returns ``{"bleu", "signature", "decode_tokens_per_s", "seconds", "hyps"}``; tokens/s counts
+    generated target tokens (EOS included) per second of decoding.
+    """
+    src_ids = [translator.tokenizer.encode_src(s) for s, _ in pairs]
+    start = time.perf_counter()
+    out_ids = translator.decode_ids(src_ids, beam, batch_size)
+    seconds = time.perf_counter() - start
+    hyps = [translator.tokenizer.decode(y) for y in out_ids]
+    bleu = corpus_bleu(hyps, [r for _, r in pairs])
+    generated = sum(len(y) + 1 for y in out_ids)
+    return {"bleu": bleu.score, "signature": bleu.signature, "seconds": seconds,
+            "decode_tokens_per_s": generated / max(seconds, 1e-9), "hyps": hyps}
+
+
+def with_params(translator: Translator, params: dict, matmuls: dict | None = None) -> Translator:
+    """The same model and tokenizer with other (e.g. compressed) params."""
+    return replace(translator, params=params, matmuls=matmuls or {})
