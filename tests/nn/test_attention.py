@@ -161,3 +161,11 @@ def test_bad_input_names_the_problem():
         mha_forward(x_q, x_kv[:1], *W, n_heads=2)
     with pytest.raises(TypeError, match="x_q"):
         mha_forward(x_q.astype(int), x_kv, *W, n_heads=2)
+
+
+def test_key_bias_gets_zero_gradient_because_softmax_ignores_a_shift_per_query():
+    """q . (k_s + b_k) = q . k_s + q . b_k: the added term is the same for every key s."""
+    x_q, x_kv = inputs(seed=9)
+    out, cache = mha_forward(x_q, x_kv, *weights(6, 9), n_heads=2, key_pad=KEY_PAD)
+    db_k = mha_backward(np.random.default_rng(0).standard_normal(out.shape), cache)[5]
+    np.testing.assert_allclose(db_k, 0, atol=1e-13)

@@ -98,8 +98,10 @@ def mha_forward(x_q, x_kv, W_q, b_q, W_k, b_k, W_v, b_v, W_o, b_o, *, n_heads, k
     D = x_q.shape[-1]
     if D % n_heads:
         raise ValueError(f"attention: D={D} is not divisible by n_heads={n_heads}")
-    if head_mask is not None and np.shape(head_mask) != (n_heads,):
-        raise ValueError(f"head_mask must have shape ({n_heads},), got {np.shape(head_mask)}")
+    if head_mask is not None:
+        head_mask = np.asarray(head_mask)
+        if head_mask.shape != (n_heads,):
+            raise ValueError(f"head_mask must have shape ({n_heads},), got {head_mask.shape}")
     fwd, _ = linear or (_plain_linear, _plain_linear_backward)
     lin = {}
     q, lin["W_q"] = fwd("W_q", x_q, W_q, b_q)  # (B, T, D)
