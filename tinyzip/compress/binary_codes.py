@@ -113,9 +113,13 @@ def refit_alphas(W: np.ndarray, B: np.ndarray) -> np.ndarray:
     W = _check_weights(W)
     if B.ndim != 3 or B.shape[1:] != W.shape:
         raise ValueError(f"codes of shape {B.shape} do not fit W of shape {W.shape}")
-    Bf = B.astype(np.float64)
-    G = np.einsum("ikj,lkj->jil", Bf, Bf)                                  # (D_out, q, q), integers
-    rhs = np.einsum("ikj,kj->ji", Bf, W.astype(np.float64))                # (D_out, q)
+    q, W64 = B.shape[0], W.astype(np.float64)
+    G = np.empty((W.shape[1], q, q))                                       # (D_out, q, q): B_j^T B_j
+    rhs = np.empty((W.shape[1], q))                                        # (D_out, q):    B_j^T w_j
+    for i in range(q):
+        rhs[:, i] = (B[i] * W64).sum(axis=0)
+        for l in range(q):
+            G[:, i, l] = (B[i] * B[l]).sum(axis=0, dtype=np.int64)         # exact small integers
     # Eq. (5)
     alpha = np.einsum("jil,jl->ij", np.linalg.pinv(G, hermitian=True), rhs)  # (q, D_out)
     return alpha.astype(W.dtype)
