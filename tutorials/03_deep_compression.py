@@ -121,13 +121,13 @@ assert moved[grad_only.name] > 0 and moved[full.name] == 0
 # %% [markdown]
 # ## Step 2 — gradual pruning: Zhu & Gupta's cubic schedule
 #
-# Pruning 90% in one shot hurts; Zhu & Gupta raise the target sparsity over `n` pruning steps,
-# `dt` training steps apart, fast at first and slowly at the end, Eq. (1):
+# Pruning to a high sparsity in one shot leaves the network no time to adapt. Zhu & Gupta raise
+# the target sparsity over `n` pruning steps, `dt` training steps apart, Eq. (1):
 #
 # `s_t = s_f + (s_i - s_f) * (1 - (t - t0) / (n dt))^3`,  for `t` in `{t0, t0 + dt, ..., t0 + n dt}`.
 #
-# Each step's increment is smaller than the one before, because the weights left are the ones
-# that matter. We use this schedule on the whole model in Step 6.
+# It prunes fast while redundant weights are plentiful and more and more slowly as fewer remain:
+# each increment is smaller than the one before. We use this schedule on the whole model in Step 6.
 
 # %%
 s_i, s_f, t0, n_prune, dt = 0.0, 0.8, 0, 4, 40
@@ -244,7 +244,7 @@ for label, (symbols, alphabet, width) in streams.items():
 #
 # * dense: 4 bytes per weight;
 # * pruned: float32 values of the stored entries + 5-bit relative indices;
-# * + shared: a float32 codebook + 4-bit cluster indices + the same 5-bit relative indices;
+# * + k-means: a float32 codebook + 4-bit cluster indices + the same 5-bit relative indices;
 # * + Huffman: the codebook, the two Huffman bit streams and their code-length tables.
 #
 # Each is written to a `.tz` file with `save_tz`, read back with `load_tz` and unpacked: the
@@ -289,8 +289,8 @@ assert sizes[0] > sizes[1] > sizes[2]
 # `k = 15` and fine-tune the centroids for a few steps (`kmeans_method`: Eq. (3) gradients, the
 # zero slot frozen, so pruned weights stay zero). Finally pack every matrix (k-means and relative
 # indices, plus Huffman where it beats its tables), keep the rest as float32, and compare the
-# file with an all-float32 `.tz`.
-# The model read back from the file must give the same accuracy as the model in memory.
+# file with an all-float32 `.tz`. The model read back from the file must give the same accuracy
+# as the model in memory.
 
 # %%
 names = mp.prunable_names(params)
@@ -310,7 +310,7 @@ acc_shared = evaluate_teacher_forced(model, p, dev)["accuracy"]
 packed = {key: pack_float(value) for key, value in p.items()}
 for key in names:                                   # Huffman only where it beats its own tables
     codes = kmeans.pack_kmeans(p[key], k, gap_bits=GAP_BITS)
-    packed[key] = min(codes, huffman.pack_kmeans_huffman(codes), key=lambda t: t.nbytes)
+    packed[key] = min(codes, huffman.pack_kmeans_huffman(codes), key=lambda c: c.nbytes)
 with tempfile.TemporaryDirectory() as tmp:
     float_bytes = save_tz(os.path.join(tmp, "float32.tz"), {key: pack_float(v) for key, v in params.items()},
                           config.to_dict())
@@ -327,5 +327,6 @@ print(f"{len(names)} matrices ({n_huffman} Huffman-coded): {matrix_f32} -> {matr
       f"({matrix_f32 / matrix_packed:.1f}x); "
       f"files: {float_bytes} -> {tz_bytes} bytes ({float_bytes / tz_bytes:.2f}x)")
 assert all(np.array_equal(restored[key], p[key]) for key in p)    # the file is lossless
+assert all(np.all(p[key][~masks[key]] == 0) for key in names)     # sharing kept the pruned zeros
 assert abs(sparsity - s_f) < 0.01 and acc_file == acc_shared
 assert acc_shared > acc_float - 0.05 and tz_bytes < float_bytes
