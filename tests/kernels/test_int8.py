@@ -72,12 +72,14 @@ def linear_st(draw, max_side=17):
     return x, W, w_scale, w_zero, bias
 
 
-@given(linear_st(), st.sampled_from(["NK", "KN"]))
-def test_int8_linear_equals_reference_bit_for_bit(case, layout):
-    """Per-row symmetric activation quantization + int32 GEMM + float64 epilogue, all exact."""
+@given(linear_st(), st.sampled_from(["NK", "KN"]), st.sampled_from([0, I.SERIAL_WORK]))
+def test_int8_linear_equals_reference_bit_for_bit(case, layout, serial_work):
+    """Per-row symmetric activation quantization + int32 GEMM + float64 epilogue, all exact, on the
+    parallel (serial_work=0) and the one-thread kernel."""
     x, W, w_scale, w_zero, bias = case
     W_q = I.prepare_weight(W) if layout == "NK" else W
-    y = I.int8_linear(x, W_q, w_scale, bias, w_zero=w_zero, layout=layout, fallback_batch=None)
+    y = I.int8_linear(x, W_q, w_scale, bias, w_zero=w_zero, layout=layout, fallback_batch=None,
+                      serial_work=serial_work)
     np.testing.assert_array_equal(y, U.int8_linear_reference(x, W, w_scale, w_zero, bias))
 
 

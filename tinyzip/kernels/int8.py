@@ -40,6 +40,9 @@ from tinyzip.compress.uniform import (  # noqa: F401  (the references this file 
 # int8_linear): the 2 x 4 int32 tile loses to OpenBLAS's FMA kernel once W stops being the
 # bottleneck.
 FALLBACK_BATCH = 64
+# Below this many multiply-adds one thread finishes before a sleeping (OMP_WAIT_POLICY=PASSIVE)
+# second thread wakes up, so int8_linear runs the same kernel body serially.
+SERIAL_WORK = 2 ** 21
 
 
 @njit(cache=True)
@@ -136,8 +139,7 @@ def _quantize_rows_kernel(x, qx, scale):
             qx[m, k] = np.int8(min(max(np.rint(np.float64(x[m, k]) / s), -127.0), 127.0))
 
 
-@njit(parallel=True, cache=True)
-def _linear_kernel(a, wt, sx, sw, zw, rowsum, bias, acc, y):
+def _linear_body(a, wt, sx, sw, zw, rowsum, bias, acc, y):
     """y = float32((sx[m] sw[n]) (raw - zw[n] rowsum[m]) + bias[n]); acc is int32 scratch."""
     M = a.shape[0]
     N = wt.shape[0]
@@ -149,6 +151,10 @@ def _linear_kernel(a, wt, sx, sw, zw, rowsum, bias, acc, y):
             for n in range(n0, n0 + nn):
                 c = np.int32(acc[m, n] - zw[n] * rowsum[m])
                 y[m, n] = np.float32((sx[m] * sw[n]) * np.float64(c) + bias[n])
+
+
+_linear_kernel = njit(parallel=True, cache=True)(_linear_body)
+_linear_kernel_serial = njit(cache=True)(_linear_body)  # small layers: no thread wake-up
 
 
 @njit(parallel=True, cache=True)
@@ -234,7 +240,7 @@ def requantize(acc, M0_q, shift, z_out=0):
 
 
 def int8_linear(x, W_q, w_scale, bias=None, *, w_zero=None, layout="NK", fallback_batch=FALLBACK_BATCH,
-                W_hat=None):
+                W_hat=None, serial_work=SERIAL_WORK):
     """y = x @ W_hat + b with W_hat = w_scale (W_q - w_zero), x quantized per row on the fly.
 
     x (M, K) float32; W_q int8, (N, K) = W.T when ``layout="NK"`` (the fast stored layout, see
@@ -243,7 +249,8 @@ def int8_linear(x, W_q, w_scale, bias=None, *, w_zero=None, layout="NK", fallbac
     ``int8_linear_reference`` bit for bit. From ``fallback_batch`` rows on (None: never) the
     product runs in float32 on OpenBLAS sgemm (x itself is then not quantized), with ``W_hat``
     (float32 (K, N), e.g. ``unpack_uniform(packed)``) when the caller keeps one, else with W
-    dequantized on the spot (an extra pass over W each call).
+    dequantized on the spot (an extra pass over W each call). Below ``serial_work`` multiply-adds
+    (M N K) the int8 kernel runs on one thread; results are identical either way.
     """
     if layout not in ("NK", "KN"):
         raise ValueError(f"layout must be 'NK' (W.T, fast) or 'KN' (W), got {layout!r}")
@@ -272,5 +279,6 @@ def int8_linear(x, W_q, w_scale, bias=None, *, w_zero=None, layout="NK", fallbac
     if np.any(zw):
         _rowsum_kernel(qx, rowsum)
     acc, y = np.empty((M, N), np.int32), np.empty((M, N), np.float32)
-    _linear_kernel(qx, W_t, sx, sw, zw, rowsum, b, acc, y)
+    kernel = _linear_kernel if M * N * K >= serial_work else _linear_kernel_serial
+    kernel(qx, W_t, sx, sw, zw, rowsum, b, acc, y)
     return y
