@@ -22,10 +22,14 @@ Optimisations:
   of the output, so threads never share an output element.
 * 2 x 4 register tile (2 rows of qx x 4 rows of W_t, 8 int32 accumulators) over a contiguous k
   loop, so each loaded byte is reused 2 or 4 times. Measured on this machine (1 thread, K=4096):
-  2x4 and 4x2 33 GMAC/s, 4x4 25 (register spills), 1x1 21. ``acc = np.int32(acc + np.int32(a) * np.int32(b))``
-  keeps the arithmetic 32-bit (vpmovsxbd + vpmulld + vpaddd for the tiles; only the 1 x 1 loop
-  becomes vpmaddwd, and it is slower than the tiles).
+  2x4 and 4x2 33 GMAC/s, 4x4 25 (register spills), 1x1 21.
+  ``acc = np.int32(acc + np.int32(a) * np.int32(b))`` keeps the arithmetic 32-bit (vpmovsxbd +
+  vpmulld + vpaddd in the tiles; LLVM picks vpmaddwd only for the 1 x 1 loop, which is slower).
 * Row remainders use a 1 x 4 tile, column remainders a scalar dot product.
+* int8_linear quantizes activations symmetrically per row, so Eq. (7) needs no column sums of W
+  (a second pass over W) on any call; only asymmetric weights add the cheap row sums of qx.
+* Dispatch in int8_linear: one thread below ``SERIAL_WORK`` multiply-adds, the parallel kernel up
+  to ``FALLBACK_BATCH`` rows, OpenBLAS sgemm on the dequantized weight from there on.
 * No fastmath: the float epilogue is the reference's float64 expression, bit for bit.
 """
 import numpy as np
