@@ -1,0 +1,137 @@
+"""Compressed models at run time: from packed tensors to a model forward, dequantized or on kernels.
+
+A ``.tz`` file holds one ``PackedTensor`` per parameter. This module is the one place that knows
+which method file reads which packed format back (an explicit table, no registry):
+
+* ``unpack(packed)`` -> the dense float32 tensor (any method): the "dequantized" path, exact
+  reference semantics, used for evaluation and as the oracle of the kernel path;
+* ``kernel_matmuls(packed)`` -> ``{weight name: callable(x2d) -> x2d @ W}`` for every tensor whose
+  format has a real kernel (int8 GEMM, BiQGEMM LUT, codebook, CSC sparse): the model forward takes this
+  dict as its ``matmuls`` argument, so compressed weights are multiplied in their packed form.
+
+Embeddings are always dequantized: a lookup reads V rows, it is not a matmul.
+"""
+import numpy as np
+
+from tinyzip.compress import binarization, binary_codes, huffman, kmeans, magnitude_pruning, uniform
+from tinyzip.compress.base import PackedTensor
+from tinyzip.packing import unpack_uint
+
+FLOAT_METHODS = {"float32": np.float32, "float16": np.float16}
+
+
+def pack_float(W: np.ndarray, dtype=np.float32) -> PackedTensor:
+    """An uncompressed tensor as a PackedTensor ("float32", or "float16" at half the bytes)."""
+    dtype = np.dtype(dtype)
+    name = {np.dtype(np.float32): "float32", np.dtype(np.float16): "float16"}.get(dtype)
+    if name is None:
+        raise ValueError(f"pack_float stores float32 or float16, got {dtype}")
+    return PackedTensor(name, tuple(W.shape), {"values": np.ascontiguousarray(W, dtype=dtype)})
+
+
+def _unpack_float(packed):
+    values = packed.arrays["values"]
+    if values.dtype != FLOAT_METHODS[packed.method] or tuple(values.shape) != tuple(packed.shape):
+        raise ValueError(f"{packed.method} tensor of shape {packed.shape} holds {values.dtype} {values.shape}")
+    return values.astype(np.float32)
+
+
+UNPACK = {
+    "float32": _unpack_float,
+    "float16": _unpack_float,
+    "kmeans": kmeans.unpack_kmeans,
+    "kmeans+huffman": huffman.unpack_kmeans_huffman,
+    "sparse": magnitude_pruning.unpack_sparse,
+    "uniform": uniform.unpack_uniform,
+    "binary": binarization.unpack_binary,
+    "binary_codes": binary_codes.unpack_binary_codes,
+}
+
+
+def unpack(packed: PackedTensor) -> np.ndarray:
+    """The dense float32 tensor a packed tensor stands for."""
+    if packed.method not in UNPACK:
+        raise ValueError(f"unknown packed method {packed.method!r}; known: {sorted(UNPACK)}")
+    return np.ascontiguousarray(UNPACK[packed.method](packed), dtype=np.float32)
+
+
+def dequantize_all(packed: dict) -> dict:
+    """``{name: PackedTensor}`` -> the float32 params dict the model forward takes."""
+    return {name: unpack(p) for name, p in packed.items()}
+
+
+# ---- the kernel path -------------------------------------------------------------------------
+
+def _int8_matmul(packed):
+    from tinyzip.kernels.int8 import int8_linear, prepare_weight
+    meta = packed.meta
+    if not meta["symmetric"] or meta["granularity"] == "bucket":
+        return None                                  # the int8 kernel takes per-column symmetric scales
+    D_in, D_out = packed.shape
+    if meta["bits"] == 8:
+        q = packed.arrays["values"]
+    else:                                            # int4 etc.: codes widened to int8
+        q = unpack_uint(packed.arrays["values"], meta["bits"], D_in * D_out).astype(np.int16) + meta["qmin"]
+    W_t = prepare_weight(np.ascontiguousarray(q.reshape(D_in, D_out), dtype=np.int8))  # (N, K)
+    scale = np.broadcast_to(packed.arrays["scales"].reshape(-1), (D_out,)).astype(np.float64)
+    return lambda x: int8_linear(np.ascontiguousarray(x, dtype=np.float32), W_t, scale)
+
+
+def _lut_matmul(packed):
+    from tinyzip.kernels.lut_gemm import lut_linear, prepare_lut_weights
+    if packed.method == "binary":                    # 1-bit, alpha per output unit = binary codes, q=1
+        if packed.meta["granularity"] != "output":
+            return None
+        W = binarization.unpack_binary(packed)
+        alpha = packed.arrays["alpha"].reshape(1, -1).astype(np.float32)
+        prepared = prepare_lut_weights(codes=np.where(W >= 0, 1, -1)[None].astype(np.int8), alphas=alpha)
+    else:
+        prepared = prepare_lut_weights(packed)
+    return lambda x: lut_linear(np.ascontiguousarray(x, dtype=np.float32), prepared)
+
+
+def _codebook_matmul(packed):
+    from tinyzip.kernels.codebook import codebook_matmul
+    if packed.method == "kmeans+huffman":            # Huffman is a storage code: decode once at load
+        packed = huffman.kmeans_from_huffman(packed)
+    codebook, idx = kmeans.unpack_codes(packed)
+    if codebook.size > 256:
+        return None
+    idx8 = np.ascontiguousarray(idx, dtype=np.uint8)
+    return lambda x: codebook_matmul(np.ascontiguousarray(x, dtype=np.float32), idx8, codebook)
+
+
+def _sparse_matmul(packed):
+    from tinyzip.kernels.sparse import sparse_matmul, to_csc
+    csc = to_csc(magnitude_pruning.unpack_sparse(packed))
+    return lambda x: sparse_matmul(np.ascontiguousarray(x, dtype=np.float32), csc)
+
+
+KERNELS = {
+    "uniform": _int8_matmul,
+    "binary_codes": _lut_matmul,
+    "binary": _lut_matmul,
+    "kmeans": _codebook_matmul,
+    "kmeans+huffman": _codebook_matmul,
+    "sparse": _sparse_matmul,
+}
+
+
+def is_embedding(name: str) -> bool:
+    return name in ("emb", "src_emb", "tgt_emb", "tok_emb", "pos_emb", "type_emb")
+
+
+def kernel_matmuls(packed: dict) -> dict:
+    """``{weight name: x2d -> x2d @ W}`` on the real kernels, for every matmul weight that has one.
+
+    Weights without a kernel (float, bucketed or affine uniform grids, codebooks over 256 entries)
+    are left to the dequantized path: the caller passes ``dequantize_all(packed)`` as params too.
+    """
+    matmuls = {}
+    for name, p in packed.items():
+        if is_embedding(name) or len(p.shape) != 2 or p.method not in KERNELS:
+            continue
+        fn = KERNELS[p.method](p)
+        if fn is not None:
+            matmuls[name] = fn
+    return matmuls
