@@ -94,7 +94,7 @@ def test_dispatch_dense_path_equals_lut_path(case):
 
 
 def test_dispatch_rule_keeps_lut_where_it_wins_and_falls_back_where_it_loses():
-    assert lg.use_lut(8, 1, 4096, 4096) and lg.use_lut(32, 3, 4096, 4096)
+    assert lg.use_lut(8, 1, 4096, 4096) and lg.use_lut(32, 3, 4096, 4096) and lg.use_lut(128, 2, 4096, 4096)
     assert not lg.use_lut(128, 3, 4096, 4096) and not lg.use_lut(1, 1, 64, 64)
 
 

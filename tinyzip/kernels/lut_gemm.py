@@ -40,7 +40,7 @@ Optimisations (perf-notes sections 3, 7, 8):
   and owns its table buffer, so the loop is race-free.
 
 Dispatch (``lut_linear``, rule in ``use_lut``): where the LUT path measured slower than numpy
-float32 (M = 1 except 1 bit on big layers; q = 3 above batch 32; q = 2 above 64), dequantize
+float32 (M = 1 except 1 bit on big layers; q = 3 above batch 32; q = 2 above 128), dequantize
 once, cache the float32 W in the prepared weights, and use x @ W: never slower than float32.
 * The key mask is a kernel argument (255), not a constant: with a constant, LLVM dropped the
   mask on the top key and split that look-up into scalar loads instead of one ymm load.
@@ -206,12 +206,12 @@ def prepare_lut_weights(packed: PackedTensor | None = None, *, codes=None, alpha
 
 def use_lut(M: int, q: int, K: int, N: int) -> bool:
     """Dispatch rule: True where the LUT kernel beat numpy float32 ``x @ W`` in the measured
-    speed table (W 1024x1024 .. 4096x4096, q = 1..3, one thread, see the report), else False
-    (dequantize once and use numpy). M = 1: only 1 bit on layers of >= 4M weights. M = 2..32:
-    q <= 3. M = 33..64: q <= 2. Larger batches: 1 bit only. q > 3 is not measured: dense."""
+    speed table (W 1024x1024 .. 4096x4096, q = 1..3, M = 1, 8, 32, 128; see the report), else
+    False (dequantize once, then numpy). M = 1: 1 bit on layers of >= 4M weights only.
+    M = 2..32: q <= 3. M = 33..128: q <= 2. Larger batches: 1 bit. q > 3 is not measured: dense."""
     if M == 1:
         return q == 1 and K * N >= 1 << 22
-    return q <= (3 if M <= 32 else 2 if M <= 64 else 1)
+    return q <= (3 if M <= 32 else 2 if M <= 128 else 1)
 
 
 def lut_linear(x: np.ndarray, prepared: LutWeights, bias: np.ndarray | None = None, *,
