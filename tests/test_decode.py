@@ -21,7 +21,7 @@ class PrefixModel:
     def __init__(self, V, seed):
         self.V, self.seed = V, seed
 
-    def encode(self, params, src, matmuls=None):
+    def encode(self, params, src, matmuls=None, act_hooks=None):
         return np.asarray(src)[:, 0].copy()
 
     def logp(self, sentence, prefix):
@@ -29,7 +29,7 @@ class PrefixModel:
         z[EOS] += 0.7 * len(prefix)  # later EOS is likelier, so hypotheses of all lengths occur
         return log_softmax_forward(z)[0]
 
-    def decode_step(self, params, enc, prev, state, matmuls=None):
+    def decode_step(self, params, enc, prev, state, matmuls=None, act_hooks=None):
         state = [(int(t),) if s is None else s + (int(t),)
                  for s, t in zip(state or [None] * len(prev), prev)]
         return np.stack([self.logp(b, s[1:]) for b, s in zip(enc, state)]), state
@@ -109,6 +109,21 @@ def test_beam_search_on_a_transformer_beam_one_is_greedy_and_batching_changes_no
     batched = beam_search(model, params, src, beam_size=3, max_len=10)
     assert batched == [beam_search(model, params, src[b:b + 1], beam_size=3, max_len=10)[0]
                        for b in range(len(src))]
+
+
+def test_weight_overrides_and_activation_hooks_reach_every_decoding_matmul():
+    """x @ W overrides and identity hooks change nothing, and every hook point is visited."""
+    model, params, src = seq2seq()
+    seen = set()
+    points = [n + ":in" for n, v in params.items() if v.ndim == 2]
+    points += [p + ".probs" for p in model.attention_prefixes()]
+    hooks = {p: ((lambda p: lambda x: (seen.add(p) or x, None))(p), None) for p in points}
+    matmuls = {n: (lambda W: lambda x: x @ W)(params[n].T if n == "emb" else params[n])
+               for n, v in params.items() if v.ndim == 2}
+    ref = beam_search(model, params, src, beam_size=2, max_len=6)
+    assert beam_search(model, params, src, beam_size=2, max_len=6, matmuls=matmuls,
+                       act_hooks=hooks) == ref
+    assert seen == set(points)
 
 
 def test_bad_input_names_the_problem():

@@ -2,8 +2,9 @@
 
 Both run the encoder once (``model.encode``, which also projects every decoder layer's
 cross-attention keys and values) and then one ``model.decode_step`` per output position, which
-appends the new token's self-attention keys and values to the cache. Outputs are token-id lists
-without BOS and EOS. ``max_len`` bounds the number of decoding steps (EOS included).
+appends the new token's self-attention keys and values to the cache. ``matmuls`` and
+``act_hooks`` (inference-time weight overrides and activation quantizers) are passed through.
+Outputs are token-id lists without BOS and EOS. ``max_len`` bounds the number of decoding steps (EOS included).
 
 Beam search scores a finished hypothesis Y by log P(Y | X) / lp(Y) with the GNMT length penalty
 (Wu et al. 2016, "Google's Neural Machine Translation System", arXiv:1609.08144, Eq. 14, no
@@ -30,15 +31,16 @@ def _check(src, max_len):
     return src
 
 
-def greedy_decode(model, params, src, max_len, matmuls=None):
+def greedy_decode(model, params, src, max_len, matmuls=None, act_hooks=None):
     """argmax at every step until EOS or ``max_len`` steps. src: (B, S) -> B token-id lists."""
     src = _check(src, max_len)
-    enc = model.encode(params, src, matmuls=matmuls)
+    enc = model.encode(params, src, matmuls=matmuls, act_hooks=act_hooks)
     out = [[] for _ in range(len(src))]
     alive = np.arange(len(src))  # sentence of each row
     prev, state = np.full(len(src), BOS), None
     for _ in range(max_len):
-        logp, state = model.decode_step(params, enc, prev, state, matmuls=matmuls)
+        logp, state = model.decode_step(params, enc, prev, state, matmuls=matmuls,
+                                         act_hooks=act_hooks)
         prev = logp.argmax(-1)  # (B_alive,)
         for b, tok in zip(alive, prev):
             if tok != EOS:
@@ -57,13 +59,14 @@ def length_penalty(length, alpha):
     return ((5.0 + length) / 6.0) ** alpha
 
 
-def beam_search(model, params, src, beam_size=4, max_len=50, alpha=0.6, matmuls=None):
+def beam_search(model, params, src, beam_size=4, max_len=50, alpha=0.6, matmuls=None,
+                act_hooks=None):
     """Beam search with the GNMT length penalty. src: (B, S) -> B token-id lists (the best)."""
     src = _check(src, max_len)
     if beam_size < 1:
         raise ValueError(f"beam_size must be >= 1, got {beam_size}")
     K = beam_size
-    enc = model.encode(params, src, matmuls=matmuls)
+    enc = model.encode(params, src, matmuls=matmuls, act_hooks=act_hooks)
     alive = list(range(len(src)))  # sentence of each group of K rows
     enc = model.reorder_state(enc, np.repeat(np.arange(len(src)), K))
     seqs = [[] for _ in range(len(src) * K)]  # tokens of each row's hypothesis
@@ -72,7 +75,8 @@ def beam_search(model, params, src, beam_size=4, max_len=50, alpha=0.6, matmuls=
     finished = [[] for _ in range(len(src))]  # (normalised score, tokens)
     prev, state = np.full(len(src) * K, BOS), None
     for step in range(max_len):
-        logp, state = model.decode_step(params, enc, prev, state, matmuls=matmuls)
+        logp, state = model.decode_step(params, enc, prev, state, matmuls=matmuls,
+                                         act_hooks=act_hooks)
         V = logp.shape[1]
         cand = (scores[:, :, None] + logp.reshape(len(alive), K, V)).reshape(len(alive), K * V)
         top = np.argsort(-cand, axis=1, kind="stable")[:, : 2 * K]  # (B_alive, 2K)

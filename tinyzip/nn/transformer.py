@@ -42,7 +42,7 @@ def sinusoidal_positions(T, D, offset=0, dtype=np.float32):
     freq = 10000.0 ** (-np.arange(0, D, 2, dtype=np.float64) / D)  # (D/2,)
     pe = np.zeros((T, D))
     pe[:, 0::2] = np.sin(pos * freq)  # (T, D/2)
-    pe[:, 1::2] = np.cos(pos * freq)[:, : D // 2]
+    pe[:, 1::2] = np.cos(pos * freq)
     return pe.astype(dtype)
 
 
@@ -184,14 +184,14 @@ class _Ops:
         return dx
 
 
-def _add(dx, key, i, dstates):
-    """dx plus the upstream gradient ``dstates[key][i]`` when there is one."""
-    extra = dstates.get(key, [None] * (i + 1))[i] if dstates else None
-    return dx if extra is None else dx + extra
-
-
 def _get(dstates, key, i):
+    """The upstream gradient ``dstates[key][i]``, or None."""
     return dstates.get(key, [None] * (i + 1))[i] if dstates else None
+
+
+def _add(dx, key, i, dstates):
+    extra = _get(dstates, key, i)
+    return dx if extra is None else dx + extra
 
 
 def _check_ids(name, ids, vocab, max_len):
@@ -468,11 +468,11 @@ class Seq2Seq:
         grads = self.backward(cross_entropy_backward(1.0, lc), cache)
         return loss, grads, {"tokens": lc.tokens, "nll": lc.nll}
 
-    def encode(self, params, src, matmuls=None):
+    def encode(self, params, src, matmuls=None, act_hooks=None):
         """Encoder output plus every decoder layer's cross-attention K, V (computed once)."""
         c = self.config
         src = _check_ids("src", src, c.src_vocab, c.max_len)
-        ops = self._ops(params, matmuls=matmuls)
+        ops = self._ops(params, matmuls=matmuls, act_hooks=act_hooks)
         src_pad = src == PAD
         enc_out, _ = _encoder_stack(ops, self._embed(ops, self.src_emb, src)[0], src_pad, c.enc_layers)
         cross_kv = []
@@ -483,14 +483,15 @@ class Seq2Seq:
             cross_kv.append((k, v))
         return EncoderState(enc_out, src_pad, cross_kv)
 
-    def decode_step(self, params, enc_state, prev_tokens, dec_state=None, matmuls=None):
+    def decode_step(self, params, enc_state, prev_tokens, dec_state=None, matmuls=None,
+                    act_hooks=None):
         """One decoder step with cached K/V: logprobs (B, V) of the next token, new state."""
         c = self.config
         prev = _check_ids("prev_tokens", np.asarray(prev_tokens).reshape(-1, 1), c.tgt_vocab, 1)
         pos = 0 if dec_state is None else dec_state.pos
         if pos >= c.max_len:
             raise ValueError(f"decode_step at position {pos} exceeds max_len={c.max_len}")
-        ops = self._ops(params, matmuls=matmuls)
+        ops = self._ops(params, matmuls=matmuls, act_hooks=act_hooks)
         x, _ = self._embed(ops, self.tgt_emb, prev, offset=pos)  # (B, 1, D)
         self_kv = []
         for i in range(c.dec_layers):
