@@ -270,3 +270,11 @@ def _lut_matmul(x, prepared, nchunks):
     kernel = getattr(_lut_generated, f"_lut_gemm_mt{MT}_kernel")
     kernel(xt.reshape(-1), Mp, prepared.keys_qgn, prepared.alpha, out.reshape(-1), nchunks, np.uint64(255))
     return np.ascontiguousarray(out.transpose(0, 2, 1).reshape(Mp, N)[:M])  # (M, N)
+
+
+def lut_matmuls(packed: dict) -> dict:
+    """``{weight name: x2d (N, D_in) -> (N, D_out)}`` for the model forward's ``matmuls`` hook:
+    every "binary_codes" tensor of a packed model runs on ``lut_linear`` (inference only)."""
+    prepared = {name: prepare_lut_weights(p) for name, p in packed.items() if p.method == "binary_codes"}
+    return {name: (lambda x, P=P: lut_linear(np.ascontiguousarray(x, dtype=np.float32), P))
+            for name, P in prepared.items()}
