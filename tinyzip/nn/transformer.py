@@ -27,6 +27,7 @@ accepts gradients for any of them (same keys, lists with arrays or None).
 """
 import math
 from dataclasses import asdict, dataclass
+from functools import partial
 from typing import NamedTuple
 
 import numpy as np
@@ -96,7 +97,7 @@ class _Ops:
             raise ValueError(f"no backward through matmuls[{name!r}] (inference only)")
         lcache, hook, hcache = cache
         dx, dW, db = L.linear_backward(dy, lcache)
-        self.acc(name, dW.T if name == "emb" else dW)
+        self.acc(name, np.ascontiguousarray(dW.T) if name == "emb" else dW)  # E is W_out.T
         self.acc(_bias_name(name), db)
         return dx if hook is None else hook[1](dx, hcache)
 
@@ -115,6 +116,7 @@ class _Ops:
         return dx
 
     def ffn(self, prefix, x):
+        # Eq. (2): FFN(x) = act(x @ W_1 + b_1) @ W_2 + b_2
         h, c1 = self.linear(prefix + ".W_1", x)  # (B, T, F)
         if self.activation == "relu":
             a, ca = L.relu_forward(h)
@@ -345,10 +347,7 @@ class Seq2Seq:
     def init_params(self, rng):
         """Xavier-uniform weights, N(0, D^-1/2) embeddings (PAD row 0), zero biases, LN = identity."""
         c = self.config
-        params = {}
-
-        def init(n_in, n_out):
-            return _xavier(rng, n_in, n_out)
+        params, init = {}, partial(_xavier, rng)
 
         def emb(V):
             E = rng.normal(0.0, c.D ** -0.5, size=(V, c.D)).astype(np.float32)
@@ -358,7 +357,7 @@ class Seq2Seq:
             params["emb"] = emb(c.src_vocab)
         else:
             params["src_emb"], params["tgt_emb"] = emb(c.src_vocab), emb(c.tgt_vocab)
-            params["out.W"] = _xavier(rng, c.D, c.tgt_vocab)
+            params["out.W"] = init(c.D, c.tgt_vocab)
         params["out.b"] = np.zeros(c.tgt_vocab, np.float32)
         for i in range(c.enc_layers):
             params.update(_block_params(rng, f"enc.{i}", c.D, c.F, ["attn"], ["ln1", "ln2"], init))
@@ -377,8 +376,8 @@ class Seq2Seq:
                     keep_states=states)
 
     def _embed(self, ops, name, ids, offset=0):
-        """x_0 = Dropout(E[ids] * sqrt(D) + PE)   (Sec. 3.4, 3.5)."""
         E = ops.params[name]
+        # Sec. 3.4 / 3.5: x_0 = Dropout(E[ids] * sqrt(D) + PE)
         e, ec = L.embedding_forward(ids, E)  # (B, T, D)
         e *= math.sqrt(self.config.D)
         e += sinusoidal_positions(ids.shape[1], self.config.D, offset, E.dtype)
@@ -498,7 +497,7 @@ class Seq2Seq:
             past = None if dec_state is None else dec_state.self_kv[i]
             x, (c1, _, _) = _decoder_layer(ops, f"dec.{i}", x, None, enc_state.src_pad,
                                            self_kv=past, cross_kv=enc_state.cross_kv[i])
-            acache = c1[2][1]
+            acache = c1[2][1]  # sub-layer cache (ln, ln cache, (prefix, attention cache, _), _)
             self_kv.append((acache.k, acache.v))
         logits, _, _ = self._output(ops, x)
         logp, _ = L.log_softmax_forward(logits[:, 0])  # (B, V)
