@@ -9,7 +9,7 @@ def _lut_gemm_mt32_kernel(xt, Mp, keys, alpha, out, nchunks, kmask):
     for c in prange(nchunks):
         T = np.empty(32768, np.float32)
         for m0 in range(0, Mp, 32):
-            for g in range(G):
+            for g in range(0, G, 1):
                 t0 = 4 * g
                 for u in range(4):
                     xb = np.uint64(8 * (t0 + u) * Mp + m0)
@@ -156,11 +156,11 @@ def _lut_gemm_mt32_kernel(xt, Mp, keys, alpha, out, nchunks, kmask):
                     o30 = out[ob + np.uint64(30)]
                     o31 = out[ob + np.uint64(31)]
                     for i in range(q):
-                        kk = np.uint64(keys[i, g, n])
-                        b0 = np.uint64(0) + ((kk >> np.uint64(0)) & kmask) * np.uint64(32)
-                        b1 = np.uint64(8192) + ((kk >> np.uint64(8)) & kmask) * np.uint64(32)
-                        b2 = np.uint64(16384) + ((kk >> np.uint64(16)) & kmask) * np.uint64(32)
-                        b3 = np.uint64(24576) + ((kk >> np.uint64(24)) & kmask) * np.uint64(32)
+                        kk0 = np.uint64(keys[i, g + 0, n])
+                        b0 = np.uint64(0) + ((kk0 >> np.uint64(0)) & kmask) * np.uint64(32)
+                        b1 = np.uint64(8192) + ((kk0 >> np.uint64(8)) & kmask) * np.uint64(32)
+                        b2 = np.uint64(16384) + ((kk0 >> np.uint64(16)) & kmask) * np.uint64(32)
+                        b3 = np.uint64(24576) + ((kk0 >> np.uint64(24)) & kmask) * np.uint64(32)
                         a = alpha[i, n]
                         o0 = o0 + a * (T[b0 + np.uint64(0)] + T[b1 + np.uint64(0)] + T[b2 + np.uint64(0)] + T[b3 + np.uint64(0)])
                         o1 = o1 + a * (T[b0 + np.uint64(1)] + T[b1 + np.uint64(1)] + T[b2 + np.uint64(1)] + T[b3 + np.uint64(1)])
@@ -233,7 +233,7 @@ def _lut_gemm_mt16_kernel(xt, Mp, keys, alpha, out, nchunks, kmask):
     for c in prange(nchunks):
         T = np.empty(16384, np.float32)
         for m0 in range(0, Mp, 16):
-            for g in range(G):
+            for g in range(0, G, 1):
                 t0 = 4 * g
                 for u in range(4):
                     xb = np.uint64(8 * (t0 + u) * Mp + m0)
@@ -316,11 +316,11 @@ def _lut_gemm_mt16_kernel(xt, Mp, keys, alpha, out, nchunks, kmask):
                     o14 = out[ob + np.uint64(14)]
                     o15 = out[ob + np.uint64(15)]
                     for i in range(q):
-                        kk = np.uint64(keys[i, g, n])
-                        b0 = np.uint64(0) + ((kk >> np.uint64(0)) & kmask) * np.uint64(16)
-                        b1 = np.uint64(4096) + ((kk >> np.uint64(8)) & kmask) * np.uint64(16)
-                        b2 = np.uint64(8192) + ((kk >> np.uint64(16)) & kmask) * np.uint64(16)
-                        b3 = np.uint64(12288) + ((kk >> np.uint64(24)) & kmask) * np.uint64(16)
+                        kk0 = np.uint64(keys[i, g + 0, n])
+                        b0 = np.uint64(0) + ((kk0 >> np.uint64(0)) & kmask) * np.uint64(16)
+                        b1 = np.uint64(4096) + ((kk0 >> np.uint64(8)) & kmask) * np.uint64(16)
+                        b2 = np.uint64(8192) + ((kk0 >> np.uint64(16)) & kmask) * np.uint64(16)
+                        b3 = np.uint64(12288) + ((kk0 >> np.uint64(24)) & kmask) * np.uint64(16)
                         a = alpha[i, n]
                         o0 = o0 + a * (T[b0 + np.uint64(0)] + T[b1 + np.uint64(0)] + T[b2 + np.uint64(0)] + T[b3 + np.uint64(0)])
                         o1 = o1 + a * (T[b0 + np.uint64(1)] + T[b1 + np.uint64(1)] + T[b2 + np.uint64(1)] + T[b3 + np.uint64(1)])
@@ -359,11 +359,11 @@ def _lut_gemm_mt16_kernel(xt, Mp, keys, alpha, out, nchunks, kmask):
 def _lut_gemm_mt8_kernel(xt, Mp, keys, alpha, out, nchunks, kmask):
     q, G, N = keys.shape
     for c in prange(nchunks):
-        T = np.empty(8192, np.float32)
+        T = np.empty(16384, np.float32)
         for m0 in range(0, Mp, 8):
-            for g in range(G):
+            for g in range(0, G, 2):
                 t0 = 4 * g
-                for u in range(4):
+                for u in range(8):
                     xb = np.uint64(8 * (t0 + u) * Mp + m0)
                     tb = np.uint64(u * 2048)
                     for mm in range(8):
@@ -412,20 +412,25 @@ def _lut_gemm_mt8_kernel(xt, Mp, keys, alpha, out, nchunks, kmask):
                     o6 = out[ob + np.uint64(6)]
                     o7 = out[ob + np.uint64(7)]
                     for i in range(q):
-                        kk = np.uint64(keys[i, g, n])
-                        b0 = np.uint64(0) + ((kk >> np.uint64(0)) & kmask) * np.uint64(8)
-                        b1 = np.uint64(2048) + ((kk >> np.uint64(8)) & kmask) * np.uint64(8)
-                        b2 = np.uint64(4096) + ((kk >> np.uint64(16)) & kmask) * np.uint64(8)
-                        b3 = np.uint64(6144) + ((kk >> np.uint64(24)) & kmask) * np.uint64(8)
+                        kk0 = np.uint64(keys[i, g + 0, n])
+                        kk1 = np.uint64(keys[i, g + 1, n])
+                        b0 = np.uint64(0) + ((kk0 >> np.uint64(0)) & kmask) * np.uint64(8)
+                        b1 = np.uint64(2048) + ((kk0 >> np.uint64(8)) & kmask) * np.uint64(8)
+                        b2 = np.uint64(4096) + ((kk0 >> np.uint64(16)) & kmask) * np.uint64(8)
+                        b3 = np.uint64(6144) + ((kk0 >> np.uint64(24)) & kmask) * np.uint64(8)
+                        b4 = np.uint64(8192) + ((kk1 >> np.uint64(0)) & kmask) * np.uint64(8)
+                        b5 = np.uint64(10240) + ((kk1 >> np.uint64(8)) & kmask) * np.uint64(8)
+                        b6 = np.uint64(12288) + ((kk1 >> np.uint64(16)) & kmask) * np.uint64(8)
+                        b7 = np.uint64(14336) + ((kk1 >> np.uint64(24)) & kmask) * np.uint64(8)
                         a = alpha[i, n]
-                        o0 = o0 + a * (T[b0 + np.uint64(0)] + T[b1 + np.uint64(0)] + T[b2 + np.uint64(0)] + T[b3 + np.uint64(0)])
-                        o1 = o1 + a * (T[b0 + np.uint64(1)] + T[b1 + np.uint64(1)] + T[b2 + np.uint64(1)] + T[b3 + np.uint64(1)])
-                        o2 = o2 + a * (T[b0 + np.uint64(2)] + T[b1 + np.uint64(2)] + T[b2 + np.uint64(2)] + T[b3 + np.uint64(2)])
-                        o3 = o3 + a * (T[b0 + np.uint64(3)] + T[b1 + np.uint64(3)] + T[b2 + np.uint64(3)] + T[b3 + np.uint64(3)])
-                        o4 = o4 + a * (T[b0 + np.uint64(4)] + T[b1 + np.uint64(4)] + T[b2 + np.uint64(4)] + T[b3 + np.uint64(4)])
-                        o5 = o5 + a * (T[b0 + np.uint64(5)] + T[b1 + np.uint64(5)] + T[b2 + np.uint64(5)] + T[b3 + np.uint64(5)])
-                        o6 = o6 + a * (T[b0 + np.uint64(6)] + T[b1 + np.uint64(6)] + T[b2 + np.uint64(6)] + T[b3 + np.uint64(6)])
-                        o7 = o7 + a * (T[b0 + np.uint64(7)] + T[b1 + np.uint64(7)] + T[b2 + np.uint64(7)] + T[b3 + np.uint64(7)])
+                        o0 = o0 + a * (T[b0 + np.uint64(0)] + T[b1 + np.uint64(0)] + T[b2 + np.uint64(0)] + T[b3 + np.uint64(0)] + T[b4 + np.uint64(0)] + T[b5 + np.uint64(0)] + T[b6 + np.uint64(0)] + T[b7 + np.uint64(0)])
+                        o1 = o1 + a * (T[b0 + np.uint64(1)] + T[b1 + np.uint64(1)] + T[b2 + np.uint64(1)] + T[b3 + np.uint64(1)] + T[b4 + np.uint64(1)] + T[b5 + np.uint64(1)] + T[b6 + np.uint64(1)] + T[b7 + np.uint64(1)])
+                        o2 = o2 + a * (T[b0 + np.uint64(2)] + T[b1 + np.uint64(2)] + T[b2 + np.uint64(2)] + T[b3 + np.uint64(2)] + T[b4 + np.uint64(2)] + T[b5 + np.uint64(2)] + T[b6 + np.uint64(2)] + T[b7 + np.uint64(2)])
+                        o3 = o3 + a * (T[b0 + np.uint64(3)] + T[b1 + np.uint64(3)] + T[b2 + np.uint64(3)] + T[b3 + np.uint64(3)] + T[b4 + np.uint64(3)] + T[b5 + np.uint64(3)] + T[b6 + np.uint64(3)] + T[b7 + np.uint64(3)])
+                        o4 = o4 + a * (T[b0 + np.uint64(4)] + T[b1 + np.uint64(4)] + T[b2 + np.uint64(4)] + T[b3 + np.uint64(4)] + T[b4 + np.uint64(4)] + T[b5 + np.uint64(4)] + T[b6 + np.uint64(4)] + T[b7 + np.uint64(4)])
+                        o5 = o5 + a * (T[b0 + np.uint64(5)] + T[b1 + np.uint64(5)] + T[b2 + np.uint64(5)] + T[b3 + np.uint64(5)] + T[b4 + np.uint64(5)] + T[b5 + np.uint64(5)] + T[b6 + np.uint64(5)] + T[b7 + np.uint64(5)])
+                        o6 = o6 + a * (T[b0 + np.uint64(6)] + T[b1 + np.uint64(6)] + T[b2 + np.uint64(6)] + T[b3 + np.uint64(6)] + T[b4 + np.uint64(6)] + T[b5 + np.uint64(6)] + T[b6 + np.uint64(6)] + T[b7 + np.uint64(6)])
+                        o7 = o7 + a * (T[b0 + np.uint64(7)] + T[b1 + np.uint64(7)] + T[b2 + np.uint64(7)] + T[b3 + np.uint64(7)] + T[b4 + np.uint64(7)] + T[b5 + np.uint64(7)] + T[b6 + np.uint64(7)] + T[b7 + np.uint64(7)])
                     out[ob + np.uint64(0)] = o0
                     out[ob + np.uint64(1)] = o1
                     out[ob + np.uint64(2)] = o2

@@ -18,7 +18,8 @@ output unit n, i.e. a column of our W. Split the inputs into sub-vectors of mu =
 References: ``lut_matmul_reference`` (NumPy, builds every table explicitly) and, for the
 numbers, dense ``x @ dequantize(codes, alphas)``; the kernels equal both within a float32
 tolerance of order K * eps * (|x| @ sum_i |alpha_i|) (the sums are re-associated).
-K not a multiple of 32: x is padded with zero inputs, the pad keys are 0, and the pad adds 0.
+K not a multiple of 64 (8 keys, so every kernel's key groups divide evenly): x is padded with
+zero inputs, the pad keys are 0, and the pad adds 0.
 
 Dtypes: x float32, keys uint8 (uint32 = 4 keys in the batched layout), alphas float32,
 accumulation float32, output float32. The table is built by doubling, Eq. (2), not Gray code.
@@ -30,8 +31,9 @@ Optimisations (perf-notes sections 3, 7, 8):
 * M >= 2 (``_lut_gemm_mt{8,16,32}_kernel`` in ``_lut_generated.py``, written by
   ``_generated_source``): keys stored (q, Kb/4, N) as uint32 (4 keys, one load); output
   stored (M/MT, N, MT) so each tile's rows are contiguous. Per thread a block of output units;
-  for each batch tile of MT columns and each group of JU = 4 sub-vectors, the thread builds just
-  that tile of tables (4 x 256 x MT floats, L2-resident) and uses it on all its rows. Build and
+  for each batch tile of MT columns and each group of 4 sub-vectors (8 when MT = 8: 7-15%
+  faster, measured), the thread builds just that tile of tables (4 x 256 x MT floats,
+  L2-resident) and uses it on all its rows. Build and
   query are straight-line code over MT with uint64 indices and all loads before stores, so
   LLVM's SLP vectoriser (NUMBA_SLP_VECTORIZE=1, set by ``import tinyzip``) emits ymm adds; the
   q bit planes accumulate in registers before one store. The batch is zero-padded to the tile
@@ -55,7 +57,8 @@ from tinyzip.compress.binary_codes import dequantize, unpack_codes
 from tinyzip.kernels import _lut_generated
 
 MU = 8      # inputs per key
-JU = 4      # sub-vectors per table tile (batched kernel)
+JU = 4      # sub-vectors per uint32 key word (batched kernel)
+GPI = {32: 1, 16: 1, 8: 2}             # key words per table tile: MT = 8 tiles cover 8 sub-vectors
 MTS = (32, 16, 8)
 MT_COST = {32: 1.0, 16: 1.5, 8: 2.3}   # measured time per batch column of each tile width
 SERIAL_WORK = 1 << 22                  # M*K*N*q below this runs on one thread (see lut_linear)
@@ -122,15 +125,16 @@ def _generated_source() -> str:
              "import numpy as np", "from numba import njit, prange", ""]
     for MT in MTS:
         u64 = lambda v: f"np.uint64({v})"                                  # noqa: E731
+        JT = JU * GPI[MT]                                                  # sub-vectors per tile
         lines += ["", "@njit(parallel=True, cache=True)",
                   f"def _lut_gemm_mt{MT}_kernel(xt, Mp, keys, alpha, out, nchunks, kmask):",
                   "    q, G, N = keys.shape",
                   "    for c in prange(nchunks):",
-                  "        T = np.empty(%d, np.float32)" % (JU * 256 * MT),
+                  "        T = np.empty(%d, np.float32)" % (JT * 256 * MT),
                   f"        for m0 in range(0, Mp, {MT}):",
-                  "            for g in range(G):",
+                  f"            for g in range(0, G, {GPI[MT]}):",
                   f"                t0 = {JU} * g",
-                  f"                for u in range({JU}):",
+                  f"                for u in range({JT}):",
                   "                    xb = np.uint64(8 * (t0 + u) * Mp + m0)",
                   f"                    tb = np.uint64(u * {256 * MT})",
                   f"                    for mm in range({MT}):",
@@ -152,11 +156,11 @@ def _generated_source() -> str:
                   "                    ob = np.uint64(m0 * N + n * %d)" % MT]
         lines += [f"                    o{m} = out[ob + {u64(m)}]" for m in range(MT)]
         lines += ["                    for i in range(q):"]
-        lines += ["                        kk = np.uint64(keys[i, g, n])"]
-        lines += [f"                        b{u} = {u64(u * 256 * MT)} + ((kk >> {u64(8 * u)}) & kmask) * {u64(MT)}"
-                  for u in range(JU)]
+        lines += [f"                        kk{p} = np.uint64(keys[i, g + {p}, n])" for p in range(GPI[MT])]
+        lines += [f"                        b{u} = {u64(u * 256 * MT)} + ((kk{u // JU} >> {u64(8 * (u % JU))}) & kmask) * {u64(MT)}"
+                  for u in range(JT)]
         lines += ["                        a = alpha[i, n]"]
-        lines += [f"                        o{m} = o{m} + a * (" + " + ".join(f"T[b{u} + {u64(m)}]" for u in range(JU)) + ")"
+        lines += [f"                        o{m} = o{m} + a * (" + " + ".join(f"T[b{u} + {u64(m)}]" for u in range(JT)) + ")"
                   for m in range(MT)]
         lines += [f"                    out[ob + {u64(m)}] = o{m}" for m in range(MT)]
     return "\n".join(lines) + "\n"
@@ -164,7 +168,7 @@ def _generated_source() -> str:
 
 @dataclass
 class LutWeights:
-    """Binary-coded weights laid out for the kernels. Kb = ceil(K / 32) * 4 keys per unit and
+    """Binary-coded weights laid out for the kernels. Kb = ceil(K / 64) * 8 keys per unit and
     plane (pad keys 0). ``keys_nqt`` uint8 (N, q, Kb) feeds M = 1; ``keys_qgn`` uint32
     (q, Kb/4, N) feeds M >= 2 and holds the keys of sub-vectors 4g..4g+3 in bytes 0..3 (so the
     weights sit in memory twice: 2q bits per weight); ``alpha`` float32 (q, N). ``dense`` caches
@@ -193,7 +197,7 @@ def prepare_lut_weights(packed: PackedTensor | None = None, *, codes=None, alpha
         raise ValueError(f"q must be in 1..8, got {q}")
     if alphas.shape != (q, N) or not np.issubdtype(alphas.dtype, np.floating) or not np.all(np.isfinite(alphas)):
         raise ValueError(f"alphas must be finite floats of shape {(q, N)}, got {alphas.dtype} {alphas.shape}")
-    Kb = -(-K // (MU * JU)) * JU
+    Kb = -(-K // (MU * 2 * JU)) * 2 * JU                                   # a multiple of 8 keys
     bits = np.zeros((q, N, MU * Kb), dtype=np.uint8)                       # (q, N, 8 Kb)
     bits[:, :, :K] = np.moveaxis(codes, 1, 2) > 0
     keys = np.packbits(bits, axis=2, bitorder="little")                    # (q, N, Kb)
