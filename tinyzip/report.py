@@ -1,0 +1,258 @@
+"""The main job: train a baseline, compress it once per method, measure every row of the table.
+
+Every row is measured, never computed from a formula: the method's tensors are packed, written
+to a real ``.tz`` file (``container.save_tz``), read back, and the model read back from the file
+translates the test sentences on the real kernels (int8 GEMM, BiQGEMM LUT, codebook, CSC sparse).
+
+* ``file_bytes`` and ``ratio``: bytes of the ``.tz`` file; ratio = float32 model file bytes / that.
+* ``bits``: the method's nominal bits per compressed weight (None for pruning alone).
+* ``bleu``: corpus BLEU (sacreBLEU 13a) of greedy decoding; ``bleu_pct`` = 100 * bleu / baseline.
+* ``decode_tokens_per_s``: generated tokens per second of batched greedy decoding on the kernels.
+* ``attention_entropy``: mean entropy (nats) of the decoder's cross-attention rows on test
+  sentences (teacher forced), to test transformers.zip's "compressed models attend more sharply".
+
+The rows are an explicit list in ``plan(full)``; each is one small function of this file that
+calls the method files in ``tinyzip/compress``, in pipeline order.
+"""
+import json
+import os
+import time
+from dataclasses import dataclass, replace
+
+import numpy as np
+
+from tinyzip import container, viz
+from tinyzip.compress import binarization, binary_codes, huffman, kmeans, magnitude_pruning, uniform
+from tinyzip.compress.base import Chain, Method
+from tinyzip.compressed import pack_float
+from tinyzip.data import load_task, make_batches
+from tinyzip.nn.optim import adam
+from tinyzip.train import train
+from tinyzip.translation import (PRESETS, encode_pairs, evaluate, load_translator, save_translator,
+                                 train_translation, with_params)
+
+
+@dataclass
+class Context:
+    """What every row needs: the baseline, data for fine-tuning and for evaluation."""
+
+    translator: object              # the float32 baseline Translator
+    train_ids: list                 # encoded training pairs, for short fine-tuning
+    test_pairs: list                # (src, ref) texts the table is measured on
+    out_dir: str
+    preset: object
+    seed: int
+    float_bytes: int = 0
+    baseline_bleu: float = 0.0
+    log: object = None
+
+
+def finetune(ctx: Context, params: dict, method: Method, steps: int, lr_scale: float = 0.5) -> dict:
+    """``steps`` of training through ``method`` at ``lr_scale`` x the preset's peak lr (short warmup)."""
+    if steps <= 0:
+        return params
+    model, preset = ctx.translator.model, ctx.preset
+    peak, warmup = lr_scale * preset.peak_lr, max(steps // 10, 1)
+
+    def batches(epoch):
+        return make_batches(ctx.train_ids, preset.max_tokens, np.random.default_rng([ctx.seed, 99, epoch]))
+
+    result = train(model, params, batches, steps=steps, optimizer=adam(), rng=np.random.default_rng(ctx.seed),
+                   schedule=lambda s: peak * min(1.0, s / warmup), method=method, log=ctx.log)
+    return result.params
+
+
+def pack_model(params: dict, pack_matrix, names) -> dict:
+    """``pack_matrix(name, W)`` for the named matrices, float32 for everything else (biases, LN)."""
+    return {n: pack_matrix(n, W) if n in names else pack_float(W) for n, W in params.items()}
+
+
+def matrices(params: dict) -> list:
+    """Every 2-D parameter: the attention, FFN and (shared) embedding/output matrices."""
+    return [n for n, W in params.items() if W.ndim == 2]
+
+
+# ---- one function per row ---------------------------------------------------------------------
+
+def row_pruning(ctx, params, sparsity=0.8, steps=300):
+    """Zhu & Gupta gradual magnitude pruning to ``sparsity`` with retraining; CSC-ready sparse export."""
+    names = magnitude_pruning.prunable_names(params)
+    rounds = 4
+    for r, target in enumerate(magnitude_pruning.iterative_targets(sparsity, rounds)):
+        params, masks = magnitude_pruning.prune_params(params, target, names=names,
+                                                       masks=None if r == 0 else masks)
+        params = finetune(ctx, params, magnitude_pruning.pruning_method(masks), steps // rounds)
+    packed = pack_model(params, lambda n, W: magnitude_pruning.pack_sparse(W), names)
+    return f"magnitude_pruning-{int(sparsity * 100)}", None, packed, params
+
+
+def row_kmeans(ctx, params, bits=4, steps=100, base=None):
+    """Deep Compression weight sharing: k = 2^bits centroids per matrix, centroids fine-tuned (Eq. 3)."""
+    names = matrices(params)
+    params, method = kmeans.kmeans_method(params, names, 1 << bits)
+    params = finetune(ctx, params, method, steps)
+    packed = pack_model(params, lambda n, W: kmeans.pack_kmeans(W, 1 << bits), names)
+    return base or f"kmeans-{bits}bit", bits, packed, params
+
+
+def row_deep_compression(ctx, params, sparsity=0.8, bits=4, steps=300, gap_bits=4):
+    """Prune -> share (k = 2^bits - 1 plus the zero slot) -> Huffman: the full Deep Compression pipeline."""
+    _, _, _, pruned = row_pruning(ctx, params, sparsity, steps)
+    names = magnitude_pruning.prunable_names(pruned)
+    k = (1 << bits) - 1
+    shared, method = kmeans.kmeans_method(pruned, names, k)
+    shared = finetune(ctx, shared, method, steps // 3)
+
+    def pack(name, W):
+        return huffman.pack_kmeans_huffman(kmeans.pack_kmeans(W, k, gap_bits=gap_bits))
+
+    packed = pack_model(shared, pack, names)
+    others = [n for n in matrices(shared) if n not in names]      # e.g. the embedding: shared, not pruned
+    packed.update({n: kmeans.pack_kmeans(shared[n], 1 << bits) for n in others})
+    return f"magnitude_pruning-{int(sparsity * 100)}+kmeans+huffman", bits, packed, shared
+
+
+def row_binarization(ctx, params, steps=300):
+    """BinaryNet signs with XNOR per-output scales, latent weights trained through the clipped STE."""
+    names = [n for n in matrices(params) if n != "emb"]            # the lookup table stays float
+    method = binarization.binarization_method(names)
+    latent = binarization.clip_latent(params, names)
+    latent = finetune(ctx, latent, method, steps)
+    packed = pack_model(latent, lambda n, W: binarization.pack_binary(W), names)
+    return "binarization", 1, packed, method.forward(latent)[0]
+
+
+def row_uniform(ctx, params, bits=8, steps=0):
+    """Per-channel symmetric uniform weights (Jacob 2018 / FQT); PTQ when steps = 0, else weight QAT."""
+    names = matrices(params)
+    if steps:
+        method = uniform.qat_method(params, bits, weights_only=True)
+        params = finetune(ctx, params, method, steps)
+    packed = pack_model(params, lambda n, W: uniform.pack_uniform(W, bits), names)
+    return f"uniform-{'qat' if steps else 'ptq'}-{bits}bit", bits, packed, params
+
+
+def row_binary_codes(ctx, params, q=2, steps=300):
+    """Multi-bit binary codes (Xu et al. alternating), QAT through the STE, run on BiQGEMM."""
+    names = [n for n in matrices(params) if n != "emb"]
+    method = Method(f"binary_codes-{q}bit", {n: binary_codes.BinaryCodesSTE(q) for n in names})
+    params = finetune(ctx, params, method, steps)
+    emb_bits = max(q, 4)                                           # the lookup table: k-means, see README
+
+    def pack(name, W):
+        return binary_codes.pack_binary_codes(*binary_codes.binary_codes(W, q))
+
+    packed = pack_model(params, pack, names)
+    packed["emb"] = kmeans.pack_kmeans(params["emb"], 1 << emb_bits)
+    return f"binary_codes-{q}bit", q, packed, params
+
+
+def plan(full: bool):
+    """The rows, in the order of the table (an explicit list: no registry)."""
+    if not full:
+        return [
+            (row_pruning, {}),
+            (row_kmeans, {"bits": 4}),
+            (row_deep_compression, {}),
+            (row_binarization, {}),
+            (row_uniform, {"bits": 8}),
+            (row_uniform, {"bits": 4, "steps": 200}),
+            (row_binary_codes, {"q": 2}),
+        ]
+    return ([(row_pruning, {"sparsity": s, "steps": 600}) for s in (0.5, 0.8, 0.9)]
+            + [(row_kmeans, {"bits": b, "steps": 200}) for b in (8, 5, 4, 3, 2)]
+            + [(row_deep_compression, {"steps": 600}), (row_binarization, {"steps": 600})]
+            + [(row_uniform, {"bits": b}) for b in (8, 6, 4)]
+            + [(row_uniform, {"bits": b, "steps": 400}) for b in (8, 6, 4)]
+            + [(row_binary_codes, {"q": q, "steps": 600}) for q in (1, 2, 3, 4)])
+
+
+# ---- measuring ------------------------------------------------------------------------------
+
+def attention_entropy(translator, pairs, n=64) -> float:
+    """Mean entropy (nats) of the decoder's cross-attention rows, teacher forced on ``n`` pairs."""
+    ids = encode_pairs(translator.tokenizer, pairs[:n], translator.model.config.max_len - 2)
+    src, tgt_in, _ = next(iter(make_batches(ids, 10 ** 9, shuffle=False)))
+    _, cache = translator.model.forward(translator.params, src, tgt_in, return_states=True)
+    ent = viz.attention_entropy(cache.states["dec.cross_probs"], mask=src != 0, query_mask=tgt_in != 0)
+    return float(np.mean(ent))
+
+
+def measure(ctx: Context, method: str, bits, path: str, seconds: float) -> dict:
+    """Reload ``path`` (a .tz or the float model file) and measure one row on the real kernels."""
+    translator = load_translator(path, kernels=path.endswith(".tz"))
+    result = evaluate(translator, ctx.test_pairs)
+    file_bytes = os.path.getsize(path)
+    row = {"method": method, "bits": bits, "file_bytes": file_bytes,
+           "ratio": ctx.float_bytes / file_bytes if ctx.float_bytes else 1.0,
+           "bleu": result["bleu"], "bleu_pct": 100.0 * result["bleu"] / ctx.baseline_bleu if ctx.baseline_bleu else 100.0,
+           "decode_tokens_per_s": result["decode_tokens_per_s"],
+           "attention_entropy": attention_entropy(translator, ctx.test_pairs),
+           "compress_seconds": seconds, "path": path}
+    return row
+
+
+def format_table(rows: list) -> str:
+    header = f"{'method':<44} {'bits':>4} {'file bytes':>11} {'ratio':>6} {'BLEU':>6} {'% base':>7} {'tok/s':>7} {'H(attn)':>7}"
+    lines = [header, "-" * len(header)]
+    for r in rows:
+        bits = "-" if r["bits"] is None else f"{r['bits']:g}"
+        lines.append(f"{r['method']:<44} {bits:>4} {r['file_bytes']:>11,} {r['ratio']:>5.2f}x {r['bleu']:>6.2f} "
+                     f"{r['bleu_pct']:>6.1f}% {r['decode_tokens_per_s']:>7.0f} {r['attention_entropy']:>7.3f}")
+    return "\n".join(lines)
+
+
+def run_demo(*, task="numbers-de", out_dir="runs/demo", full=False, steps=None, seed=0, n_test=None,
+             json_path=None, log="stderr") -> dict:
+    """Train the baseline, run every row of ``plan(full)``, print and return the table."""
+    import sys
+    log = sys.stderr if log == "stderr" else log
+    os.makedirs(out_dir, exist_ok=True)
+    preset = PRESETS[task] if steps is None else replace(PRESETS[task], steps=steps)
+    data = load_task(task, seed=seed)
+    test_pairs = data.test if (full or n_test is None) else data.test[:n_test]
+    float_path = os.path.join(out_dir, "float32.npz")
+    print(f"training the float32 baseline on {task} ({preset.steps} steps) ...", file=log)
+    translator, _ = train_translation(data, preset=preset, out=float_path, seed=seed, log=log)
+    ctx = Context(translator, encode_pairs(translator.tokenizer, data.train, preset.max_len), test_pairs,
+                  out_dir, preset, seed, log=log)
+    report = {"task": task, "n_test": len(test_pairs), "rows": []}
+
+    def emit(row):
+        report["rows"].append(row)
+        print(format_table(report["rows"]).splitlines()[-1], file=log)
+        if json_path:
+            _write_json(json_path, report)             # an interrupted run keeps what it measured
+
+    baseline = measure(ctx, "float32", 32, float_path, 0.0)
+    ctx.float_bytes, ctx.baseline_bleu = baseline["file_bytes"], baseline["bleu"]
+    emit(dict(baseline, ratio=1.0, bleu_pct=100.0))
+    write_attention(translator, test_pairs[0], out_dir)
+    for fn, kwargs in plan(full):
+        start = time.perf_counter()
+        name, bits, packed, _ = fn(ctx, dict(translator.params), **kwargs)
+        path = os.path.join(out_dir, name.replace("+", "_") + ".tz")
+        container.save_tz(path, packed, translator.model.config.to_dict(),
+                          {"tokenizer": translator.tokenizer.to_dict(), "method": name})
+        emit(measure(ctx, name, bits, path, time.perf_counter() - start))
+    return report
+
+
+def write_attention(translator, pair, out_dir) -> str:
+    """Cross-attention maps of one test pair, every layer and head (PNG, or text without matplotlib)."""
+    src_text, tgt_text = pair
+    tok = translator.tokenizer
+    ids = encode_pairs(tok, [pair], translator.model.config.max_len - 2)
+    src, tgt_in, _ = next(iter(make_batches(ids, 10 ** 9, shuffle=False)))
+    _, cache = translator.model.forward(translator.params, src, tgt_in, return_states=True)
+    src_tokens = [tok.src_vocab.symbol(int(i)) for i in src[0]]
+    tgt_tokens = ["<s>"] + [tok.tgt_vocab.symbol(int(i)) for i in tgt_in[0, 1:]]
+    return viz.write_attention_maps(cache.states["dec.cross_probs"], src_tokens, tgt_tokens,
+                                    os.path.join(out_dir, "attention.png"))
+
+
+def _write_json(path, obj) -> None:
+    tmp = f"{path}.tmp"
+    with open(tmp, "w") as f:
+        json.dump(obj, f, indent=1)
+    os.replace(tmp, path)
