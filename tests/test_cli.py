@@ -55,25 +55,25 @@ def test_bad_arguments_give_one_line_and_status_2(args, words):
 
 
 def test_missing_checkpoint_file_on_resume(tmp_path):
-    run = _tinyzip("train", "--resume", "--out", str(tmp_path / "model.npz"))
+    run = _tinyzip("train", "--task", "copy", "--resume", "--out", str(tmp_path / "model.npz"))
     _assert_one_line_error(run, f"{tmp_path / 'model.ckpt.npz'}: no such file")
 
 
 def test_unwritable_output_path(tmp_path):
     blocker = tmp_path / "file"
     blocker.write_text("not a directory")
-    _assert_one_line_error(_tinyzip("train", "--steps", "1", "--out", str(blocker / "m.npz")), str(blocker))
+    _assert_one_line_error(_tinyzip("train", "--task", "copy", "--steps", "1", "--out", str(blocker / "m.npz")), str(blocker))
 
 
 def test_train_writes_a_loadable_model_and_resumes(tmp_path):
     out = tmp_path / "m.npz"
-    run = _tinyzip("train", "--preset", "tiny", "--steps", "3", "--batch-size", "4", "--out", str(out))
+    run = _tinyzip("train", "--task", "copy", "--preset", "tiny", "--steps", "3", "--batch-size", "4", "--out", str(out))
     assert run.returncode == 0, run.stderr
     assert f"wrote {out}" in run.stdout and "step 3/3" in run.stderr
     params, config, extra = io.load_model(out)
     assert config["D"] == 32 and extra["task"] == "copy" and extra["steps"] == 3
     assert io.load_checkpoint(tmp_path / "m.ckpt.npz").step == 3
-    run = _tinyzip("train", "--preset", "tiny", "--steps", "5", "--batch-size", "4", "--out", str(out),
+    run = _tinyzip("train", "--task", "copy", "--preset", "tiny", "--steps", "5", "--batch-size", "4", "--out", str(out),
                    "--resume")
     assert run.returncode == 0, run.stderr
     assert "step 4/5" in run.stderr and "step 1/5" not in run.stderr
@@ -82,7 +82,7 @@ def test_train_writes_a_loadable_model_and_resumes(tmp_path):
 
 def test_ctrl_c_writes_checkpoint_and_exits_with_one_line(tmp_path):
     out = tmp_path / "m.npz"
-    proc = subprocess.Popen([sys.executable, "-m", "tinyzip.cli", "train", "--preset", "tiny", "--steps",
+    proc = subprocess.Popen([sys.executable, "-m", "tinyzip.cli", "train", "--task", "copy", "--preset", "tiny", "--steps",
                              "100000", "--out", str(out)], stderr=subprocess.PIPE, text=True, env=ENV)
     first = proc.stderr.readline()  # the progress line of step 1: training is under way
     assert first.startswith("step"), first
@@ -107,11 +107,22 @@ def test_bench_train_json_shape(tmp_path):
 
 
 @pytest.mark.slow
-def test_demo_placeholder_prints_one_row_and_json(tmp_path):
-    path = tmp_path / "demo.json"
-    run = _tinyzip("demo", "--steps", "1", "--out", str(tmp_path / "demo.npz"), "--json", str(path))
+def test_demo_measures_every_row_from_its_own_file(tmp_path):
+    """The main job end to end on the seconds-long copy task: one row per method, each row's bytes
+    are those of the file it names, compressed rows are smaller than the float32 file."""
+    path, out = tmp_path / "demo.json", tmp_path / "demo"
+    run = _tinyzip("demo", "--task", "copy", "--steps", "30", "--finetune-steps", "2", "--n-test", "16",
+                   "--out", str(out), "--json", str(path))
     assert run.returncode == 0, run.stderr
-    assert "float32" in run.stdout
-    (row,) = json.loads(path.read_text())["rows"]
-    assert row["method"] == "float32" and row["ratio"] == 1.0
-    assert row["file_bytes"] == os.path.getsize(tmp_path / "demo.npz")
+    rows = json.loads(path.read_text())["rows"]
+    assert [r["method"] for r in rows][:2] == ["float32", "magnitude_pruning-80"]
+    assert {"kmeans-4bit", "binarization", "uniform-ptq-8bit", "binary_codes-2bit"} <= {r["method"] for r in rows}
+    base = rows[0]
+    assert base["ratio"] == 1.0 and base["file_bytes"] == os.path.getsize(out / "float32.npz")
+    for r in rows[1:]:
+        assert r["file_bytes"] == os.path.getsize(r["path"]) and r["file_bytes"] < base["file_bytes"]
+        assert r["ratio"] == base["file_bytes"] / r["file_bytes"]
+        assert 0.0 <= r["bleu"] <= 100.0 and r["decode_tokens_per_s"] > 0 and r["attention_entropy"] >= 0
+    assert all(r["method"] in run.stdout for r in rows)
+
+

@@ -37,34 +37,82 @@ def _write_json(path, obj) -> None:
     os.replace(tmp, path)
 
 
+TRANSLATION_TASKS = ["numbers-de", "bible-es", "files"]
+
+
 def _add_train(sub):
     p = sub.add_parser("train", help="train a model",
                        description="Train a Seq2Seq Transformer; checkpoints go beside --out "
-                                   "(NAME.ckpt.npz) and --resume continues from there exactly.")
-    p.add_argument("--task", choices=["copy", "reverse"], default="copy",
-                   help="built-in task (default: copy)")
-    p.add_argument("--preset", choices=["tiny", "small", "default"], default="small",
-                   help="model size (default: small; default = D 256, H 4, F 1024, 3+3 layers)")
-    p.add_argument("--steps", type=int, default=300, help="total optimizer steps (default: 300)")
-    p.add_argument("--batch-size", type=int, default=32, help="sequences per batch (default: 32)")
-    p.add_argument("--warmup", type=int, default=100, help="warmup steps of the schedule (default: 100)")
-    p.add_argument("--lr-scale", type=float, default=1.0, help="multiplies Vaswani's schedule (default: 1)")
-    p.add_argument("--checkpoint-every", type=int, default=100,
-                   help="steps between checkpoints (default: 100)")
-    p.add_argument("--out", default=None, help="model file to write (default: runs/TASK-PRESET.npz)")
+                                   "(NAME.ckpt.npz) and --resume continues from there exactly. "
+                                   "Translation tasks use their preset (tinyzip.translation.PRESETS).")
+    p.add_argument("--task", choices=TRANSLATION_TASKS + ["copy", "reverse"], default="numbers-de",
+                   help="built-in task, or 'files' with --src/--tgt (default: numbers-de)")
+    p.add_argument("--src", help="with --task files: source sentences, one per line")
+    p.add_argument("--tgt", help="with --task files: target sentences, line i translating --src line i")
+    p.add_argument("--langs", default="en,de", help="with --task files: source,target language codes")
+    p.add_argument("--preset", default=None,
+                   help="copy/reverse: tiny|small|default (default: small); translation: a preset name "
+                        "(default: the task's own; 'numbers-de' for --task files)")
+    p.add_argument("--steps", type=int, default=None, help="total optimizer steps (default: the preset's)")
+    p.add_argument("--batch-size", type=int, default=32, help="copy/reverse: sequences per batch (default: 32)")
+    p.add_argument("--warmup", type=int, default=100, help="copy/reverse: warmup steps (default: 100)")
+    p.add_argument("--lr-scale", type=float, default=1.0, help="copy/reverse: multiplies Vaswani's schedule")
+    p.add_argument("--checkpoint-every", type=int, default=200, help="steps between checkpoints (default: 200)")
+    p.add_argument("--out", default=None, help="model file to write (default: runs/TASK.npz)")
     p.add_argument("--seed", type=int, default=0, help="seed of init, dropout and data (default: 0)")
     p.add_argument("--resume", action="store_true", help="continue from the checkpoint beside --out")
     p.set_defaults(func=_cmd_train)
 
 
 def _cmd_train(args) -> int:
+    if (args.steps is not None and args.steps < 1) or args.checkpoint_every < 0:
+        raise ValueError("--steps must be >= 1 and --checkpoint-every >= 0")
+    out = args.out or os.path.join("runs", f"{args.task}.npz")
+    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+    if args.task in ("copy", "reverse"):
+        return _train_copy(args, out)
+    from dataclasses import replace
+
+    from tinyzip.data import Task, load_parallel_files, load_task
+    from tinyzip.translation import PRESETS, evaluate, train_translation
+
+    if args.task == "files":
+        if not (args.src and args.tgt):
+            raise ValueError("--task files needs --src and --tgt")
+        langs = args.langs.split(",")
+        if len(langs) != 2:
+            raise ValueError(f"--langs must be two codes like en,de, got {args.langs!r}")
+        pairs = load_parallel_files(args.src, args.tgt)
+        n_dev = max(1, min(500, len(pairs) // 20))
+        task = Task("files", pairs[2 * n_dev:], pairs[:n_dev], pairs[n_dev:2 * n_dev], *langs)
+        if not task.train:
+            raise ValueError(f"{args.src}: {len(pairs)} pairs are too few to hold out dev and test sets")
+    else:
+        task = load_task(args.task, seed=args.seed)
+    name = args.preset or ("numbers-de" if args.task == "files" else args.task)
+    if name not in PRESETS:
+        raise ValueError(f"unknown preset {name!r}; choose from {sorted(PRESETS)}")
+    preset = PRESETS[name] if args.steps is None else replace(PRESETS[name], steps=args.steps)
+    translator, result = train_translation(task, preset=preset, out=out, seed=args.seed, resume=args.resume,
+                                           checkpoint_every=args.checkpoint_every)
+    if result.interrupted:
+        print(f"tinyzip: interrupted after step {result.step}; continue with the same command plus --resume",
+              file=sys.stderr)
+        return 2
+    bleu = evaluate(translator, task.dev)["bleu"]
+    print(f"wrote {out} ({os.path.getsize(out):,} bytes) after {result.step} steps; dev BLEU {bleu:.2f}")
+    return 0
+
+
+def _train_copy(args, out) -> int:
     from tinyzip.train import train_copy_task
 
-    if args.steps < 1 or args.batch_size < 1 or args.warmup < 1 or args.checkpoint_every < 0:
-        raise ValueError("--steps, --batch-size and --warmup must be >= 1, --checkpoint-every >= 0")
-    out = args.out or os.path.join("runs", f"{args.task}-{args.preset}.npz")
-    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
-    result = train_copy_task(out=out, steps=args.steps, preset=args.preset, reverse=args.task == "reverse",
+    preset = args.preset or "small"
+    if preset not in ("tiny", "small", "default"):
+        raise ValueError(f"copy/reverse presets are tiny, small, default; got {preset!r}")
+    if args.batch_size < 1 or args.warmup < 1:
+        raise ValueError("--batch-size and --warmup must be >= 1")
+    result = train_copy_task(out=out, steps=args.steps or 300, preset=preset, reverse=args.task == "reverse",
                              batch_size=args.batch_size, seed=args.seed, resume=args.resume,
                              warmup=args.warmup, lr_scale=args.lr_scale,
                              checkpoint_every=args.checkpoint_every)
@@ -78,33 +126,152 @@ def _cmd_train(args) -> int:
 
 
 def _add_demo(sub):
-    p = sub.add_parser("demo", help="train the default model and print the results table",
-                       description="Placeholder of the main demo: train the default model on the copy "
-                                   "task and print a one-row table (float32 baseline).")
-    p.add_argument("--steps", type=int, default=200, help="training steps (default: 200)")
-    p.add_argument("--out", default=os.path.join("runs", "demo.npz"),
-                   help="model file (default: runs/demo.npz)")
-    p.add_argument("--json", metavar="PATH", help="also write the table as JSON")
+    p = sub.add_parser("demo", help="the main job: train, compress with every method, print the table",
+                       description="Train the default model on the quick task (numbers-de), compress it "
+                                   "with one representative setting of every method, reload each .tz "
+                                   "and measure file bytes, BLEU and decode speed on the real kernels.")
+    p.add_argument("--full", action="store_true", help="every bit width and variant, whole test set (slow)")
+    p.add_argument("--task", choices=["numbers-de", "bible-es", "copy"], default="numbers-de",
+                   help="numbers-de (default), bible-es (slow on a CPU), copy (a seconds-long smoke run)")
+    p.add_argument("--steps", type=int, default=None, help="baseline training steps (default: the preset's)")
+    p.add_argument("--finetune-steps", type=int, default=None,
+                   help="cap on every method's fine-tuning steps (0: post-training only)")
+    p.add_argument("--n-test", type=int, default=300, help="test sentences measured (default: 300; --full: all)")
+    p.add_argument("--out", default=os.path.join("runs", "demo"), help="directory for models and maps")
+    p.add_argument("--json", metavar="PATH", help="also write the table as JSON (rewritten after every row)")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=_cmd_demo)
 
 
 def _cmd_demo(args) -> int:
-    from tinyzip.train import train_copy_task
+    from tinyzip.report import format_table, run_demo
 
-    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-    result = train_copy_task(out=args.out, steps=args.steps, preset="default", seed=args.seed)
-    if result["interrupted"]:
-        print(f"tinyzip: interrupted after step {result['step']}", file=sys.stderr)
-        return 2
-    row = {"method": "float32", "bits": 32.0, "file_bytes": os.path.getsize(args.out), "ratio": 1.0,
-           "bleu": None, "bleu_pct": None, "decode_tokens_per_s": None, "attention_entropy": None,
-           "accuracy": result["dev"].get("accuracy")}
-    print(f"{'method':<10} {'bits':>5} {'file bytes':>12} {'ratio':>6} {'dev accuracy':>13}")
-    print(f"{row['method']:<10} {row['bits']:>5.0f} {row['file_bytes']:>12,} {row['ratio']:>6.2f} "
-          f"{row['accuracy']:>13.4f}")
+    report = run_demo(task=args.task, out_dir=args.out, full=args.full, steps=args.steps,
+                      finetune_steps=args.finetune_steps, seed=args.seed, n_test=args.n_test,
+                      json_path=args.json)
+    print(f"\n{report['task']}: {report['n_test']} test sentences, greedy decoding, sacreBLEU 13a; "
+          f"files in {args.out}")
+    print(format_table(report["rows"]))
+    return 0
+
+
+def _add_translate(sub):
+    p = sub.add_parser("translate", help="translate text with a model file (.npz) or a compressed .tz",
+                       description="Translate TEXT, or each line of standard input when TEXT is omitted.")
+    p.add_argument("model", help="a model file written by 'tinyzip train' or a .tz")
+    p.add_argument("text", nargs="*", help="sentences (default: read lines from stdin)")
+    p.add_argument("--beam", type=int, default=4, help="beam size (1: greedy; default: 4)")
+    p.add_argument("--kernels", action="store_true", help=".tz only: multiply on the real kernels")
+    p.set_defaults(func=_cmd_translate)
+
+
+def _cmd_translate(args) -> int:
+    from tinyzip.translation import load_translator
+
+    if args.beam < 1:
+        raise ValueError(f"--beam must be >= 1, got {args.beam}")
+    translator = load_translator(args.model, kernels=args.kernels)
+    texts = args.text or [line.rstrip("\n") for line in sys.stdin]
+    texts = [t for t in texts if t.strip()]
+    if not texts:
+        raise ValueError("nothing to translate (give TEXT or lines on stdin)")
+    for line in translator.translate(texts, beam=args.beam):
+        print(line)
+    return 0
+
+
+def _add_eval(sub):
+    p = sub.add_parser("eval", help="BLEU, file bytes and decode speed of a model file or .tz",
+                       description="Evaluate on a built-in task's test split (or --src/--ref files).")
+    p.add_argument("model")
+    p.add_argument("--task", choices=["numbers-de", "bible-es"], default=None,
+                   help="test split to use (default: the task the model was trained on)")
+    p.add_argument("--src", help="source sentences, one per line (with --ref)")
+    p.add_argument("--ref", help="reference translations, one per line (with --src)")
+    p.add_argument("--beam", type=int, default=1, help="beam size (default: 1, greedy)")
+    p.add_argument("--n", type=int, default=None, help="only the first N test sentences")
+    p.add_argument("--kernels", action="store_true", help=".tz only: multiply on the real kernels")
+    p.add_argument("--json", metavar="PATH", help="also write {'task', 'rows': [...]} as JSON")
+    p.set_defaults(func=_cmd_eval)
+
+
+def _cmd_eval(args) -> int:
+    from tinyzip.data import load_parallel_files, load_task
+    from tinyzip.report import attention_entropy
+    from tinyzip.translation import evaluate, load_translator
+
+    translator = load_translator(args.model, kernels=args.kernels)
+    if args.src or args.ref:
+        if not (args.src and args.ref):
+            raise ValueError("--src and --ref go together")
+        pairs, task = load_parallel_files(args.src, args.ref), "files"
+    else:
+        task = args.task or _task_of(args.model)
+        pairs = load_task(task).test
+    pairs = pairs[:args.n] if args.n else pairs
+    result = evaluate(translator, pairs, beam=args.beam)
+    row = {"method": os.path.basename(args.model), "file_bytes": os.path.getsize(args.model),
+           "bleu": result["bleu"], "decode_tokens_per_s": result["decode_tokens_per_s"],
+           "attention_entropy": attention_entropy(translator, pairs), "beam": args.beam,
+           "kernels": bool(args.kernels), "n": len(pairs), "signature": result["signature"]}
+    print(f"{row['method']}: BLEU {row['bleu']:.2f} ({result['signature']}) on {len(pairs)} {task} sentences, "
+          f"{row['file_bytes']:,} bytes, {row['decode_tokens_per_s']:.0f} decoded tokens/s, "
+          f"attention entropy {row['attention_entropy']:.3f}")
     if args.json:
-        _write_json(args.json, {"task": "copy", "rows": [row]})
+        _write_json(args.json, {"task": task, "rows": [row]})
+    return 0
+
+
+def _task_of(path) -> str:
+    from tinyzip import container, io
+
+    extra = container.load_tz(path).extra if str(path).endswith(".tz") else io.load_model(path)[2]
+    task = extra.get("task")
+    if task not in ("numbers-de", "bible-es"):
+        raise ValueError(f"{path}: no built-in task recorded; pass --task or --src/--ref")
+    return task
+
+
+def _add_inspect(sub):
+    p = sub.add_parser("inspect", help="per-tensor byte table of a .tz file")
+    p.add_argument("file")
+    p.set_defaults(func=_cmd_inspect)
+
+
+def _cmd_inspect(args) -> int:
+    from tinyzip.container import format_inspect, load_tz
+
+    print(format_inspect(load_tz(args.file)))
+    return 0
+
+
+def _add_attention(sub):
+    p = sub.add_parser("attention", help="cross-attention maps of one sentence pair",
+                       description="Write a PNG grid (layers x heads) with matplotlib, or a text heat "
+                                   "map without it, and print the entropy per layer and head.")
+    p.add_argument("model")
+    p.add_argument("source")
+    p.add_argument("target", nargs="?", help="target sentence (default: the model's own translation)")
+    p.add_argument("--out", default="attention.png", help="PNG path (.txt without matplotlib)")
+    p.set_defaults(func=_cmd_attention)
+
+
+def _cmd_attention(args) -> int:
+    from tinyzip import viz
+    from tinyzip.report import pair_arrays, write_attention
+    from tinyzip.translation import load_translator
+
+    translator = load_translator(args.model)
+    target = args.target or translator.translate([args.source])[0]
+    pair = (args.source, target)
+    path = write_attention(translator, pair, os.path.dirname(os.path.abspath(args.out)),
+                           os.path.basename(args.out))
+    src, tgt_in = pair_arrays(translator, [pair])
+    _, cache = translator.model.forward(translator.params, src, tgt_in, return_states=True)
+    entropy = viz.attention_entropy(cache.states["dec.cross_probs"], mask=src != 0)
+    print(f"{args.source} -> {target}\nwrote {path}\ncross-attention entropy (nats), layer x head:")
+    for layer, row in enumerate(entropy):
+        print(f"  layer {layer}: " + " ".join(f"{h:.3f}" for h in row))
     return 0
 
 
@@ -141,7 +308,7 @@ def _add_bench(sub):
         add(bsub)
 
 
-COMMANDS = [_add_demo, _add_train, _add_bench]
+COMMANDS = [_add_demo, _add_train, _add_translate, _add_eval, _add_inspect, _add_attention, _add_bench]
 
 
 def build_parser() -> argparse.ArgumentParser:

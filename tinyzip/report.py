@@ -148,31 +148,40 @@ def row_binary_codes(ctx, params, q=2, steps=300):
 
 
 def plan(full: bool):
-    """The rows, in the order of the table (an explicit list: no registry)."""
+    """The rows, in the order of the table (an explicit list: no registry). ``steps`` is each
+    row's fine-tuning budget; 0 means post-training only."""
     if not full:
         return [
-            (row_pruning, {}),
-            (row_kmeans, {"bits": 4}),
-            (row_deep_compression, {}),
-            (row_binarization, {}),
-            (row_uniform, {"bits": 8}),
+            (row_pruning, {"sparsity": 0.8, "steps": 300}),
+            (row_kmeans, {"bits": 4, "steps": 100}),
+            (row_deep_compression, {"steps": 300}),
+            (row_binarization, {"steps": 300}),
+            (row_uniform, {"bits": 8, "steps": 0}),
             (row_uniform, {"bits": 4, "steps": 200}),
-            (row_binary_codes, {"q": 2}),
+            (row_binary_codes, {"q": 2, "steps": 300}),
         ]
     return ([(row_pruning, {"sparsity": s, "steps": 600}) for s in (0.5, 0.8, 0.9)]
             + [(row_kmeans, {"bits": b, "steps": 200}) for b in (8, 5, 4, 3, 2)]
             + [(row_deep_compression, {"steps": 600}), (row_binarization, {"steps": 600})]
-            + [(row_uniform, {"bits": b}) for b in (8, 6, 4)]
+            + [(row_uniform, {"bits": b, "steps": 0}) for b in (8, 6, 4)]
             + [(row_uniform, {"bits": b, "steps": 400}) for b in (8, 6, 4)]
             + [(row_binary_codes, {"q": q, "steps": 600}) for q in (1, 2, 3, 4)])
 
 
 # ---- measuring ------------------------------------------------------------------------------
 
+def pair_arrays(translator, pairs):
+    """(src (B, S), tgt_in (B, T)) id arrays of (source, target) text pairs, for teacher forcing."""
+    ids = encode_pairs(translator.tokenizer, pairs, translator.model.config.max_len - 2)
+    if not ids:
+        raise ValueError("the sentence pairs are empty or too long for this model")
+    src, tgt_in, _ = next(iter(make_batches(ids, 10 ** 9, shuffle=False)))
+    return src, tgt_in
+
+
 def attention_entropy(translator, pairs, n=64) -> float:
     """Mean entropy (nats) of the decoder's cross-attention rows, teacher forced on ``n`` pairs."""
-    ids = encode_pairs(translator.tokenizer, pairs[:n], translator.model.config.max_len - 2)
-    src, tgt_in, _ = next(iter(make_batches(ids, 10 ** 9, shuffle=False)))
+    src, tgt_in = pair_arrays(translator, pairs[:n])
     _, cache = translator.model.forward(translator.params, src, tgt_in, return_states=True)
     ent = viz.attention_entropy(cache.states["dec.cross_probs"], mask=src != 0, query_mask=tgt_in != 0)
     return float(np.mean(ent))
@@ -202,9 +211,12 @@ def format_table(rows: list) -> str:
     return "\n".join(lines)
 
 
-def run_demo(*, task="numbers-de", out_dir="runs/demo", full=False, steps=None, seed=0, n_test=None,
-             json_path=None, log="stderr") -> dict:
-    """Train the baseline, run every row of ``plan(full)``, print and return the table."""
+def run_demo(*, task="numbers-de", out_dir="runs/demo", full=False, steps=None, finetune_steps=None, seed=0,
+             n_test=None, json_path=None, log="stderr") -> dict:
+    """Train the baseline, run every row of ``plan(full)``, print and return the table.
+
+    ``steps`` overrides the baseline's training steps; ``finetune_steps`` caps every row's
+    fine-tuning (0: post-training only), for a quick look or a test."""
     import sys
     log = sys.stderr if log == "stderr" else log
     os.makedirs(out_dir, exist_ok=True)
@@ -229,6 +241,8 @@ def run_demo(*, task="numbers-de", out_dir="runs/demo", full=False, steps=None, 
     emit(dict(baseline, ratio=1.0, bleu_pct=100.0))
     write_attention(translator, test_pairs[0], out_dir)
     for fn, kwargs in plan(full):
+        if finetune_steps is not None:
+            kwargs = dict(kwargs, steps=min(kwargs["steps"], finetune_steps))
         start = time.perf_counter()
         name, bits, packed, _ = fn(ctx, dict(translator.params), **kwargs)
         path = os.path.join(out_dir, name.replace("+", "_") + ".tz")
@@ -238,17 +252,16 @@ def run_demo(*, task="numbers-de", out_dir="runs/demo", full=False, steps=None, 
     return report
 
 
-def write_attention(translator, pair, out_dir) -> str:
-    """Cross-attention maps of one test pair, every layer and head (PNG, or text without matplotlib)."""
-    src_text, tgt_text = pair
+def write_attention(translator, pair, out_dir, filename="attention.png") -> str:
+    """Cross-attention maps of one (source, target) pair, every layer and head (PNG, or text
+    without matplotlib); returns the path written."""
     tok = translator.tokenizer
-    ids = encode_pairs(tok, [pair], translator.model.config.max_len - 2)
-    src, tgt_in, _ = next(iter(make_batches(ids, 10 ** 9, shuffle=False)))
+    src, tgt_in = pair_arrays(translator, [pair])
     _, cache = translator.model.forward(translator.params, src, tgt_in, return_states=True)
     src_tokens = [tok.src_vocab.symbol(int(i)) for i in src[0]]
     tgt_tokens = ["<s>"] + [tok.tgt_vocab.symbol(int(i)) for i in tgt_in[0, 1:]]
     return viz.write_attention_maps(cache.states["dec.cross_probs"], src_tokens, tgt_tokens,
-                                    os.path.join(out_dir, "attention.png"))
+                                    os.path.join(out_dir, filename))
 
 
 def _write_json(path, obj) -> None:

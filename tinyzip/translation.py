@@ -44,6 +44,9 @@ class Preset:
 
 
 PRESETS = {
+    "copy": Preset(vocab_size=60, model=dict(D=32, H=2, F=64, enc_layers=1, dec_layers=1, dropout=0.0,
+                                             label_smoothing=0.0),
+                   steps=300, max_tokens=1000, peak_lr=3e-3, warmup=50),
     "numbers-de": Preset(vocab_size=1000, model=dict(D=128, H=4, F=256, enc_layers=2, dec_layers=2,
                                                      dropout=0.1, label_smoothing=0.1),
                          steps=1200, max_tokens=3000, peak_lr=2e-3, warmup=200),
@@ -140,7 +143,7 @@ def train_translation(task: Task, *, preset: Preset, out=None, steps: int | None
                    config=config.to_dict(), extra=extra, log=log)
     translator = Translator(model, result.params, tokenizer)
     if out is not None and not result.interrupted:
-        save_translator(out, translator, {"steps": result.step, "history": result.history})
+        save_translator(out, translator, {"task": task.name, "steps": result.step, "history": result.history})
     return translator, result
 
 
