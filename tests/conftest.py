@@ -6,6 +6,7 @@ cores. Under CI (``CI`` set) examples are derandomized so a run is reproducible.
 """
 import os
 
+import tinyzip  # noqa: F401  (first: sets the BLAS/Numba environment before NumPy loads)
 from hypothesis import HealthCheck, settings
 
 settings.register_profile(

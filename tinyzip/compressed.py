@@ -63,7 +63,7 @@ def dequantize_all(packed: dict) -> dict:
 # ---- the kernel path -------------------------------------------------------------------------
 
 def _int8_matmul(packed):
-    from tinyzip.kernels.int8 import int8_linear, prepare_weight
+    from tinyzip.kernels.int8 import FALLBACK_BATCH, int8_linear, prepare_weight
     meta = packed.meta
     if not meta["symmetric"] or meta["granularity"] == "bucket":
         return None                                  # the int8 kernel takes per-column symmetric scales
@@ -74,7 +74,15 @@ def _int8_matmul(packed):
         q = unpack_uint(packed.arrays["values"], meta["bits"], D_in * D_out).astype(np.int16) + meta["qmin"]
     W_t = prepare_weight(np.ascontiguousarray(q.reshape(D_in, D_out), dtype=np.int8))  # (N, K)
     scale = np.broadcast_to(packed.arrays["scales"].reshape(-1), (D_out,)).astype(np.float64)
-    return lambda x: int8_linear(np.ascontiguousarray(x, dtype=np.float32), W_t, scale)
+    dense = []                                       # float32 W, made once if a large batch needs it
+
+    def matmul(x):
+        x = np.ascontiguousarray(x, dtype=np.float32)
+        if x.shape[0] >= FALLBACK_BATCH and not dense:
+            dense.append(uniform.unpack_uniform(packed))
+        return int8_linear(x, W_t, scale, W_hat=dense[0] if dense else None)
+
+    return matmul
 
 
 def _lut_matmul(packed):
