@@ -85,3 +85,94 @@ def format_train_table(rows: list[dict]) -> str:
                      f"{r['params']:>9,} {str(r['batch']) + 'x' + str(r['length']):>9} "
                      f"{r['step_seconds']:>9.4f} {r['tokens_per_s']:>9,.0f} {r['adam_seconds']:>7.4f}")
     return "\n".join(lines)
+
+
+# ---- kernels: every compressed matmul against NumPy float32 x @ W, measured in the same run ----
+
+KERNEL_SHAPES = ((1024, 1024), (4096, 4096), (4096, 1024))     # W as (K, N) for y = x @ W
+KERNEL_BATCHES = (1, 8, 32, 128)
+KERNELS = ("int8", "lut-q1", "lut-q2", "lut-q3", "codebook-4bit", "sparse-90")
+
+
+def _kernel_case(kind: str, W: np.ndarray, rng):
+    """(bits, fn(x) -> y, reference y(x), extra) for one kernel family on weight W (K, N)."""
+    from tinyzip.compress import binary_codes, kmeans, uniform
+    from tinyzip.compressed import KERNELS as BRIDGE
+    from tinyzip.kernels.lut_gemm import lut_linear, prepare_lut_weights
+
+    if kind == "int8":
+        packed = uniform.pack_uniform(W, 8)
+        return 8, BRIDGE["uniform"](packed), uniform.unpack_uniform(packed), None
+    if kind.startswith("lut-q"):
+        q = int(kind[5:])
+        B, alpha = binary_codes.greedy_codes(W, q)
+        prepared = prepare_lut_weights(codes=B, alphas=alpha)
+        W_deq = binary_codes.dequantize(B, alpha)
+
+        def dequantize_then_matmul(x):
+            return x @ binary_codes.dequantize(B, alpha)
+
+        return q, lambda x: lut_linear(x, prepared, path="lut"), W_deq, dequantize_then_matmul
+    if kind == "codebook-4bit":
+        packed = kmeans.pack_kmeans(W, 16, max_iter=10)
+        return 4, BRIDGE["kmeans"](packed), kmeans.unpack_kmeans(packed), None
+    if kind == "sparse-90":
+        from tinyzip.compress import magnitude_pruning
+        pruned = W * magnitude_pruning.topk_mask(W, 0.9)
+        return None, BRIDGE["sparse"](magnitude_pruning.pack_sparse(pruned)), pruned, None
+    raise ValueError(f"unknown kernel {kind!r}; choose from {', '.join(KERNELS)}")
+
+
+def _paired_seconds(fns, repeats: int) -> list[float]:
+    """Median seconds of each fn, timed in alternation (a b a b ...) so drift hits them alike."""
+    for fn in fns:
+        fn()
+    times = [[] for _ in fns]
+    budget = time.perf_counter() + 2.0                            # at most ~2 s per configuration
+    for r in range(repeats):
+        for i, fn in enumerate(fns):
+            t0 = time.perf_counter()
+            fn()
+            times[i].append(time.perf_counter() - t0)
+        if r >= 2 and time.perf_counter() > budget:
+            break
+    return [float(np.median(t)) for t in times]
+
+
+def bench_kernels(kernels=KERNELS, shapes=KERNEL_SHAPES, batches=KERNEL_BATCHES, *, repeats: int = 15,
+                  seed: int = 0) -> list[dict]:
+    """Each kernel against NumPy float32 ``x @ W`` (and, for LUT, against dequantize-then-matmul),
+    validated first: the kernel must equal ``x @ W_hat`` (W_hat its dequantized weight) within 1e-3
+    relative (int8 quantizes x too: 2e-2). ``ratio_vs_numpy`` > 1 means faster than NumPy float32."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for K, N in shapes:
+        W = (rng.standard_normal((K, N)) / np.sqrt(K)).astype(np.float32)    # (K, N)
+        for kind in kernels:
+            bits, fn, W_hat, dequant_fn = _kernel_case(kind, W, rng)
+            for M in batches:
+                x = rng.standard_normal((M, K)).astype(np.float32)            # (M, K)
+                y, y_ref = fn(x), x @ W_hat
+                err = float(np.abs(y - y_ref).max() / max(np.abs(y_ref).max(), 1e-30))
+                if err > (2e-2 if kind == "int8" else 1e-3):
+                    raise RuntimeError(f"{kind} {K}x{N} batch {M}: relative error {err:.2e}; not timing it")
+                fns = [lambda: x @ W, lambda: fn(x)] + ([lambda: dequant_fn(x)] if dequant_fn else [])
+                secs = _paired_seconds(fns, repeats)
+                row = {"kernel": kind, "bits": bits, "K": K, "N": N, "batch": M, "seconds": secs[1],
+                       "numpy_fp32_seconds": secs[0], "ratio_vs_numpy": secs[0] / secs[1], "max_rel_error": err}
+                if dequant_fn:
+                    row["dequant_matmul_seconds"] = secs[2]
+                    row["ratio_vs_dequant_matmul"] = secs[2] / secs[1]
+                rows.append(row)
+    return rows
+
+
+def format_kernel_table(rows: list[dict]) -> str:
+    lines = [f"{'kernel':<14} {'W (K x N)':>11} {'batch':>5} {'kernel s':>10} {'numpy fp32 s':>12} "
+             f"{'x numpy':>8} {'x dequant+mm':>12}"]
+    for r in rows:
+        deq = f"{r['ratio_vs_dequant_matmul']:.2f}x" if "ratio_vs_dequant_matmul" in r else "-"
+        lines.append(f"{r['kernel']:<14} {str(r['K']) + 'x' + str(r['N']):>11} {r['batch']:>5} "
+                     f"{r['seconds']:>10.6f} {r['numpy_fp32_seconds']:>12.6f} {r['ratio_vs_numpy']:>7.2f}x "
+                     f"{deq:>12}")
+    return "\n".join(lines)

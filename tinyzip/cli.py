@@ -297,7 +297,40 @@ def _cmd_bench_train(args) -> int:
     return 0
 
 
-BENCH_COMMANDS = [_add_bench_train]
+def _add_bench_kernels(bsub):
+    p = bsub.add_parser("kernels", help="compressed matmul kernels vs NumPy float32 x @ W",
+                        description="Validate, then time each kernel and NumPy float32 in alternation in "
+                                    "this process; ratios > 1 mean faster than NumPy.")
+    p.add_argument("--kernels", default=",".join(_KERNELS), help=f"comma-separated (default: all of {', '.join(_KERNELS)})")
+    p.add_argument("--shapes", default="1024x1024,4096x4096,4096x1024", help="W shapes KxN (default: the issue's three)")
+    p.add_argument("--batches", default="1,8,32,128", help="comma-separated batch sizes")
+    p.add_argument("--repeats", type=int, default=15, help="timed runs per configuration (default: 15)")
+    p.add_argument("--json", metavar="PATH", help="also write {'machine', 'results'} as JSON")
+    p.set_defaults(func=_cmd_bench_kernels)
+
+
+_KERNELS = ("int8", "lut-q1", "lut-q2", "lut-q3", "codebook-4bit", "sparse-90")
+
+
+def _cmd_bench_kernels(args) -> int:
+    from tinyzip.bench import bench_kernels, format_kernel_table, machine_info
+
+    try:
+        shapes = [tuple(int(v) for v in s.lower().split("x")) for s in args.shapes.split(",")]
+        batches = [int(b) for b in args.batches.split(",")]
+    except ValueError:
+        raise ValueError(f"--shapes wants KxN,KxN and --batches integers; got {args.shapes!r}, {args.batches!r}") from None
+    if any(len(s) != 2 or min(s) < 1 for s in shapes) or min(batches) < 1 or args.repeats < 1:
+        raise ValueError("shapes, batches and --repeats must be positive")
+    rows = bench_kernels([k.strip() for k in args.kernels.split(",") if k.strip()], shapes, batches,
+                         repeats=args.repeats)
+    print(format_kernel_table(rows))
+    if args.json:
+        _write_json(args.json, {"machine": machine_info(), "results": rows})
+    return 0
+
+
+BENCH_COMMANDS = [_add_bench_train, _add_bench_kernels]
 
 
 def _add_bench(sub):
