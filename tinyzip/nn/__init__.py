@@ -10,9 +10,11 @@ Weights are ``W: (D_in, D_out)`` and every layer computes ``y = x @ W + b``. ``d
 the shape and dtype of ``X``. Special tokens in every vocabulary: PAD=0, BOS=1, EOS=2, UNK=3.
 
 Modules: ``layers`` (linear, embedding, layer norm, ReLU, GELU, softmax, log-softmax, dropout),
-``losses`` (label-smoothed cross-entropy), ``attention`` (multi-head attention), ``transformer``
-(``Seq2Seq``, ``EncoderClassifier``), ``optim``, ``gradcheck``.
+``losses`` (label-smoothed cross-entropy), ``attention`` (multi-head attention), ``blocks`` (the
+sub-layers and encoder stack both models share), ``transformer`` (``Seq2Seq``), ``classifier``
+(``EncoderClassifier``), ``optim``, ``gradcheck``.
 """
-from tinyzip.nn.transformer import ClassifierConfig, EncoderClassifier, Seq2Seq, Seq2SeqConfig
+from tinyzip.nn.classifier import ClassifierConfig, EncoderClassifier
+from tinyzip.nn.transformer import Seq2Seq, Seq2SeqConfig
 
 __all__ = ["ClassifierConfig", "EncoderClassifier", "Seq2Seq", "Seq2SeqConfig"]

@@ -1,0 +1,245 @@
+"""The building blocks shared by ``Seq2Seq`` and ``EncoderClassifier``: residual sub-layers, the FFN,
+attention with its hooks, and the encoder layer/stack, forward and backward by hand.
+
+Vaswani et al. (2017), "Attention Is All You Need", NeurIPS, arXiv:1706.03762 (Sec. 3);
+Pre-LN from Xiong et al. (2020), "On Layer Normalization in the Transformer Architecture", ICML,
+arXiv:2002.04745. Internal to ``tinyzip.nn``: the models in ``transformer.py`` (Seq2Seq) and
+``classifier.py`` (EncoderClassifier) are built from these; nothing here is public API.
+
+Per sub-layer (attention or FFN), with Dropout only when an ``rng`` is given:
+
+    Post-LN (paper, default):  x <- LN(x + Dropout(Sublayer(x)))
+    Pre-LN (Xiong et al.):     x <- x + Dropout(Sublayer(LN(x))),  and a final LN after the stack
+    FFN(x) = act(x @ W_1 + b_1) @ W_2 + b_2                     Sec. 3.3, Eq. (2); act = ReLU or GELU
+
+``_Ops`` holds the options of one model call and applies them at every layer: ``matmuls[name](x2d)``
+replaces ``x @ W`` for that weight (inference only); ``act_hooks[point] = (fwd, bwd)`` wraps the
+input of a matmul (``"<weight>:in"``), the attention probabilities (``"<attn>.probs"``) and the FFN
+activation (``"<ffn>.act"``); ``head_mask`` maps an attention prefix (``"enc.0.attn"``) to xi: (H,).
+Backward methods accumulate parameter gradients into ``ops.grads`` (same keys as the params).
+With ``keep_states``, ``ops.states`` collects ``enc.hidden`` [x_0 .. x_L] (x_L before the pre-LN
+final LN) and ``enc.scores``/``enc.probs`` (B, H, S, S), one entry per layer; ``_encoder_stack_bwd``
+accepts upstream gradients for them in ``dstates`` (same keys, lists with arrays or None).
+"""
+import numpy as np
+
+from tinyzip.nn import layers as L
+from tinyzip.nn.attention import WEIGHTS, mha_backward, mha_forward
+
+
+def _check_ids(name, ids, vocab, max_len):
+    """``ids`` as an integer (B, length) array, or a ValueError/TypeError naming ``name``."""
+    ids = np.asarray(ids)
+    if not np.issubdtype(ids.dtype, np.integer):
+        raise TypeError(f"{name} must be integer token ids, got dtype {ids.dtype}")
+    if ids.ndim != 2 or ids.shape[1] > max_len:
+        raise ValueError(f"{name} must be (B, length <= max_len={max_len}), got shape {ids.shape}")
+    if ids.size and (ids.min() < 0 or ids.max() >= vocab):
+        raise ValueError(f"{name} ids must lie in [0, {vocab}), got [{ids.min()}, {ids.max()}]")
+    return ids
+
+
+def _block_params(rng, p, D, F, attns, lns, init):
+    """One layer's attention blocks ``attns``, FFN and layer norms ``lns`` under prefix ``p``."""
+    out = {}
+    for a in attns:
+        for n in ("q", "k", "v", "o"):
+            out[f"{p}.{a}.W_{n}"], out[f"{p}.{a}.b_{n}"] = init(D, D), np.zeros(D, np.float32)
+    out[f"{p}.ffn.W_1"], out[f"{p}.ffn.b_1"] = init(D, F), np.zeros(F, np.float32)
+    out[f"{p}.ffn.W_2"], out[f"{p}.ffn.b_2"] = init(F, D), np.zeros(D, np.float32)
+    for ln in lns:
+        out[f"{p}.{ln}.gamma"], out[f"{p}.{ln}.beta"] = np.ones(D, np.float32), np.zeros(D, np.float32)
+    return out
+
+
+_GELU = {"gelu": "none", "gelu_tanh": "tanh"}
+
+
+def _bias_name(name):
+    return "out.b" if name == "emb" else name.rsplit(".", 1)[0] + ".b" + name.rsplit(".W", 1)[1]
+
+
+class _Ops:
+    """The layer ops of one model call: applies matmul overrides, hooks, dropout and head masks.
+
+    Forward methods return ``(out, cache)``; backward methods accumulate into ``self.grads``.
+    """
+
+    def __init__(self, params, *, n_heads, pre_ln, activation, rng=None, p_drop=0.0,
+                 matmuls=None, act_hooks=None, head_mask=None, keep_states=False):
+        self.params, self.n_heads, self.pre_ln, self.activation = params, n_heads, pre_ln, activation
+        self.rng, self.p_drop = rng, p_drop
+        self.matmuls, self.hooks, self.head_mask = matmuls or {}, act_hooks or {}, head_mask or {}
+        self.states = {} if keep_states else None
+        self.grads = {}
+
+    def keep(self, key, value):
+        if self.states is not None:
+            self.states.setdefault(key, []).append(value)
+
+    def acc(self, name, g):
+        if name in self.grads:
+            self.grads[name] += g
+        else:
+            self.grads[name] = g  # every g here is a fresh array (or a view of one)
+
+    def linear(self, name, x, W=None, b=None):
+        if W is None:
+            W = self.params["emb"].T if name == "emb" else self.params[name]
+        b = self.params[_bias_name(name)] if b is None else b
+        hook = self.hooks.get(name + ":in")
+        hcache = None
+        if hook is not None:
+            x, hcache = hook[0](x)
+        if name in self.matmuls:
+            y = self.matmuls[name](x.reshape(-1, x.shape[-1])).reshape(*x.shape[:-1], -1)
+            return y + b, None
+        y, lcache = L.linear_forward(x, W, b)
+        return y, (lcache, hook, hcache)
+
+    def linear_bwd(self, name, dy, cache):
+        if cache is None:
+            raise ValueError(f"no backward through matmuls[{name!r}] (inference only)")
+        lcache, hook, hcache = cache
+        dx, dW, db = L.linear_backward(dy, lcache)
+        self.acc(name, np.ascontiguousarray(dW.T) if name == "emb" else dW)  # E is W_out.T
+        self.acc(_bias_name(name), db)
+        return dx if hook is None else hook[1](dx, hcache)
+
+    def dropout(self, x):
+        if self.rng is None or self.p_drop == 0:
+            return x, None
+        return L.dropout_forward(x, self.p_drop, self.rng)
+
+    def layer_norm(self, prefix, x):
+        return L.layer_norm_forward(x, self.params[prefix + ".gamma"], self.params[prefix + ".beta"])
+
+    def layer_norm_bwd(self, prefix, dout, cache):
+        dx, dgamma, dbeta = L.layer_norm_backward(dout, cache)
+        self.acc(prefix + ".gamma", dgamma)
+        self.acc(prefix + ".beta", dbeta)
+        return dx
+
+    def ffn(self, prefix, x):
+        # Eq. (2): FFN(x) = act(x @ W_1 + b_1) @ W_2 + b_2
+        h, c1 = self.linear(prefix + ".W_1", x)  # (B, T, F)
+        if self.activation == "relu":
+            a, ca = L.relu_forward(h)
+        else:
+            a, ca = L.gelu_forward(h, approximate=_GELU[self.activation])
+        hook = self.hooks.get(prefix + ".act")
+        hcache = None
+        if hook is not None:
+            a, hcache = hook[0](a)
+        y, c2 = self.linear(prefix + ".W_2", a)  # (B, T, D)
+        return y, (prefix, c1, ca, hook, hcache, c2)
+
+    def ffn_bwd(self, dy, cache):
+        prefix, c1, ca, hook, hcache, c2 = cache
+        da = self.linear_bwd(prefix + ".W_2", dy, c2)
+        if hook is not None:
+            da = hook[1](da, hcache)
+        dh = L.relu_backward(da, ca) if self.activation == "relu" else L.gelu_backward(da, ca)
+        return self.linear_bwd(prefix + ".W_1", dh, c1)
+
+    def attention(self, prefix, x_q, x_kv, key_pad, causal, kind, past_kv=None, static_kv=None):
+        pair = (lambda n, x, W, b: self.linear(f"{prefix}.{n}", x, W, b),
+                lambda n, dy, c: (self.linear_bwd(f"{prefix}.{n}", dy, c), None, None))
+        out, cache = mha_forward(
+            x_q, x_kv, *(self.params[f"{prefix}.{n}"] for n in WEIGHTS),
+            n_heads=self.n_heads, key_pad=key_pad, causal=causal,
+            head_mask=self.head_mask.get(prefix), past_kv=past_kv, static_kv=static_kv,
+            return_scores=self.states is not None, linear=pair,
+            probs_hook=self.hooks.get(prefix + ".probs"), dropout_p=self.p_drop, rng=self.rng)
+        self.keep(kind + "scores", cache.scores)
+        self.keep(kind + "probs", cache.probs)
+        return out, (prefix, cache, pair)
+
+    def attention_bwd(self, dout, cache, dprobs=None, dscores=None):
+        """Returns (dx_q, dx_kv)."""
+        prefix, acache, pair = cache
+        g = mha_backward(dout, acache, dprobs=dprobs, dscores=dscores, linear=pair)
+        if g[-1] is not None:
+            self.grads[prefix + ".head_mask"] = g[-1]
+        return g[0], g[1]
+
+    def sublayer(self, ln, x, fn):
+        """One residual sub-layer, post-LN or pre-LN, around ``fn(x) -> (y, cache)``."""
+        if self.pre_ln:
+            n, lc = self.layer_norm(ln, x)
+            y, fc = fn(n)
+            y, dc = self.dropout(y)
+            return x + y, (ln, lc, fc, dc)
+        y, fc = fn(x)
+        y, dc = self.dropout(y)
+        y += x
+        out, lc = self.layer_norm(ln, y)
+        return out, (ln, lc, fc, dc)
+
+    def sublayer_bwd(self, dout, cache, fn_bwd):
+        """``fn_bwd(dy, fn_cache) -> dx``; returns the gradient w.r.t. the sub-layer input."""
+        ln, lc, fc, dc = cache
+        if self.pre_ln:
+            dy = dout if dc is None else L.dropout_backward(dout, dc)
+            dx = self.layer_norm_bwd(ln, fn_bwd(dy, fc), lc)
+            dx += dout
+            return dx
+        dh = self.layer_norm_bwd(ln, dout, lc)
+        dy = dh if dc is None else L.dropout_backward(dh, dc)
+        dx = fn_bwd(dy, fc)
+        dx += dh
+        return dx
+
+
+def _get(dstates, key, i):
+    """The upstream gradient ``dstates[key][i]``, or None."""
+    return dstates.get(key, [None] * (i + 1))[i] if dstates else None
+
+
+def _add(dx, key, i, dstates):
+    extra = _get(dstates, key, i)
+    return dx if extra is None else dx + extra
+
+
+def _encoder_layer(ops, p, x, key_pad):
+    x, c1 = ops.sublayer(f"{p}.ln1", x,
+                         lambda n: ops.attention(f"{p}.attn", n, n, key_pad, False, "enc."))
+    x, c2 = ops.sublayer(f"{p}.ln2", x, lambda n: ops.ffn(f"{p}.ffn", n))
+    return x, (c1, c2)
+
+
+def _self_attention_bwd(ops, dprobs, dscores):
+    def fn_bwd(dy, cache):
+        dx_q, dx_kv = ops.attention_bwd(dy, cache, dprobs, dscores)
+        dx_q += dx_kv
+        return dx_q
+    return fn_bwd
+
+
+def _encoder_stack(ops, x, key_pad, n_layers):
+    """Layers 0 .. n_layers - 1 (and the pre-LN final LN) on x_0: (B, S, D)."""
+    ops.keep("enc.hidden", x)
+    caches = []
+    for i in range(n_layers):
+        x, c = _encoder_layer(ops, f"enc.{i}", x, key_pad)
+        caches.append(c)
+        ops.keep("enc.hidden", x)
+    fc = None
+    if ops.pre_ln:
+        x, fc = ops.layer_norm("enc.ln_f", x)
+    return x, (caches, fc)
+
+
+def _encoder_stack_bwd(ops, dx, cache, dstates):
+    """Gradient w.r.t. x_0, accumulating parameter gradients."""
+    caches, fc = cache
+    if fc is not None:
+        dx = ops.layer_norm_bwd("enc.ln_f", dx, fc)
+    dx = _add(dx, "enc.hidden", len(caches), dstates)
+    for i in reversed(range(len(caches))):
+        c1, c2 = caches[i]
+        dx = ops.sublayer_bwd(dx, c2, ops.ffn_bwd)
+        dx = ops.sublayer_bwd(dx, c1, _self_attention_bwd(
+            ops, _get(dstates, "enc.probs", i), _get(dstates, "enc.scores", i)))
+        dx = _add(dx, "enc.hidden", i, dstates)
+    return dx
