@@ -54,6 +54,20 @@ def test_float16_halves_the_bytes_and_rounds_to_nearest_half():
     np.testing.assert_array_equal(unpack(p), W.astype(np.float16).astype(np.float32))
 
 
+def test_frequency_aware_embedding_reads_back_row_by_row():
+    """Chung et al. 2020: token v's row is coded with token_bits[v] bits; the file keeps each
+    group's codes, so reading back equals coding each bit group on its own."""
+    rng = np.random.default_rng(2)
+    E = rng.normal(size=(20, 8)).astype(np.float32)
+    token_bits = binary_codes.embedding_bits(rng.integers(1, 100, 20).astype(float), max_bits=3, ratio=0.5)
+    packed = binary_codes.pack_embedding_codes(E, token_bits)
+    E_hat = unpack(packed)
+    for q in np.unique(token_bits):
+        ids = np.flatnonzero(token_bits == q)
+        B, alpha = binary_codes.binary_codes(np.ascontiguousarray(E[ids].T), int(q))
+        np.testing.assert_allclose(E_hat[ids], binary_codes.dequantize(B, alpha).T, rtol=1e-6, atol=1e-7)
+
+
 def test_unknown_method_is_a_clear_error():
     from tinyzip.compress.base import PackedTensor
     with pytest.raises(ValueError, match="unknown packed method"):

@@ -45,6 +45,7 @@ UNPACK = {
     "uniform": uniform.unpack_uniform,
     "binary": binarization.unpack_binary,
     "binary_codes": binary_codes.unpack_binary_codes,
+    "binary_codes_mixed": binary_codes.unpack_embedding_codes,   # frequency-aware embeddings
 }
 
 

@@ -73,6 +73,11 @@ class Translator:
         ids = [self.tokenizer.encode_src(t) for t in texts]
         return [self.tokenizer.decode(y) for y in self.decode_ids(ids, beam, batch_size)]
 
+    @staticmethod
+    def max_output(source_length: int) -> int:
+        """Longest output for a source of this many tokens: 2 S + 10 (translations here are shorter)."""
+        return 2 * source_length + 10
+
     def decode_ids(self, src_ids, beam: int = 1, batch_size: int = 64) -> list:
         """Token-id lists in, token-id lists out; sentences are batched by length, order kept."""
         max_len = self.model.config.max_len
@@ -88,14 +93,14 @@ class Translator:
             src = np.zeros((len(chunk), S), dtype=np.int64)        # (B, S), PAD = 0
             for row, i in enumerate(chunk):
                 src[row, :len(src_ids[i])] = src_ids[i]
-            limit = min(max_len, 2 * S + 10)
+            limit = min(max_len, self.max_output(S))
             if beam > 1:
                 hyps = beam_search(self.model, self.params, src, beam_size=beam, max_len=limit,
                                    matmuls=self.matmuls or None)
             else:
                 hyps = greedy_decode(self.model, self.params, src, max_len=limit, matmuls=self.matmuls or None)
-            for i, hyp in zip(chunk, hyps):
-                out[i] = list(hyp)
+            for i, hyp in zip(chunk, hyps):            # each sentence's own limit: batch-independent
+                out[i] = list(hyp)[:self.max_output(len(src_ids[i]))]
         return out
 
 
