@@ -1,0 +1,6 @@
+"""``python -m tinyzip`` runs the ``tinyzip`` command."""
+import sys
+
+from tinyzip.cli import main
+
+sys.exit(main())
