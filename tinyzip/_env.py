@@ -9,6 +9,11 @@
   again here at 20-44 ms under load, 0.1-0.3 ms with this setting).
 * ``OPENBLAS_THREAD_TIMEOUT=4``: OpenBLAS threads wait only briefly before sleeping, for the
   same reason (perf-notes §7.1).
+* ``OPENBLAS_NUM_THREADS=1``: with any other process busy on a 2-core machine, two OpenBLAS
+  threads wait on each other and a training step of the small preset took 1.5-2.4 s instead of
+  0.18-0.20 s on one thread (``tinyzip bench train --presets small``, measured alternately).
+  On an idle machine two threads speed up large matmuls (up to ~1.5x for sgemm here); set
+  ``OPENBLAS_NUM_THREADS=2`` yourself when the machine is yours alone.
 
 Only defaults are set (``os.environ.setdefault``): a user's explicit setting wins. They take
 effect when ``tinyzip`` is imported before NumPy (the ``tinyzip`` command always is).
@@ -18,3 +23,4 @@ import os
 os.environ.setdefault("NUMBA_SLP_VECTORIZE", "1")
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "4")
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
