@@ -116,7 +116,7 @@ def test_demo_measures_every_row_from_its_own_file(tmp_path):
     assert run.returncode == 0, run.stderr
     rows = json.loads(path.read_text())["rows"]
     assert [r["method"] for r in rows][:2] == ["float32", "magnitude_pruning-80"]
-    assert {"kmeans-4bit", "binarization", "uniform-ptq-8bit", "binary_codes-2bit"} <= {r["method"] for r in rows}
+    assert {"kmeans-4bit", "binarization", "uniform-ptq-8bit", "binary_codes-2bit-greedy"} <= {r["method"] for r in rows}
     base = rows[0]
     assert base["ratio"] == 1.0 and base["file_bytes"] == os.path.getsize(out / "float32.npz")
     for r in rows[1:]:

@@ -17,7 +17,7 @@ calls the method files in ``tinyzip/compress``, in pipeline order.
 import json
 import os
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -45,6 +45,7 @@ class Context:
     float_bytes: int = 0
     baseline_bleu: float = 0.0
     log: object = None
+    pruned: dict = field(default_factory=dict)   # (sparsity, steps) -> pruned params, shared by rows
 
 
 def finetune(ctx: Context, params: dict, method: Method, steps: int, lr_scale: float = 0.5) -> dict:
@@ -74,14 +75,24 @@ def matrices(params: dict) -> list:
 
 # ---- one function per row ---------------------------------------------------------------------
 
+def pruned_model(ctx, params, sparsity, steps):
+    """Zhu & Gupta gradual magnitude pruning to ``sparsity`` in 4 rounds, retrained in between.
+    Memoized in ``ctx``, so the Deep Compression row builds on the pruning row's model."""
+    key = (sparsity, steps)
+    if key not in ctx.pruned:
+        names, masks = magnitude_pruning.prunable_names(params), None
+        rounds = 4
+        for target in magnitude_pruning.iterative_targets(sparsity, rounds):
+            params, masks = magnitude_pruning.prune_params(params, target, names=names, masks=masks)
+            params = finetune(ctx, params, magnitude_pruning.pruning_method(masks), steps // rounds)
+        ctx.pruned[key] = params
+    return ctx.pruned[key]
+
+
 def row_pruning(ctx, params, sparsity=0.8, steps=300):
-    """Zhu & Gupta gradual magnitude pruning to ``sparsity`` with retraining; CSC-ready sparse export."""
+    """Gradual magnitude pruning, exported in Deep Compression's sparse format (CSC kernel at run time)."""
+    params = pruned_model(ctx, params, sparsity, steps)
     names = magnitude_pruning.prunable_names(params)
-    rounds = 4
-    for r, target in enumerate(magnitude_pruning.iterative_targets(sparsity, rounds)):
-        params, masks = magnitude_pruning.prune_params(params, target, names=names,
-                                                       masks=None if r == 0 else masks)
-        params = finetune(ctx, params, magnitude_pruning.pruning_method(masks), steps // rounds)
     packed = pack_model(params, lambda n, W: magnitude_pruning.pack_sparse(W), names)
     return f"magnitude_pruning-{int(sparsity * 100)}", None, packed, params
 
@@ -95,13 +106,13 @@ def row_kmeans(ctx, params, bits=4, steps=100, base=None):
     return base or f"kmeans-{bits}bit", bits, packed, params
 
 
-def row_deep_compression(ctx, params, sparsity=0.8, bits=4, steps=300, gap_bits=4):
+def row_deep_compression(ctx, params, sparsity=0.8, bits=4, steps=300, share_steps=100, gap_bits=4):
     """Prune -> share (k = 2^bits - 1 plus the zero slot) -> Huffman: the full Deep Compression pipeline."""
-    _, _, _, pruned = row_pruning(ctx, params, sparsity, steps)
+    pruned = pruned_model(ctx, params, sparsity, steps)
     names = magnitude_pruning.prunable_names(pruned)
     k = (1 << bits) - 1
     shared, method = kmeans.kmeans_method(pruned, names, k)
-    shared = finetune(ctx, shared, method, steps // 3)
+    shared = finetune(ctx, shared, method, share_steps)
 
     def pack(name, W):
         return huffman.pack_kmeans_huffman(kmeans.pack_kmeans(W, k, gap_bits=gap_bits))
@@ -132,19 +143,19 @@ def row_uniform(ctx, params, bits=8, steps=0):
     return f"uniform-{'qat' if steps else 'ptq'}-{bits}bit", bits, packed, params
 
 
-def row_binary_codes(ctx, params, q=2, steps=300):
-    """Multi-bit binary codes (Xu et al. alternating), QAT through the STE, run on BiQGEMM."""
+def row_binary_codes(ctx, params, q=2, steps=300, fit="alternating"):
+    """Multi-bit binary codes (``fit``: Guo et al. greedy or Xu et al. alternating), QAT through
+    the STE, run on BiQGEMM. The embedding lookup table is k-means 4-bit (it is read, not multiplied)."""
     names = [n for n in matrices(params) if n != "emb"]
-    method = Method(f"binary_codes-{q}bit", {n: binary_codes.BinaryCodesSTE(q) for n in names})
+    method = Method(f"binary_codes-{q}bit", {n: binary_codes.BinaryCodesSTE(q, fit) for n in names})
     params = finetune(ctx, params, method, steps)
-    emb_bits = max(q, 4)                                           # the lookup table: k-means, see README
 
     def pack(name, W):
-        return binary_codes.pack_binary_codes(*binary_codes.binary_codes(W, q))
+        return binary_codes.pack_binary_codes(*binary_codes.binary_codes(W, q, fit))
 
     packed = pack_model(params, pack, names)
-    packed["emb"] = kmeans.pack_kmeans(params["emb"], 1 << emb_bits)
-    return f"binary_codes-{q}bit", q, packed, params
+    packed["emb"] = kmeans.pack_kmeans(params["emb"], 16)
+    return f"binary_codes-{q}bit-{fit}", q, packed, params
 
 
 def plan(full: bool):
@@ -152,20 +163,21 @@ def plan(full: bool):
     row's fine-tuning budget; 0 means post-training only."""
     if not full:
         return [
-            (row_pruning, {"sparsity": 0.8, "steps": 300}),
-            (row_kmeans, {"bits": 4, "steps": 100}),
-            (row_deep_compression, {"steps": 300}),
-            (row_binarization, {"steps": 300}),
+            (row_pruning, {"sparsity": 0.8, "steps": 100}),
+            (row_kmeans, {"bits": 4, "steps": 30}),
+            (row_deep_compression, {"steps": 100, "share_steps": 30}),
+            (row_binarization, {"steps": 60}),
             (row_uniform, {"bits": 8, "steps": 0}),
-            (row_uniform, {"bits": 4, "steps": 200}),
-            (row_binary_codes, {"q": 2, "steps": 300}),
+            (row_uniform, {"bits": 4, "steps": 40}),
+            (row_binary_codes, {"q": 2, "steps": 60, "fit": "greedy"}),
         ]
     return ([(row_pruning, {"sparsity": s, "steps": 600}) for s in (0.5, 0.8, 0.9)]
             + [(row_kmeans, {"bits": b, "steps": 200}) for b in (8, 5, 4, 3, 2)]
             + [(row_deep_compression, {"steps": 600}), (row_binarization, {"steps": 600})]
             + [(row_uniform, {"bits": b, "steps": 0}) for b in (8, 6, 4)]
             + [(row_uniform, {"bits": b, "steps": 400}) for b in (8, 6, 4)]
-            + [(row_binary_codes, {"q": q, "steps": 600}) for q in (1, 2, 3, 4)])
+            + [(row_binary_codes, {"q": q, "steps": 600, "fit": fit}) for q in (1, 2, 3, 4)
+               for fit in ("greedy", "alternating")])
 
 
 # ---- measuring ------------------------------------------------------------------------------
@@ -242,7 +254,7 @@ def run_demo(*, task="numbers-de", out_dir="runs/demo", full=False, steps=None, 
     write_attention(translator, test_pairs[0], out_dir)
     for fn, kwargs in plan(full):
         if finetune_steps is not None:
-            kwargs = dict(kwargs, steps=min(kwargs["steps"], finetune_steps))
+            kwargs = {k: min(v, finetune_steps) if k.endswith("steps") else v for k, v in kwargs.items()}
         start = time.perf_counter()
         name, bits, packed, _ = fn(ctx, dict(translator.params), **kwargs)
         path = os.path.join(out_dir, name.replace("+", "_") + ".tz")

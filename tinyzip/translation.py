@@ -49,7 +49,7 @@ PRESETS = {
                    steps=300, max_tokens=1000, peak_lr=3e-3, warmup=50),
     "numbers-de": Preset(vocab_size=1000, model=dict(D=128, H=4, F=256, enc_layers=2, dec_layers=2,
                                                      dropout=0.1, label_smoothing=0.1),
-                         steps=1200, max_tokens=3000, peak_lr=2e-3, warmup=200),
+                         steps=400, max_tokens=3000, peak_lr=2e-3, warmup=200),
     "bible-es": Preset(vocab_size=8000, model=dict(D=128, H=4, F=512, enc_layers=2, dec_layers=2,
                                                    dropout=0.1, label_smoothing=0.1),
                        steps=12000, max_tokens=2500, peak_lr=1.5e-3, warmup=400, max_len=160),
