@@ -80,15 +80,28 @@ def test_train_writes_a_loadable_model_and_resumes(tmp_path):
     assert io.load_model(out)[2]["steps"] == 5
 
 
+def _interactive_sigint():
+    """Run in the child before exec: a terminal's Ctrl-C. A job started in the background of a
+    non-interactive shell inherits SIGINT as *ignored* (POSIX), and Python then installs no
+    KeyboardInterrupt handler; restore the default so the test means the same everywhere."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def test_ctrl_c_writes_checkpoint_and_exits_with_one_line(tmp_path):
     out = tmp_path / "m.npz"
-    proc = subprocess.Popen([sys.executable, "-m", "tinyzip.cli", "train", "--task", "copy", "--preset", "tiny", "--steps",
-                             "100000", "--out", str(out)], stderr=subprocess.PIPE, text=True, env=ENV)
-    first = proc.stderr.readline()  # the progress line of step 1: training is under way
-    assert first.startswith("step"), first
-    proc.send_signal(signal.SIGINT)
-    rest = proc.stderr.read()
-    assert proc.wait(timeout=60) == 2
+    proc = subprocess.Popen([sys.executable, "-m", "tinyzip.cli", "train", "--task", "copy", "--preset", "tiny",
+                             "--steps", "100000", "--out", str(out)], stderr=subprocess.PIPE, text=True, env=ENV,
+                            preexec_fn=_interactive_sigint)
+    try:
+        first = proc.stderr.readline()  # the progress line of step 1: training is under way
+        assert first.startswith("step"), first
+        proc.send_signal(signal.SIGINT)
+        _, rest = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 2
     assert "Traceback" not in rest and rest.strip().splitlines()[-1].startswith("tinyzip: interrupted")
     assert io.load_checkpoint(tmp_path / "m.ckpt.npz").step >= 1 and not out.exists()
 
