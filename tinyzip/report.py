@@ -12,7 +12,8 @@ translates the test sentences on the real kernels (int8 GEMM, BiQGEMM LUT, codeb
   sentences (teacher forced), to test transformers.zip's "compressed models attend more sharply".
 
 The rows are an explicit list in ``plan(full)``; each is one small function of this file that
-calls the method files in ``tinyzip/compress``, in pipeline order.
+calls the method files in ``tinyzip/compress``, in pipeline order, and returns
+``(name, bits, {param name: PackedTensor})``.
 """
 import json
 import os
@@ -94,16 +95,16 @@ def row_pruning(ctx, params, sparsity=0.8, steps=300):
     params = pruned_model(ctx, params, sparsity, steps)
     names = magnitude_pruning.prunable_names(params)
     packed = pack_model(params, lambda n, W: magnitude_pruning.pack_sparse(W), names)
-    return f"magnitude_pruning-{int(sparsity * 100)}", None, packed, params
+    return f"magnitude_pruning-{int(sparsity * 100)}", None, packed
 
 
-def row_kmeans(ctx, params, bits=4, steps=100, base=None):
+def row_kmeans(ctx, params, bits=4, steps=100):
     """Deep Compression weight sharing: k = 2^bits centroids per matrix, centroids fine-tuned (Eq. 3)."""
     names = matrices(params)
     params, method = kmeans.kmeans_method(params, names, 1 << bits)
     params = finetune(ctx, params, method, steps)
     packed = pack_model(params, lambda n, W: kmeans.pack_kmeans(W, 1 << bits), names)
-    return base or f"kmeans-{bits}bit", bits, packed, params
+    return f"kmeans-{bits}bit", bits, packed
 
 
 def row_deep_compression(ctx, params, sparsity=0.8, bits=4, steps=300, share_steps=100, gap_bits=4):
@@ -120,7 +121,7 @@ def row_deep_compression(ctx, params, sparsity=0.8, bits=4, steps=300, share_ste
     packed = pack_model(shared, pack, names)
     others = [n for n in matrices(shared) if n not in names]      # e.g. the embedding: shared, not pruned
     packed.update({n: kmeans.pack_kmeans(shared[n], 1 << bits) for n in others})
-    return f"magnitude_pruning-{int(sparsity * 100)}+kmeans+huffman", bits, packed, shared
+    return f"magnitude_pruning-{int(sparsity * 100)}+kmeans+huffman", bits, packed
 
 
 def row_binarization(ctx, params, steps=300):
@@ -130,7 +131,7 @@ def row_binarization(ctx, params, steps=300):
     latent = binarization.clip_latent(params, names)
     latent = finetune(ctx, latent, method, steps)
     packed = pack_model(latent, lambda n, W: binarization.pack_binary(W), names)
-    return "binarization", 1, packed, method.forward(latent)[0]
+    return "binarization", 1, packed
 
 
 def row_uniform(ctx, params, bits=8, steps=0):
@@ -140,7 +141,7 @@ def row_uniform(ctx, params, bits=8, steps=0):
         method = uniform.qat_method(params, bits, weights_only=True)
         params = finetune(ctx, params, method, steps)
     packed = pack_model(params, lambda n, W: uniform.pack_uniform(W, bits), names)
-    return f"uniform-{'qat' if steps else 'ptq'}-{bits}bit", bits, packed, params
+    return f"uniform-{'qat' if steps else 'ptq'}-{bits}bit", bits, packed
 
 
 def row_binary_codes(ctx, params, q=2, steps=300, fit="alternating"):
@@ -155,7 +156,7 @@ def row_binary_codes(ctx, params, q=2, steps=300, fit="alternating"):
 
     packed = pack_model(params, pack, names)
     packed["emb"] = kmeans.pack_kmeans(params["emb"], 16)
-    return f"binary_codes-{q}bit-{fit}", q, packed, params
+    return f"binary_codes-{q}bit-{fit}", q, packed
 
 
 def plan(full: bool):
@@ -257,7 +258,7 @@ def run_demo(*, task="numbers-de", out_dir="runs/demo", full=False, steps=None, 
         if finetune_steps is not None:
             kwargs = {k: min(v, finetune_steps) if k.endswith("steps") else v for k, v in kwargs.items()}
         start = time.perf_counter()
-        name, bits, packed, _ = fn(ctx, dict(translator.params), **kwargs)
+        name, bits, packed = fn(ctx, dict(translator.params), **kwargs)
         path = os.path.join(out_dir, name.replace("+", "_") + ".tz")
         container.save_tz(path, packed, translator.model.config.to_dict(),
                           {"tokenizer": translator.tokenizer.to_dict(), "method": name})
