@@ -22,7 +22,7 @@ def _codewords(lengths):
 
 
 @given(counts_st.filter(lambda c: np.count_nonzero(c) >= 2))
-def test_kraft_sum_is_exactly_one_for_two_or_more_symbols(counts):
+def test_eqK_kraft_sum_is_exactly_one_for_two_or_more_symbols(counts):
     """A Huffman tree is full: sum 2^-l_i = 1 exactly (Fractions, no rounding)."""
     lengths = hf.huffman_code_lengths(counts)
     assert np.all((lengths > 0) == (counts > 0))
@@ -30,7 +30,7 @@ def test_kraft_sum_is_exactly_one_for_two_or_more_symbols(counts):
 
 
 @given(counts_st.filter(lambda c: np.count_nonzero(c) >= 2))
-def test_mean_length_is_within_one_bit_of_entropy(counts):
+def test_eqL_mean_length_is_within_one_bit_of_entropy(counts):
     """Shannon bound: H <= L < H + 1, with p_i = f_i / N (one symbol: H = 0, L = 1 by convention)."""
     lengths = hf.huffman_code_lengths(counts)
     p = counts[counts > 0] / counts.sum()
@@ -41,7 +41,7 @@ def test_mean_length_is_within_one_bit_of_entropy(counts):
 
 
 @given(counts_st)
-def test_more_frequent_symbols_never_get_longer_codes(counts):
+def test_eqM_more_frequent_symbols_never_get_longer_codes(counts):
     lengths = hf.huffman_code_lengths(counts).astype(int)
     for i, j in itertools.permutations(np.flatnonzero(counts), 2):
         if counts[i] > counts[j]:
@@ -49,7 +49,7 @@ def test_more_frequent_symbols_never_get_longer_codes(counts):
 
 
 @given(hynp.arrays(np.int64, st.integers(2, 5), elements=st.integers(1, 50)))
-def test_huffman_is_optimal_against_exhaustive_prefix_codes(counts):
+def test_eqL_huffman_is_optimal_against_exhaustive_prefix_codes(counts):
     """Kraft-McMillan: a prefix code with lengths l exists iff sum 2^-l <= 1. Enumerate every
     length vector in 1..n-1 and compare the minimum total bits with Huffman's."""
     n = counts.size

@@ -13,8 +13,15 @@ Notation map
 ------------
 symbols s_1..s_N (alphabet 0..n-1)  -> ``symbols`` int array; ``counts`` (n,) frequencies f_i
 code length l_i, codeword           -> ``lengths`` uint8 (n,), 0 for an unused symbol; ``codes``
-H = -sum p_i log2 p_i, L = sum p_i l_i   (p_i = f_i / N): Huffman gives H <= L < H + 1
-Kraft:  sum_i 2^-l_i <= 1, with equality for a Huffman code of >= 2 used symbols (full tree).
+
+Equations (labels are ours: the paper's own numbering was not checked)
+---------
+Eq. (M)  merge step: take the two least frequent nodes a, b; f(new) = f(a) + f(b); the length of
+         a symbol is its depth, l_i = depth(s_i)
+Eq. (K)  Kraft: sum_i 2^-l_i <= 1 for any prefix code, with equality for a Huffman code of >= 2
+         used symbols (a full binary tree)
+Eq. (L)  mean length L = sum_i p_i l_i with p_i = f_i / N, and entropy H = -sum_i p_i log2 p_i;
+         Huffman's L is the least of all prefix codes, and H <= L < H + 1
 
 Algorithm and tie-breaks
 ------------------------
@@ -77,6 +84,7 @@ def huffman_code_lengths(counts: np.ndarray) -> np.ndarray:
         c1, a = heapq.heappop(heap)
         c2, b = heapq.heappop(heap)
         parent[a] = parent[b] = next_key
+        # Eq. (M)
         heapq.heappush(heap, (c1 + c2, next_key))
         next_key += 1
     depth = {next_key - 1: 0}
@@ -92,6 +100,7 @@ def canonical_codes(lengths: np.ndarray) -> np.ndarray:
     """Canonical codewords (uint64, read with their lengths) from the code lengths alone."""
     lengths = _check_lengths(lengths)
     top = int(lengths.max())
+    # Eq. (K), in integers: sum_i 2^(top - l_i) <= 2^top
     if sum(1 << (top - int(v)) for v in lengths[lengths > 0]) > 1 << top:
         raise ValueError("code lengths violate the Kraft inequality: no prefix code has them")
     codes = np.zeros(lengths.size, dtype=np.uint64)
@@ -170,6 +179,7 @@ def entropy_and_mean_length(counts: np.ndarray, lengths: np.ndarray) -> tuple[fl
     """H = -sum p log2 p and L = sum p l over the used symbols (bits per symbol)."""
     counts = _check_counts(counts)
     p = counts[counts > 0] / counts.sum()
+    # Eq. (L)
     return float(-(p * np.log2(p)).sum()), float((p * lengths[counts > 0]).sum())
 
 
