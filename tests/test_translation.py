@@ -73,3 +73,16 @@ def test_too_long_sentence_is_a_clear_error(trained):
     _, translator, _, _ = trained
     with pytest.raises(ValueError, match="reads at most"):
         translator.decode_ids([[5] * (translator.model.config.max_len + 1)])
+
+
+def test_resume_reuses_the_checkpoints_tokenizer_and_continues_exactly(tmp_path):
+    """2N steps in one run equal N steps, then N more resumed from the checkpoint (which also
+    carries the tokenizer, so resuming does not learn BPE again)."""
+    task = load_task("copy")
+    preset = replace(PRESETS["copy"], steps=6)
+    _, straight = train_translation(task, preset=preset, out=tmp_path / "a.npz", log=None)
+    train_translation(task, preset=replace(preset, steps=3), out=tmp_path / "b.npz", log=None)
+    resumed, second = train_translation(task, preset=preset, out=tmp_path / "b.npz", resume=True, log=None)
+    np.testing.assert_allclose(second.losses, straight.losses[3:], rtol=1e-6)
+    for name, W in straight.params.items():
+        np.testing.assert_allclose(resumed.params[name], W, rtol=1e-5, atol=1e-7)

@@ -122,6 +122,9 @@ def train_translation(task: Task, *, preset: Preset, out=None, steps: int | None
     import sys
     log = sys.stderr if log == "stderr" else log
     steps = preset.steps if steps is None else steps
+    ckpt = None if out is None else checkpoint_path_for(out)
+    if tokenizer is None and resume and ckpt is not None:      # learning is deterministic: reuse it
+        tokenizer = Tokenizer.from_dict(io.load_checkpoint(ckpt).extra["tokenizer"])
     if tokenizer is None:
         tokenizer = Tokenizer.learn([s for s, _ in task.train], [t for _, t in task.train],
                                     task.src_lang, task.tgt_lang, vocab_size=preset.vocab_size)
@@ -141,7 +144,6 @@ def train_translation(task: Task, *, preset: Preset, out=None, steps: int | None
         return evaluate_teacher_forced(model, eff, dev_batches)
 
     extra = {"task": task.name, "tokenizer": tokenizer.to_dict()}
-    ckpt = None if out is None else checkpoint_path_for(out)
     result = train(model, params, batches, steps=steps, optimizer=adam(), schedule=preset.schedule,
                    rng=rng, checkpoint_path=ckpt, checkpoint_every=checkpoint_every if ckpt else 0,
                    resume=resume, validate=validate, validate_every=max(steps // 4, 1),
