@@ -325,6 +325,11 @@ def _cmd_bench_kernels(args) -> int:
     rows = bench_kernels([k.strip() for k in args.kernels.split(",") if k.strip()], shapes, batches,
                          repeats=args.repeats)
     print(format_kernel_table(rows))
+    from numba import get_num_threads
+    blas = os.environ.get("OPENBLAS_NUM_THREADS")
+    if blas is not None and blas.isdigit() and int(blas) < get_num_threads():
+        print(f"note: NumPy ran on {blas} BLAS thread(s), the kernels on {get_num_threads()}; for a like-for-like "
+              f"comparison run with OPENBLAS_NUM_THREADS={get_num_threads()} (tinyzip's default is 1, see _env.py)")
     if args.json:
         _write_json(args.json, {"machine": machine_info(), "results": rows})
     return 0
