@@ -56,21 +56,12 @@ from dataclasses import dataclass
 import numpy as np
 
 from tinyzip.compress.base import Method, PackedTensor
-from tinyzip.compress.magnitude_pruning import relative_index_decode, relative_index_encode
+from tinyzip.compress.magnitude_pruning import (  # stage 1 of the same pipeline
+    _check_weight as _check_values, relative_index_decode, relative_index_encode,
+)
 from tinyzip.packing import pack_uint, unpack_uint
 
 MAX_K = 1 << 16
-
-
-def _check_values(W, name="W"):
-    if not isinstance(W, np.ndarray):
-        raise TypeError(f"{name} must be a numpy array, got {type(W).__name__}")
-    if not np.issubdtype(W.dtype, np.floating):
-        raise TypeError(f"{name} must be a float array, got dtype {W.dtype}")
-    if W.size == 0:
-        raise ValueError(f"{name} is empty (shape {W.shape})")
-    if not np.all(np.isfinite(W)):
-        raise ValueError(f"{name} has NaN or inf entries")
 
 
 def _check_k(k):
