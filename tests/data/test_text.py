@@ -7,6 +7,8 @@ characters were all seen in training, decode(encode(x)) must equal Moses-detoken
 import json
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from sacremoses import MosesDetokenizer, MosesTokenizer
 
 from tinyzip.data import BOS, EOS, PAD, TASKS, UNK, Tokenizer, load_parallel_files, load_task
@@ -95,6 +97,34 @@ def test_to_dict_is_json_safe_and_round_trips(tok):
         assert ids == tok.encode_tgt(text) and restored.decode(ids) == tok.decode(ids)
 
 
+pieces_st = st.lists(st.text(st.sampled_from("ab\n</w>é"), min_size=1, max_size=3), min_size=1, max_size=6)
+
+
+@given(merges=st.lists(st.tuples(st.sampled_from(["a", "b", "ab", "ba", "\n", "</w>"]),
+                                 st.sampled_from(["a", "b", "ab", "b</w>", "é"])), max_size=12),
+       extra=pieces_st)
+def test_to_dict_restores_the_exact_merges_and_symbols(merges, extra):
+    """Any merge list (results made twice, operands made only later) and any symbols: from_dict
+    gives back the very lists, and the stored ids name each merge result instead of spelling it."""
+    symbols = list(dict.fromkeys([a + b for a, b in merges] + extra))
+    t = Tokenizer("en", "de", merges, symbols)
+    d = json.loads(json.dumps(t.to_dict()))
+    back = Tokenizer.from_dict(d)
+    assert back.src_bpe.merges == [tuple(m) for m in merges] and back.src_vocab.symbols == symbols
+    made_before = {a + b: r for r, (a, b) in reversed(list(enumerate(merges)))}
+    for s in d["src"]["base"]:                   # base strings: not made by a merge before use
+        assert s not in made_before or any(made_before[s] >= r for r, m in enumerate(merges) if s in m)
+
+
+def test_version_1_dicts_still_load(tok):
+    """Version 1 (lists of strings) is what older model files hold."""
+    v1 = {"format": "tinyzip-tokenizer", "version": 1, "src_lang": "en", "tgt_lang": "de",
+          "src_merges": [list(m) for m in tok.src_bpe.merges], "src_symbols": tok.src_vocab.symbols}
+    old = Tokenizer.from_dict(json.loads(json.dumps(v1)))
+    assert old.src_bpe.merges == tok.src_bpe.merges and old.src_vocab.symbols == tok.src_vocab.symbols
+    assert len(json.dumps(tok.to_dict())) < len(json.dumps(v1))
+
+
 def test_separate_vocabularies_when_not_joint():
     t = Tokenizer.learn(SRC, TGT, "en", "de", num_merges=20, joint=False)
     assert t.src_vocab is not t.tgt_vocab and "Ä" in t.tgt_vocab and "Ä" not in t.src_vocab
@@ -118,8 +148,13 @@ def test_bad_input_raises(tok):
         tok.decode([len(tok.tgt_vocab)])
     with pytest.raises(ValueError):
         Tokenizer.from_dict({"format": "something else"})
-    with pytest.raises(ValueError):
-        Tokenizer.from_dict({"format": "tinyzip-tokenizer", "version": 1})
+    for bad in [{"format": "tinyzip-tokenizer", "version": 1}, {"format": "tinyzip-tokenizer", "version": True},
+                dict(tok.to_dict(), version=3), dict(tok.to_dict(), src={"base": ["a"], "merges": [0, 1], "symbols": []}),
+                dict(tok.to_dict(), src={"base": ["a"], "merges": [0], "symbols": []}),
+                dict(tok.to_dict(), src={"base": ["a"], "merges": [], "symbols": [1]}),
+                dict(tok.to_dict(), src={"base": [1], "merges": [], "symbols": []})]:
+        with pytest.raises(ValueError):
+            Tokenizer.from_dict(bad)
     with pytest.raises(ValueError):
         tok.encode("x", side="middle")
 

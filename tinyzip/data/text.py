@@ -22,7 +22,7 @@ from tinyzip.data.bpe import BPE, END, join_subwords, learn_bpe
 PAD, BOS, EOS, UNK = 0, 1, 2, 3
 SPECIALS = ("<pad>", "<s>", "</s>", "<unk>")
 FORMAT = "tinyzip-tokenizer"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 TOKEN_CACHE_SIZE = 200_000     # Moses is the slow step; learn() and encode() share its output
 
 
@@ -139,22 +139,35 @@ class Tokenizer:
         return len(self.tgt_vocab)
 
     def to_dict(self):
-        """JSON-safe description (lists and strings only), saved beside the model."""
+        """JSON-safe description (lists, ints and strings), saved beside the model.
+
+        Version 2 stores only what cannot be derived: the BPE merges and the vocabulary's order
+        (by training frequency, so not derivable from the merges). Every string is written once:
+        ``base`` lists, sorted, the strings no earlier merge makes (the characters and ``</w>``);
+        string ``len(base) + r`` is a + b of merge r. ``merges`` is the flat id list
+        [a_0, b_0, a_1, b_1, ...] and ``symbols`` the vocabulary's ids from id 4 on. Measured on the
+        Bible tokenizer (8,177 merges, 7,996 symbols): 104 KB of JSON, 45 KB deflated, where
+        version 1's lists of strings took 244 KB and 61 KB.
+        """
         d = {"format": FORMAT, "version": FORMAT_VERSION, "src_lang": self.src_lang,
-             "tgt_lang": self.tgt_lang, "src_merges": [list(m) for m in self.src_bpe.merges],
-             "src_symbols": list(self.src_vocab.symbols)}
+             "tgt_lang": self.tgt_lang, "src": _number_strings(self.src_bpe.merges, self.src_vocab.symbols)}
         if not self.joint:
-            d["tgt_merges"] = [list(m) for m in self.tgt_bpe.merges]
-            d["tgt_symbols"] = list(self.tgt_vocab.symbols)
+            d["tgt"] = _number_strings(self.tgt_bpe.merges, self.tgt_vocab.symbols)
         return d
 
     @classmethod
     def from_dict(cls, d):
-        if not isinstance(d, dict) or d.get("format") != FORMAT or d.get("version") != FORMAT_VERSION:
-            raise ValueError(f"not a {FORMAT} v{FORMAT_VERSION} dict")
+        """Inverse of ``to_dict``; also reads version 1 (merges and symbols as lists of strings)."""
+        version = d.get("version") if isinstance(d, dict) else None
+        if not isinstance(d, dict) or d.get("format") != FORMAT or type(version) is not int \
+                or version not in (1, FORMAT_VERSION):
+            raise ValueError(f"not a {FORMAT} dict of version 1 or {FORMAT_VERSION}")
         try:
-            return cls(d["src_lang"], d["tgt_lang"], d["src_merges"], d["src_symbols"],
-                       d.get("tgt_merges"), d.get("tgt_symbols"))
+            if version == 1:
+                sides = [d["src_merges"], d["src_symbols"], d.get("tgt_merges"), d.get("tgt_symbols")]
+            else:
+                sides = [*_strings(d["src"]), *(_strings(d["tgt"]) if "tgt" in d else (None, None))]
+            return cls(d["src_lang"], d["tgt_lang"], *sides)
         except (KeyError, TypeError) as e:
             raise ValueError(f"bad {FORMAT} dict: {e!r}") from None
 
@@ -193,6 +206,41 @@ def _symbols(freqs, bpe):
         for s in bpe.segment(word):
             counts[s] = counts.get(s, 0) + f
     return sorted(counts, key=lambda s: (-counts[s], s))
+
+
+def _number_strings(merges, symbols):
+    """{"base", "merges", "symbols"} of ``to_dict``: every string numbered once."""
+    made = {}                                        # string -> the first merge that makes it
+    for r, (a, b) in enumerate(merges):
+        made.setdefault(a + b, r)
+    base = {s for r, pair in enumerate(merges) for s in pair if made.get(s, r) >= r}
+    base = sorted(base | {s for s in symbols if s not in made})
+    ids = {s: i for i, s in enumerate(base)}
+
+    def id_of(s):
+        return ids[s] if s in ids else len(base) + made[s]
+    return {"base": base, "merges": [id_of(s) for pair in merges for s in pair],
+            "symbols": [id_of(s) for s in symbols]}
+
+
+def _strings(side):
+    """Inverse of ``_number_strings``: (merges, symbols) as lists of strings."""
+    base, flat, symbols = side["base"], side["merges"], side["symbols"]
+    if not (isinstance(base, list) and isinstance(flat, list) and isinstance(symbols, list)) \
+            or len(flat) % 2 or not all(isinstance(s, str) for s in base) \
+            or not all(type(i) is int and i >= 0 for i in flat + symbols):
+        raise ValueError("tokenizer side needs base: list of str, merges: even-length list of "
+                         "ids >= 0, symbols: list of ids >= 0")
+    strings, merges = list(base), []
+    for r in range(len(flat) // 2):
+        a, b = flat[2 * r], flat[2 * r + 1]
+        if max(a, b) >= len(strings):
+            raise ValueError(f"merge {r} refers to string {max(a, b)}, only {len(strings)} defined")
+        merges.append((strings[a], strings[b]))
+        strings.append(strings[a] + strings[b])
+    if symbols and max(symbols) >= len(strings):
+        raise ValueError(f"symbol id {max(symbols)} refers past the {len(strings)} strings")
+    return merges, [strings[i] for i in symbols]
 
 
 def _check_texts(texts, name):
