@@ -11,6 +11,7 @@ from hypothesis.extra import numpy as hynp
 
 from tinyzip.compress import huffman as hf
 from tinyzip.compress import kmeans as km
+from tinyzip.packing import unpack_uint
 from tests.strategies import matrix_st
 
 counts_st = hynp.arrays(np.int64, st.integers(1, 40), elements=st.integers(0, 1000))
@@ -106,15 +107,32 @@ def test_one_symbol_alphabet_has_code_length_one_and_ties_are_deterministic():
     assert hf.huffman_code_lengths(np.zeros(4, np.int64)).tolist() == [0, 0, 0, 0]
 
 
-@given(matrix_st(min_side=4, max_side=24, bound=3.0), st.integers(1, 15),
+def _huffman_bytes(values, alphabet):
+    """Stream + table bytes of a Huffman code, from the lengths alone (sum f_i l_i bits)."""
+    counts = np.bincount(values, minlength=alphabet)
+    lengths = hf.huffman_code_lengths(counts).astype(np.int64)
+    return (int((counts * lengths).sum()) + 7) // 8 + alphabet
+
+
+@given(matrix_st(min_side=1, max_side=24, bound=3.0), st.integers(1, 15),
        st.one_of(st.none(), st.integers(1, 5)), st.integers(0, 99))
 def test_kmeans_huffman_round_trip_and_dense_weights(W, k, gap_bits, seed):
-    """kmeans -> kmeans+huffman -> kmeans is byte for byte; the dense tensor is unchanged."""
+    """kmeans -> kmeans+huffman -> kmeans is byte for byte; the dense tensor is unchanged; each
+    stream is Huffman-coded exactly when its stream + code table beats the fixed width, so the
+    coded tensor is never larger."""
     W = W * (np.random.default_rng(seed).random(W.shape) > 0.6)
     packed = km.pack_kmeans(W, k, gap_bits=gap_bits)
     coded = hf.pack_kmeans_huffman(packed)
-    assert coded.arrays["index_lengths"].dtype == np.uint8
-    assert coded.arrays["index_lengths"].size == packed.meta["K"]
+    meta, count = packed.meta, packed.meta["count"]
+    widths = {"indices": (meta["index_bits"], meta["K"]), "gaps": (gap_bits, 2 ** (gap_bits or 0))}
+    for name in packed.arrays.keys() - {"codebook"}:
+        bits, alphabet = widths[name]
+        values = unpack_uint(packed.arrays[name], bits, count).astype(np.int64)
+        assert (name in coded.meta["huffman"]) == (_huffman_bytes(values, alphabet) < packed.arrays[name].nbytes)
+    assert coded.nbytes <= packed.nbytes
+    if "indices" in coded.meta["huffman"]:
+        assert coded.arrays["index_lengths"].dtype == np.uint8
+        assert coded.arrays["index_lengths"].size == packed.meta["K"]
     back = hf.kmeans_from_huffman(coded)
     assert back.meta == packed.meta and back.arrays.keys() == packed.arrays.keys()
     for name in packed.arrays:
@@ -123,11 +141,23 @@ def test_kmeans_huffman_round_trip_and_dense_weights(W, k, gap_bits, seed):
 
 
 def test_huffman_saves_bits_on_a_biased_index_distribution():
-    """Deep Compression Sec. 4: biased indices code below their fixed width (here: 4 bits)."""
+    """Deep Compression Sec. 4: biased indices and gaps code below their fixed widths."""
     rng = np.random.default_rng(0)
     W = rng.laplace(size=(64, 64)) * (rng.random((64, 64)) > 0.5)
     coded = hf.pack_kmeans_huffman(km.pack_kmeans(W, 15, gap_bits=3))
+    assert coded.meta["huffman"] == ["gaps", "indices"]
     assert coded.meta["index_nbits"] < 4 * coded.meta["count"]
+    assert coded.meta["gap_nbits"] < 3 * coded.meta["count"]
+
+
+def test_small_matrix_keeps_the_plain_packing():
+    """Four weights: any code table (K bytes) costs more than the 2 bytes of 4-bit indices."""
+    W = np.array([[0.5, -1.0], [2.0, 0.25]])
+    packed = km.pack_kmeans(W, 15, gap_bits=4)
+    coded = hf.pack_kmeans_huffman(packed)
+    assert coded.method == "kmeans+huffman" and coded.meta["huffman"] == []
+    assert coded.nbytes == packed.nbytes and sorted(coded.arrays) == sorted(packed.arrays)
+    assert np.array_equal(hf.unpack_kmeans_huffman(coded), W.astype(np.float32))
 
 
 def test_bad_input_raises():
@@ -146,6 +176,8 @@ def test_bad_input_raises():
         (lambda: hf.huffman_decode(stream.astype(np.int8), good, 3, nbits), TypeError),
         (lambda: hf.huffman_decode(stream, good, 3, 99), ValueError),
         (lambda: hf.pack_kmeans_huffman(hf.PackedTensor("sparse", (1,), {}, {})), ValueError),
-        (lambda: hf.kmeans_from_huffman(hf.PackedTensor("kmeans", (1,), {}, {})), ValueError)]:
+        (lambda: hf.kmeans_from_huffman(hf.PackedTensor("kmeans", (1,), {}, {})), ValueError),
+        (lambda: hf.kmeans_from_huffman(hf.PackedTensor("kmeans+huffman", (1,), {}, {"huffman": ["x"]})),
+         ValueError)]:
         with pytest.raises(err):
             call()

@@ -33,6 +33,12 @@ gets code 0; each next code is (previous + 1) << (its length - previous length).
 length are consecutive integers and the code table is the n-byte ``lengths`` array.
 Bit stream: codewords are written most significant bit first, one after another; stream bit j is
 bit j % 8 of byte j // 8 (LSB-first bytes, as ``tinyzip.packing``); the last byte is zero-padded.
+
+Export (``pack_kmeans_huffman``): the cluster-index stream and the relative-position (gap) stream
+of a k-means tensor are coded separately, each with its own code table, and each only where the
+stream plus its table is smaller than the fixed-width packing; the meta records which were coded.
+Measured on a trained numbers-de model pruned to 80% (k = 15 + zero slot, 4-bit gaps): the index
+streams take 3.3 bits per stored entry instead of 4, the gap streams 3.5 instead of 4.
 """
 import heapq
 
@@ -185,30 +191,51 @@ def entropy_and_mean_length(counts: np.ndarray, lengths: np.ndarray) -> tuple[fl
 
 # ---- export: Deep Compression stage 3 ---------------------------------------------------
 
-def _code(values, alphabet):
-    counts = np.bincount(values, minlength=alphabet)
-    lengths = huffman_code_lengths(counts)
+STREAMS = {"indices": "index", "gaps": "gap"}     # kmeans array -> prefix of its Huffman arrays
+
+
+def _width(meta, name):
+    """(fixed width in bits, alphabet size) of the stream ``name`` of a kmeans tensor."""
+    if name == "indices":
+        return meta["index_bits"], meta["K"]
+    return meta["gap_bits"], 1 << meta["gap_bits"]
+
+
+def _code(values, alphabet, plain):
+    """(stream, lengths, nbits) if the stream plus its code table is smaller than ``plain``, the
+    fixed-width packing of the same values; else None."""
+    lengths = huffman_code_lengths(np.bincount(values, minlength=alphabet))
     stream, nbits = huffman_encode(values, lengths)
-    return stream, lengths, nbits
+    return (stream, lengths, nbits) if stream.nbytes + lengths.nbytes < plain.nbytes else None
 
 
 def pack_kmeans_huffman(packed: PackedTensor) -> PackedTensor:
-    """A "kmeans" PackedTensor -> "kmeans+huffman": indices (and gaps) Huffman-coded.
+    """A "kmeans" PackedTensor -> "kmeans+huffman": indices and gaps Huffman-coded where it pays.
 
-    Layout: ``codebook`` float32 (K,); ``index_stream`` uint8, ``index_lengths`` uint8 (K,);
-    if sparse also ``gap_stream`` uint8, ``gap_lengths`` uint8 (2^gap_bits,). ``meta`` = the
-    kmeans meta (k, K, index_bits, count, zero_slot, gap_bits, fillers) + ``index_nbits``,
-    ``gap_nbits`` (bits used in each stream).
+    Each stream (``indices`` and, if sparse, ``gaps``) is coded on its own, and only when its
+    bit stream plus its code table (one length byte per symbol) is smaller than the fixed-width
+    packing; otherwise the plain array is kept (small matrices, near-uniform indices).
+    Layout: ``codebook`` float32 (K,); a coded stream ``s`` becomes ``{p}_stream`` uint8 and
+    ``{p}_lengths`` uint8 (K, or 2^gap_bits for gaps), p = ``STREAMS[s]``, with ``{p}_nbits`` in
+    ``meta``; a plain one stays as in "kmeans". ``meta`` = the kmeans meta + ``huffman``: the
+    sorted names of the coded streams.
     """
     if packed.method != "kmeans":
         raise ValueError(f"pack_kmeans_huffman needs a 'kmeans' PackedTensor, got {packed.method!r}")
     meta, count = dict(packed.meta), packed.meta["count"]
-    indices = unpack_uint(packed.arrays["indices"], meta["index_bits"], count).astype(np.int64)
-    arrays = {"codebook": packed.arrays["codebook"]}
-    arrays["index_stream"], arrays["index_lengths"], meta["index_nbits"] = _code(indices, meta["K"])
-    if "gaps" in packed.arrays:
-        gaps = unpack_uint(packed.arrays["gaps"], meta["gap_bits"], count).astype(np.int64)
-        arrays["gap_stream"], arrays["gap_lengths"], meta["gap_nbits"] = _code(gaps, 1 << meta["gap_bits"])
+    arrays, coded = {"codebook": packed.arrays["codebook"]}, []
+    for name, prefix in STREAMS.items():
+        if name not in packed.arrays:
+            continue
+        bits, alphabet = _width(meta, name)
+        values = unpack_uint(packed.arrays[name], bits, count).astype(np.int64)
+        result = _code(values, alphabet, packed.arrays[name])
+        if result is None:
+            arrays[name] = packed.arrays[name]
+        else:
+            arrays[f"{prefix}_stream"], arrays[f"{prefix}_lengths"], meta[f"{prefix}_nbits"] = result
+            coded.append(name)
+    meta["huffman"] = sorted(coded)
     return PackedTensor("kmeans+huffman", packed.shape, arrays, meta)
 
 
@@ -216,17 +243,23 @@ def kmeans_from_huffman(packed: PackedTensor) -> PackedTensor:
     """Inverse of ``pack_kmeans_huffman``: the "kmeans" PackedTensor, byte for byte."""
     if packed.method != "kmeans+huffman":
         raise ValueError(f"needs a 'kmeans+huffman' PackedTensor, got {packed.method!r}")
-    meta, arrays, count = dict(packed.meta), packed.arrays, packed.meta["count"]
-    indices = huffman_decode(arrays["index_stream"], arrays["index_lengths"], count, meta.pop("index_nbits"))
+    meta, arrays = dict(packed.meta), packed.arrays
+    coded = meta.pop("huffman", None)
+    if not isinstance(coded, list) or not set(coded) <= set(STREAMS):
+        raise ValueError(f"kmeans+huffman meta 'huffman' must list streams of {sorted(STREAMS)}, "
+                         f"got {coded!r}")
+    count = meta["count"]
     out = {"codebook": arrays["codebook"]}
-    if "gap_stream" in arrays:
-        gaps = huffman_decode(arrays["gap_stream"], arrays["gap_lengths"], count, meta.pop("gap_nbits"))
-        out["gaps"] = pack_uint(gaps, meta["gap_bits"])
-    out["indices"] = pack_uint(indices, meta["index_bits"])
+    for name, prefix in STREAMS.items():
+        if name in coded:
+            values = huffman_decode(arrays[f"{prefix}_stream"], arrays[f"{prefix}_lengths"], count,
+                                    meta.pop(f"{prefix}_nbits"))
+            out[name] = pack_uint(values, _width(meta, name)[0])
+        elif name in arrays:
+            out[name] = arrays[name]
     return PackedTensor("kmeans", packed.shape, out, meta)
 
 
 def unpack_kmeans_huffman(packed: PackedTensor) -> np.ndarray:
     """The dense float32 tensor of a "kmeans+huffman" PackedTensor."""
     return unpack_kmeans(kmeans_from_huffman(packed))
-
