@@ -139,3 +139,26 @@ def test_demo_measures_every_row_from_its_own_file(tmp_path):
     assert all(r["method"] in run.stdout for r in rows)
 
 
+
+
+@pytest.mark.slow
+def test_demo_resume_keeps_measured_rows_and_finishes(tmp_path):
+    """An interrupted demo (here: a JSON cut after two rows) resumed with --resume keeps the rows it
+    had, measured by the first run, and measures only the rest."""
+    path, out = tmp_path / "demo.json", tmp_path / "demo"
+    args = ("demo", "--task", "copy", "--steps", "30", "--finetune-steps", "2", "--n-test", "8",
+            "--out", str(out), "--json", str(path))
+    assert _tinyzip(*args).returncode == 0
+    first = json.loads(path.read_text())
+    cut = dict(first, rows=first["rows"][:2])
+    path.write_text(json.dumps(cut))
+    run = _tinyzip(*args, "--resume")
+    assert run.returncode == 0, run.stderr
+    second = json.loads(path.read_text())["rows"]
+    assert second[:2] == first["rows"][:2]                  # kept as measured, not re-measured
+    assert [r["key"] for r in second] == [r["key"] for r in first["rows"]]
+    assert "training the float32 baseline" not in run.stderr and "(resumed run)" in run.stderr
+
+
+def test_demo_resume_needs_json():
+    _assert_one_line_error(_tinyzip("demo", "--resume"), "--resume needs --json")

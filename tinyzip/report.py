@@ -1,4 +1,7 @@
-"""The main job: train a baseline, compress it once per method, measure every row of the table.
+"""The main job: compress a baseline once per method and measure every row of the table.
+
+The baseline is the model shipped in the package (Bible En->Es, ``translation.SHIPPED_MODEL``) for
+``task="bible-es"``, the default; the quick tasks (numbers-de, copy) train their own in minutes.
 
 Every row is measured, never computed from a formula: the method's tensors are packed, written
 to a real ``.tz`` file (``container.save_tz``), read back, and the model read back from the file
@@ -29,8 +32,8 @@ from tinyzip.compressed import pack_float
 from tinyzip.data import load_task, make_batches
 from tinyzip.nn.optim import adam
 from tinyzip.train import train
-from tinyzip.translation import (PRESETS, encode_pairs, evaluate, load_translator, save_translator,
-                                 train_translation, with_params)
+from tinyzip.translation import (PRESETS, SHIPPED_MODEL, encode_pairs, evaluate, load_translator, save_translator,
+                                 train_translation)
 
 
 @dataclass
@@ -47,20 +50,38 @@ class Context:
     baseline_bleu: float = 0.0
     log: object = None
     pruned: dict = field(default_factory=dict)   # (sparsity, steps) -> pruned params, shared by rows
+    checkpoint_dir: str | None = None            # fine-tuning checkpoints (resumable runs)
+    beam: int = 1                                # > 1: also measure BLEU with beam search
 
 
-def finetune(ctx: Context, params: dict, method: Method, steps: int, lr_scale: float = 0.5) -> dict:
-    """``steps`` of training through ``method`` at ``lr_scale`` x the preset's peak lr (short warmup)."""
+def finetune_peak_lr(preset) -> float:
+    """Fine-tuning continues training: the preset's lr at its last step, at most half its peak."""
+    return min(0.5 * preset.peak_lr, preset.schedule(preset.steps))
+
+
+def finetune(ctx: Context, params: dict, method: Method, steps: int, tag: str) -> dict:
+    """``steps`` of training through ``method`` (lr: :func:`finetune_peak_lr`, warmup steps/10).
+
+    With ``ctx.checkpoint_dir`` the run checkpoints as ``<tag>.ckpt.npz`` every 50 steps and a
+    rerun resumes there (a finished one returns its params at once). The method is rebuilt by
+    the caller from the same inputs, so its state (masks, assignments) is the same on resume."""
     if steps <= 0:
         return params
     model, preset = ctx.translator.model, ctx.preset
-    peak, warmup = lr_scale * preset.peak_lr, max(steps // 10, 1)
+    peak, warmup = finetune_peak_lr(preset), max(steps // 10, 1)
 
     def batches(epoch):
         return make_batches(ctx.train_ids, preset.max_tokens, np.random.default_rng([ctx.seed, 99, epoch]))
 
+    ckpt = None if ctx.checkpoint_dir is None else os.path.join(ctx.checkpoint_dir, f"{tag}.ckpt.npz")
+    if ctx.log is not None:
+        print(f"fine-tuning {tag}: {steps} steps", file=ctx.log)
     result = train(model, params, batches, steps=steps, optimizer=adam(), rng=np.random.default_rng(ctx.seed),
-                   schedule=lambda s: peak * min(1.0, s / warmup), method=method, log=ctx.log)
+                   schedule=lambda s: peak * min(1.0, s / warmup), method=method, log=ctx.log,
+                   checkpoint_path=ckpt, checkpoint_every=50 if ckpt else 0,
+                   resume=ckpt is not None and os.path.exists(ckpt))
+    if result.interrupted:
+        raise KeyboardInterrupt
     return result.params
 
 
@@ -76,23 +97,23 @@ def matrices(params: dict) -> list:
 
 # ---- one function per row ---------------------------------------------------------------------
 
-def pruned_model(ctx, params, sparsity, steps):
-    """Zhu & Gupta gradual magnitude pruning to ``sparsity`` in 4 rounds, retrained in between.
-    Memoized in ``ctx``, so the Deep Compression row builds on the pruning row's model."""
-    key = (sparsity, steps)
+def pruned_model(ctx, params, sparsity, steps, rounds=4):
+    """Zhu & Gupta gradual magnitude pruning to ``sparsity`` in ``rounds`` rounds, retrained in
+    between. Memoized in ``ctx``, so the Deep Compression row builds on the pruning row's model."""
+    key = (sparsity, steps, rounds)
     if key not in ctx.pruned:
         names, masks = magnitude_pruning.prunable_names(params), None
-        rounds = 4
-        for target in magnitude_pruning.iterative_targets(sparsity, rounds):
+        for r, target in enumerate(magnitude_pruning.iterative_targets(sparsity, rounds)):
             params, masks = magnitude_pruning.prune_params(params, target, names=names, masks=masks)
-            params = finetune(ctx, params, magnitude_pruning.pruning_method(masks), steps // rounds)
+            params = finetune(ctx, params, magnitude_pruning.pruning_method(masks), steps // rounds,
+                              f"prune{int(sparsity * 100)}-{steps}x{rounds}-round{r}")
         ctx.pruned[key] = params
     return ctx.pruned[key]
 
 
-def row_pruning(ctx, params, sparsity=0.8, steps=300):
+def row_pruning(ctx, params, sparsity=0.8, steps=300, rounds=4):
     """Gradual magnitude pruning, exported in Deep Compression's sparse format (CSC kernel at run time)."""
-    params = pruned_model(ctx, params, sparsity, steps)
+    params = pruned_model(ctx, params, sparsity, steps, rounds)
     names = magnitude_pruning.prunable_names(params)
     packed = pack_model(params, lambda n, W: magnitude_pruning.pack_sparse(W), names)
     return f"magnitude_pruning-{int(sparsity * 100)}", None, packed
@@ -102,18 +123,18 @@ def row_kmeans(ctx, params, bits=4, steps=100):
     """Deep Compression weight sharing: k = 2^bits centroids per matrix, centroids fine-tuned (Eq. 3)."""
     names = matrices(params)
     params, method = kmeans.kmeans_method(params, names, 1 << bits)
-    params = finetune(ctx, params, method, steps)
+    params = finetune(ctx, params, method, steps, f"kmeans{bits}-{steps}")
     packed = pack_model(params, lambda n, W: kmeans.pack_kmeans(W, 1 << bits), names)
     return f"kmeans-{bits}bit", bits, packed
 
 
-def row_deep_compression(ctx, params, sparsity=0.8, bits=4, steps=300, share_steps=100, gap_bits=4):
+def row_deep_compression(ctx, params, sparsity=0.8, bits=4, steps=300, share_steps=100, gap_bits=4, rounds=4):
     """Prune -> share (k = 2^bits - 1 plus the zero slot) -> Huffman: the full Deep Compression pipeline."""
-    pruned = pruned_model(ctx, params, sparsity, steps)
+    pruned = pruned_model(ctx, params, sparsity, steps, rounds)
     names = magnitude_pruning.prunable_names(pruned)
     k = (1 << bits) - 1
     shared, method = kmeans.kmeans_method(pruned, names, k)
-    shared = finetune(ctx, shared, method, share_steps)
+    shared = finetune(ctx, shared, method, share_steps, f"dc{int(sparsity * 100)}-{steps}x{rounds}-{bits}-{share_steps}")
 
     def pack(name, W):
         return huffman.pack_kmeans_huffman(kmeans.pack_kmeans(W, k, gap_bits=gap_bits))
@@ -129,7 +150,7 @@ def row_binarization(ctx, params, steps=300):
     names = [n for n in matrices(params) if n != "emb"]            # the lookup table stays float
     method = binarization.binarization_method(names)
     latent = binarization.clip_latent(params, names)
-    latent = finetune(ctx, latent, method, steps)
+    latent = finetune(ctx, latent, method, steps, f"binarization-{steps}")
     packed = pack_model(latent, lambda n, W: binarization.pack_binary(W), names)
     return "binarization", 1, packed
 
@@ -139,7 +160,7 @@ def row_uniform(ctx, params, bits=8, steps=0):
     names = matrices(params)
     if steps:
         method = uniform.qat_method(params, bits, weights_only=True)
-        params = finetune(ctx, params, method, steps)
+        params = finetune(ctx, params, method, steps, f"uniform{bits}-{steps}")
     packed = pack_model(params, lambda n, W: uniform.pack_uniform(W, bits), names)
     return f"uniform-{'qat' if steps else 'ptq'}-{bits}bit", bits, packed
 
@@ -149,7 +170,7 @@ def row_binary_codes(ctx, params, q=2, steps=300, fit="alternating"):
     the STE, run on BiQGEMM. The embedding lookup table is k-means 4-bit (it is read, not multiplied)."""
     names = [n for n in matrices(params) if n != "emb"]
     method = Method(f"binary_codes-{q}bit", {n: binary_codes.BinaryCodesSTE(q, fit) for n in names})
-    params = finetune(ctx, params, method, steps)
+    params = finetune(ctx, params, method, steps, f"binary_codes{q}-{fit}-{steps}")
 
     def pack(name, W):
         return binary_codes.pack_binary_codes(*binary_codes.binary_codes(W, q, fit))
@@ -159,9 +180,36 @@ def row_binary_codes(ctx, params, q=2, steps=300, fit="alternating"):
     return f"binary_codes-{q}bit-{fit}", q, packed
 
 
-def plan(full: bool):
+def plan(task: str, full: bool):
     """The rows, in the order of the table (an explicit list: no registry). ``steps`` is each
-    row's fine-tuning budget; 0 means post-training only."""
+    row's fine-tuning budget; 0 means post-training only.
+
+    On the real model (bible-es) the quick plan is post-training or very short fine-tuning, to
+    stay under 5 minutes; ``full`` runs post-training rows first (their results come in
+    minutes), then the fine-tuned ones with the reference runs' budgets (hours)."""
+    if task == "bible-es" and not full:
+        return [
+            (row_pruning, {"sparsity": 0.5, "steps": 60, "rounds": 1}),
+            (row_kmeans, {"bits": 4, "steps": 0}),
+            (row_deep_compression, {"sparsity": 0.5, "steps": 60, "rounds": 1, "share_steps": 0}),
+            (row_binarization, {"steps": 40}),
+            (row_uniform, {"bits": 8, "steps": 0}),
+            (row_uniform, {"bits": 4, "steps": 0}),
+            (row_binary_codes, {"q": 3, "steps": 0, "fit": "alternating"}),
+        ]
+    if task == "bible-es":
+        return ([(row_kmeans, {"bits": b, "steps": 0}) for b in (8, 5, 4, 3, 2)]
+                + [(row_uniform, {"bits": b, "steps": 0}) for b in (8, 6, 4)]
+                + [(row_binary_codes, {"q": q, "steps": 0, "fit": fit}) for q in (2, 3, 4)
+                   for fit in ("greedy", "alternating")]
+                + [(row_uniform, {"bits": b, "steps": 400}) for b in (8, 6, 4)]
+                + [(row_kmeans, {"bits": b, "steps": 400}) for b in (4, 3)]
+                + [(row_binary_codes, {"q": q, "steps": 1000, "fit": "alternating"}) for q in (1, 2, 3)]
+                + [(row_pruning, {"sparsity": 0.5, "steps": 1000, "rounds": 1}),
+                   (row_pruning, {"sparsity": 0.8, "steps": 4000}),
+                   (row_deep_compression, {"sparsity": 0.8, "steps": 4000, "share_steps": 400}),
+                   (row_pruning, {"sparsity": 0.9, "steps": 4000}),
+                   (row_binarization, {"steps": 2000})])
     if not full:
         return [
             (row_pruning, {"sparsity": 0.8, "steps": 100}),
@@ -179,6 +227,20 @@ def plan(full: bool):
             + [(row_uniform, {"bits": b, "steps": 400}) for b in (8, 6, 4)]
             + [(row_binary_codes, {"q": q, "steps": 600, "fit": fit}) for q in (1, 2, 3, 4)
                for fit in ("greedy", "alternating")])
+
+
+def row_name(fn, kwargs) -> str:
+    """A row's key in the JSON (resumed runs skip rows already measured)."""
+    return fn.__name__[4:] + "(" + ", ".join(f"{k}={v}" for k, v in sorted(kwargs.items())) + ")"
+
+
+def evenly_spaced(pairs, n):
+    """``n`` pairs spread evenly over ``pairs`` (every book of the test split), order kept; all if n is None."""
+    if n is None or n >= len(pairs):
+        return list(pairs)
+    if n < 1:
+        raise ValueError(f"n_test must be >= 1, got {n}")
+    return [pairs[i] for i in np.unique(np.linspace(0, len(pairs) - 1, n).round().astype(int))]
 
 
 # ---- measuring ------------------------------------------------------------------------------
@@ -210,39 +272,77 @@ def measure(ctx: Context, method: str, bits, path: str, seconds: float) -> dict:
            "ratio": ctx.float_bytes / file_bytes if ctx.float_bytes else 1.0,
            "bleu": result["bleu"], "bleu_pct": 100.0 * result["bleu"] / ctx.baseline_bleu if ctx.baseline_bleu else 100.0,
            "decode_tokens_per_s": result["decode_tokens_per_s"],
+           "bleu_beam": evaluate(translator, ctx.test_pairs, beam=ctx.beam)["bleu"] if ctx.beam > 1 else None,
            "attention_entropy": attention_entropy(translator, ctx.test_pairs),
            "compress_seconds": seconds, "path": path}
     return row
 
 
+def finetune_steps_of(row) -> int:
+    """Total fine-tuning steps of a row (its settings' ``*steps`` values)."""
+    return sum(v for k, v in row.get("settings", {}).items() if k.endswith("steps"))
+
+
 def format_table(rows: list) -> str:
-    header = f"{'method':<44} {'bits':>4} {'file bytes':>11} {'ratio':>6} {'BLEU':>6} {'% base':>7} {'tok/s':>7} {'H(attn)':>7}"
+    beam = any(r.get("bleu_beam") is not None for r in rows)
+    header = (f"{'method':<40} {'bits':>4} {'tune':>5} {'file bytes':>11} {'ratio':>6} {'BLEU':>6}"
+              + (f" {'beam4':>6}" if beam else "") + f" {'% base':>7} {'tok/s':>7} {'H(attn)':>7}")
     lines = [header, "-" * len(header)]
     for r in rows:
         bits = "-" if r["bits"] is None else f"{r['bits']:g}"
-        lines.append(f"{r['method']:<44} {bits:>4} {r['file_bytes']:>11,} {r['ratio']:>5.2f}x {r['bleu']:>6.2f} "
-                     f"{r['bleu_pct']:>6.1f}% {r['decode_tokens_per_s']:>7.0f} {r['attention_entropy']:>7.3f}")
+        beam_cell = f" {r['bleu_beam']:>6.2f}" if beam and r.get("bleu_beam") is not None else (" " * 7 if beam else "")
+        lines.append(f"{r['method']:<40} {bits:>4} {finetune_steps_of(r):>5} {r['file_bytes']:>11,} {r['ratio']:>5.2f}x "
+                     f"{r['bleu']:>6.2f}{beam_cell} {r['bleu_pct']:>6.1f}% {r['decode_tokens_per_s']:>7.0f} "
+                     f"{r['attention_entropy']:>7.3f}")
     return "\n".join(lines)
 
 
-def run_demo(*, task="numbers-de", out_dir="runs/demo", full=False, steps=None, finetune_steps=None, seed=0,
-             n_test=None, json_path=None, log="stderr") -> dict:
-    """Train the baseline, run every row of ``plan(full)``, print and return the table.
+def baseline(task, out_dir, preset, steps, seed, log, resume=False):
+    """The float32 baseline and the path of its float32 model file: the shipped model for
+    bible-es (nothing is trained), a freshly trained one for the quick tasks (on ``resume``,
+    the one the interrupted run trained)."""
+    float_path = os.path.join(out_dir, "float32.npz")
+    if resume and os.path.exists(float_path):
+        print(f"baseline: {float_path} (resumed run)", file=log)
+        return load_translator(float_path), float_path
+    if task == "bible-es" and steps is None:
+        print(f"baseline: the shipped model {SHIPPED_MODEL}", file=log)
+        translator = load_translator(SHIPPED_MODEL)
+        save_translator(float_path, translator, {"task": task})
+        return translator, float_path
+    print(f"training the float32 baseline on {task} ({preset.steps} steps) ...", file=log)
+    translator, _ = train_translation(load_task(task), preset=preset, out=float_path, seed=seed, log=log)
+    return translator, float_path
 
-    ``steps`` overrides the baseline's training steps; ``finetune_steps`` caps every row's
-    fine-tuning (0: post-training only), for a quick look or a test."""
+
+def run_demo(*, task="bible-es", out_dir="runs/demo", full=False, steps=None, finetune_steps=None, seed=0,
+             n_test=None, json_path=None, resume=False, log="stderr") -> dict:
+    """Compress the baseline with every row of ``plan(task, full)``; print and return the table.
+
+    ``steps`` trains a new baseline of that many steps instead of using the shipped model;
+    ``finetune_steps`` caps every row's fine-tuning (0: post-training only); ``n_test`` evenly
+    spaced test sentences (None: all). ``resume`` keeps the rows already in ``json_path`` and
+    resumes fine-tuning from the checkpoints in ``out_dir/checkpoints``."""
     import sys
     log = sys.stderr if log == "stderr" else log
     os.makedirs(out_dir, exist_ok=True)
     preset = PRESETS[task] if steps is None else replace(PRESETS[task], steps=steps)
     data = load_task(task, seed=seed)
-    test_pairs = data.test if (full or n_test is None) else data.test[:n_test]
-    float_path = os.path.join(out_dir, "float32.npz")
-    print(f"training the float32 baseline on {task} ({preset.steps} steps) ...", file=log)
-    translator, _ = train_translation(data, preset=preset, out=float_path, seed=seed, log=log)
+    test_pairs = evenly_spaced(data.test, n_test)
+    done = {}
+    if resume and json_path and os.path.exists(json_path):
+        with open(json_path) as f:
+            done = {r["key"]: r for r in json.load(f)["rows"] if "key" in r}
+    translator, float_path = baseline(task, out_dir, preset, steps, seed, log, resume)
     ctx = Context(translator, encode_pairs(translator.tokenizer, data.train, preset.max_len), test_pairs,
-                  out_dir, preset, seed, log=log)
-    report = {"task": task, "n_test": len(test_pairs), "rows": []}
+                  out_dir, preset, seed, log=log, checkpoint_dir=os.path.join(out_dir, "checkpoints"),
+                  beam=4 if full else 1)
+    os.makedirs(ctx.checkpoint_dir, exist_ok=True)
+    if not resume:                                    # a fresh run never continues an old one
+        for name in os.listdir(ctx.checkpoint_dir):
+            if name.endswith(".ckpt.npz"):
+                os.remove(os.path.join(ctx.checkpoint_dir, name))
+    report = {"task": task, "n_test": len(test_pairs), "full": full, "rows": []}
 
     def emit(row):
         report["rows"].append(row)
@@ -250,20 +350,28 @@ def run_demo(*, task="numbers-de", out_dir="runs/demo", full=False, steps=None, 
         if json_path:
             _write_json(json_path, report)             # an interrupted run keeps what it measured
 
-    baseline = measure(ctx, "float32", 32, float_path, 0.0)
-    ctx.float_bytes, ctx.baseline_bleu = baseline["file_bytes"], baseline["bleu"]
-    emit(dict(baseline, ratio=1.0, bleu_pct=100.0))
+    base = done.get("baseline") or dict(measure(ctx, "float32", 32, float_path, 0.0), key="baseline")
+    ctx.float_bytes, ctx.baseline_bleu = base["file_bytes"], base["bleu"]
+    emit(dict(base, ratio=1.0, bleu_pct=100.0))
     write_attention(translator, test_pairs[0], out_dir)
-    for fn, kwargs in plan(full):
+    for fn, kwargs in plan(task, full):
         if finetune_steps is not None:
             kwargs = {k: min(v, finetune_steps) if k.endswith("steps") else v for k, v in kwargs.items()}
+        key = row_name(fn, kwargs)
+        if key in done:
+            emit(done[key])
+            continue
         start = time.perf_counter()
         name, bits, packed = fn(ctx, dict(translator.params), **kwargs)
-        path = os.path.join(out_dir, name.replace("+", "_") + ".tz")
+        path = os.path.join(out_dir, key_to_filename(key))
         container.save_tz(path, packed, translator.model.config.to_dict(),
-                          {"tokenizer": translator.tokenizer.to_dict(), "method": name})
-        emit(measure(ctx, name, bits, path, time.perf_counter() - start))
+                          {"tokenizer": translator.tokenizer.to_dict(), "method": name, "settings": kwargs})
+        emit(dict(measure(ctx, name, bits, path, time.perf_counter() - start), key=key, settings=kwargs))
     return report
+
+
+def key_to_filename(key: str) -> str:
+    return "".join(c if c.isalnum() or c in "-." else "_" for c in key).strip("_") + ".tz"
 
 
 def write_attention(translator, pair, out_dir, filename="attention.png") -> str:

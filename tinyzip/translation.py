@@ -10,6 +10,7 @@ one model file (``tinyzip.io``; the tokenizer's merges and vocabulary ride in th
 and loaded back from that file or from a compressed ``.tz`` (``tinyzip.container``), whose tensors
 are either dequantized or, with ``kernels=True``, multiplied on the real kernels.
 """
+import os
 import time
 from dataclasses import dataclass, field, replace
 
@@ -54,6 +55,11 @@ PRESETS = {
                                                    dropout=0.1, label_smoothing=0.1),
                        steps=12000, max_tokens=2500, peak_lr=1.5e-3, warmup=400, max_len=160),
 }
+
+
+# The model shipped in the package: Bible En->Es, preset "bible-es", weights in float16 (see README,
+# "The shipped model"; rebuilt by `tinyzip train --task bible-es` then scripts/ship_model.py).
+SHIPPED_MODEL = os.path.join(os.path.dirname(os.path.abspath(__file__)), "models", "bible_en_es.tz")
 
 
 @dataclass
