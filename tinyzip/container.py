@@ -1,49 +1,57 @@
 """The ``.tz`` compressed-model file: real bytes on disk, exact accounting.
 
-A ``.tz`` file is a zip archive (every member ``ZIP_STORED``) holding one ``.npy`` member per
-exported array and a JSON manifest ``manifest.json`` (written last). The compression ratio tinyzip
-reports is ``file_ratio``: bytes of the float32 model file / bytes of the ``.tz`` file.
+A ``.tz`` file is a zip archive holding one data member per method, ``NN.bin``, and a JSON
+manifest ``manifest.json`` (written last). A data member is the raw little-endian bytes of every
+array of every tensor of one method, back to back, with no per-array header. The compression ratio
+tinyzip reports is ``file_ratio``: bytes of the float32 model file / bytes of the ``.tz`` file.
 
-Manifest schema, format version 1 (all keys required, no others)::
+Manifest schema, format version 2 (all keys required, no others)::
 
-    {"format": "tinyzip.tz", "format_version": 1,
+    {"format": "tinyzip.tz", "format_version": 2,
      "config": {...}, "extra": {...},                     # JSON objects, opaque to the container
      "tensors": [{"name": str, "method": str, "shape": [int, ...], "meta": {...},
-                  "members": {array_key: member_name, ...},
+                  "member": member_name,
+                  "arrays": {array_key: {"dtype": "<f4" | "|u1" | ..., "shape": [int, ...]}, ...},
                   "float32_bytes": 4 * prod(shape), "packed_bytes": sum of the arrays' nbytes}, ...],
-     "members": {member_name: {"sha256": hex, "dtype": "<f4" | "|u1" | ..., "shape": [int, ...],
-                               "bytes": size of the .npy member}, ...},
+     "members": {member_name: {"sha256": hex of the member's bytes, "bytes": int}, ...},
      "checksum": sha256 hex of the canonical JSON of this object without "checksum"}
 
-Canonical JSON is ``json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=True)``;
-``manifest.json`` itself is written in that form (compact: its bytes count in the file too).
-``checksum`` catches an edited manifest (config, meta, shapes), the per-member ``sha256`` an edited
-array, so a damaged file fails to load instead of giving a silently different model. Member names
-are ``{tensor index:05d}.{array key}.npy``, tensors sorted by name.
+Layout: tensors are sorted by name (strictly increasing), a tensor's arrays by key. Member
+``NN.bin`` (NN = 00, 01, ... in the order of each method's first tensor) holds the arrays of all
+tensors of that method in that order, so an array's offset is the sum of the bytes before it: the
+manifest stores no offsets, and the loader checks that the arrays fill their member exactly.
+Canonical JSON is ``json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=True)``,
+the form ``manifest.json`` is written in. ``checksum`` catches an edited manifest (config, meta,
+array dtypes and shapes), the per-member ``sha256`` an edited array, so a damaged file fails to
+load instead of giving a silently different model.
 
-Why ``ZIP_STORED`` and not DEFLATE (measured with zlib level 9 on a 512x512 Gaussian layer): DEFLATE
-saves 0% on uniform 4-bit codes and on sign planes, 7% on float32/float16, 14% on int8, 27% on
-k-means codes and 68% on absolute int32 sparse indices. Every saving it finds is entropy coding
-that a method owns (Huffman coding and relative indices, Deep Compression): leaving it to the
-container would hide it inside every row instead of showing it in that method's row. Stored
-members also make the reader safe against zip bombs (a member's size is its stored size, which
-cannot exceed the file) and keep each array's bytes contiguous in the file.
-Overhead is about 0.5 KB per array (128 B ``.npy`` header, ~110 B of zip headers, ~250 B of
-manifest entry); ``format_inspect`` prints it, and it is part of every ratio tinyzip reports.
+Sizes (numbers-de model, 86 tensors, k-means 4-bit): format 1 wrote one ``.npy`` member per
+array, each paying ~0.5 KB (``.npy`` header, zip headers, a manifest entry with its sha256), 104 KB
+of a 531 KB file; format 2 pays 7.5 KB, 6 KB of it the tokenizer in ``extra``. Every member, the
+manifest included, is DEFLATEd (zlib level 9) when that makes it smaller, else STORED: the
+manifest shrinks ~5x, float32 biases and LayerNorms 6%, 4-bit k-means codes 2% (their order-0
+entropy allows 3%), Huffman streams not at all. ``format_inspect`` prints per tensor the method's
+packed bytes and its share of the bytes in the file, so the container's part is visible.
 
-Determinism: fixed timestamps (1980-01-01), sorted members, ``.npy`` format 1.0 little-endian,
-sorted JSON, so save -> load -> save gives identical bytes. Writes go to a temporary file in the
-target's directory, then ``os.replace``: a failed or interrupted write leaves any old file intact.
+Safety: only STORED and DEFLATE members, no encryption, no paths. Before reading a member the
+loader checks its size against the manifest and against DEFLATE's maximum expansion (1032:1), and
+reads at most that many bytes, so a crafted file cannot make it allocate more than ~1032x its
+own size; the manifest is capped at ``MAX_MANIFEST_BYTES``. Anything wrong raises
+``FileFormatError`` naming the file. Format 1 files are refused with a message saying so.
+
+Determinism: fixed timestamps (1980-01-01), sorted tensors and keys, sorted JSON, so save -> load
+-> save gives identical bytes (with the same zlib). Writes go to a temporary file in the target's
+directory, then ``os.replace``: a failed or interrupted write leaves any old file intact.
 """
 import hashlib
-import io
 import json
 import math
 import os
 import re
 import tempfile
 import zipfile
-from dataclasses import dataclass
+import zlib
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -51,24 +59,28 @@ from tinyzip.compress.base import PackedTensor
 from tinyzip.errors import FileFormatError
 
 FORMAT = "tinyzip.tz"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 MANIFEST = "manifest.json"
 MAX_MANIFEST_BYTES = 64 << 20        # tokenizer merges fit easily; a 1 GB "manifest" is an attack
+MAX_DEFLATE_RATIO = 1032             # DEFLATE expands one byte to at most ~1032 (a 258-byte match in 2 bits)
+DEFLATE_LEVEL = 9
 _ZIP_DATE = (1980, 1, 1, 0, 0, 0)
 _KEY_RE = re.compile(r"[A-Za-z0-9_]+\Z")
-_MEMBER_RE = re.compile(r"[0-9]{5,}\.[A-Za-z0-9_]+\.npy\Z")
+_MEMBER_RE = re.compile(r"[0-9]{2,}\.bin\Z")
 _KINDS = "biuf"                      # bool, signed, unsigned, float arrays; nothing else is stored
 
 
 @dataclass(frozen=True)
 class TzFile:
-    """A loaded ``.tz`` file: ``packed`` tensors by name, model ``config``, ``extra``, the manifest."""
+    """A loaded ``.tz`` file: ``packed`` tensors by name, model ``config``, ``extra``, the manifest,
+    the file's size and ``stored_bytes`` (zip member name -> bytes it takes in the file)."""
 
     packed: dict
     config: dict
     extra: dict
     manifest: dict
     file_bytes: int = 0
+    stored_bytes: dict = field(default_factory=dict)
 
 
 def float32_bytes(shape) -> int:
@@ -103,13 +115,6 @@ def _json_value(value, where: str):
                 raise TypeError(f"{where} has a non-str key {k!r} ({type(k).__name__})")
         return {k: _json_value(v, f"{where}[{k!r}]") for k, v in value.items()}
     raise TypeError(f"{where} is a {type(value).__name__}, not a JSON value")
-
-
-def _npy_bytes(array: np.ndarray) -> bytes:
-    """One ``.npy`` member (format 1.0, C order, little-endian)."""
-    buf = io.BytesIO()
-    np.lib.format.write_array(buf, array, version=(1, 0), allow_pickle=False)
-    return buf.getvalue()
 
 
 def _prepare(packed: dict) -> list:
@@ -151,12 +156,14 @@ def save_tz(path, packed: dict, config: dict, extra: dict | None = None) -> int:
     items = _prepare(packed)
     config = _json_value(config, "config")
     extra = _json_value({} if extra is None else extra, "extra")
-    tensors, members = [], {}
-    for i, (name, t, arrays) in enumerate(items):
+    tensors, member_of, pieces = [], {}, {}
+    for name, t, arrays in items:
+        member = member_of.setdefault(t.method, f"{len(member_of):02d}.bin")   # one per method
+        pieces.setdefault(member, []).extend(a.tobytes() for a in arrays.values())
         tensors.append({
             "name": name, "method": t.method, "shape": [int(s) for s in t.shape],
-            "meta": _json_value(t.meta, f"packed[{name!r}].meta"),
-            "members": {key: f"{i:05d}.{key}.npy" for key in arrays},
+            "meta": _json_value(t.meta, f"packed[{name!r}].meta"), "member": member,
+            "arrays": {key: {"dtype": a.dtype.str, "shape": list(a.shape)} for key, a in arrays.items()},
             "float32_bytes": float32_bytes(t.shape),
             "packed_bytes": int(sum(a.nbytes for a in arrays.values())),
         })
@@ -164,13 +171,12 @@ def save_tz(path, packed: dict, config: dict, extra: dict | None = None) -> int:
                                prefix="." + os.path.basename(path) + ".", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as fh:
-            with zipfile.ZipFile(fh, "w", zipfile.ZIP_STORED) as zf:
-                for tensor, (_, _, arrays) in zip(tensors, items):
-                    for key, member in tensor["members"].items():
-                        data = _npy_bytes(arrays[key])
-                        members[member] = {"sha256": _sha256(data), "dtype": arrays[key].dtype.str,
-                                           "shape": list(arrays[key].shape), "bytes": len(data)}
-                        _write_member(zf, member, data)
+            with zipfile.ZipFile(fh, "w") as zf:
+                members = {}
+                for member, chunks in pieces.items():
+                    data = b"".join(chunks)
+                    members[member] = {"sha256": _sha256(data), "bytes": len(data)}
+                    _write_member(zf, member, data)
                 manifest = {"format": FORMAT, "format_version": FORMAT_VERSION, "config": config,
                             "extra": extra, "tensors": tensors, "members": members}
                 manifest["checksum"] = _sha256(_canonical(manifest))
@@ -186,12 +192,20 @@ def save_tz(path, packed: dict, config: dict, extra: dict | None = None) -> int:
     return os.path.getsize(path)
 
 
+def _deflated_size(data: bytes) -> int:
+    """Bytes of ``data`` as a raw DEFLATE stream, the way ``zipfile`` writes it."""
+    z = zlib.compressobj(DEFLATE_LEVEL, zlib.DEFLATED, -15)
+    return len(z.compress(data)) + len(z.flush())
+
+
 def _write_member(zf: zipfile.ZipFile, name: str, data: bytes) -> None:
+    """One zip member, DEFLATE when that is smaller than the bytes themselves, else STORED."""
     info = zipfile.ZipInfo(name, date_time=_ZIP_DATE)
-    info.compress_type = zipfile.ZIP_STORED
+    deflate = _deflated_size(data) < len(data)
+    info.compress_type = zipfile.ZIP_DEFLATED if deflate else zipfile.ZIP_STORED
     info.create_system = 3
     info.external_attr = 0o644 << 16
-    zf.writestr(info, data)
+    zf.writestr(info, data, compresslevel=DEFLATE_LEVEL if deflate else None)
 
 
 def _no_duplicates(pairs):
@@ -220,6 +234,17 @@ def _shape(obj: dict, where: str) -> tuple:
     return tuple(shape)
 
 
+def _dtype(obj: dict, where: str) -> np.dtype:
+    dtype = _field(obj, "dtype", str, where)
+    try:
+        ok = np.dtype(dtype).str == dtype and np.dtype(dtype).kind in _KINDS
+    except TypeError:
+        ok = False
+    if not ok or dtype[0] not in "<|":
+        raise ValueError(f"manifest {where}.dtype {dtype!r} is not a little-endian number type")
+    return np.dtype(dtype)
+
+
 def _exact_keys(obj, keys: set, where: str) -> None:
     if not isinstance(obj, dict):
         raise ValueError(f"manifest {where} must be an object, got {type(obj).__name__}")
@@ -228,8 +253,9 @@ def _exact_keys(obj, keys: set, where: str) -> None:
 
 
 _TOP_KEYS = {"format", "format_version", "config", "extra", "tensors", "members", "checksum"}
-_TENSOR_KEYS = {"name", "method", "shape", "meta", "members", "float32_bytes", "packed_bytes"}
-_MEMBER_KEYS = {"sha256", "dtype", "shape", "bytes"}
+_TENSOR_KEYS = {"name", "method", "shape", "meta", "member", "arrays", "float32_bytes", "packed_bytes"}
+_ARRAY_KEYS = {"dtype", "shape"}
+_MEMBER_KEYS = {"sha256", "bytes"}
 
 
 def _parse_manifest(raw: bytes) -> dict:
@@ -243,70 +269,71 @@ def _parse_manifest(raw: bytes) -> dict:
         raise ValueError(f"manifest does not declare format {FORMAT!r} (not a .tz file?)")
     version = manifest.get("format_version")
     if type(version) is not int or version != FORMAT_VERSION:
-        raise ValueError(f"format version {version!r} is not supported (this tinyzip reads "
-                         f"version {FORMAT_VERSION})")
+        raise ValueError(f"format version {version!r} is not supported (this tinyzip reads version "
+                         f"{FORMAT_VERSION}; export the model again)")
     _exact_keys(manifest, _TOP_KEYS, "top level")
     body = {k: v for k, v in manifest.items() if k != "checksum"}
     if manifest["checksum"] != _sha256(_canonical(body)):
         raise ValueError("manifest checksum mismatch (the manifest was edited or is corrupt)")
     _field(manifest, "config", dict, "top level")
     _field(manifest, "extra", dict, "top level")
-    for name, m in _field(manifest, "members", dict, "top level").items():
+    members = _field(manifest, "members", dict, "top level")
+    for name, m in members.items():
         where = f"members[{name!r}]"
+        if not _MEMBER_RE.match(name):
+            raise ValueError(f"manifest member name {name!r} is not allowed")
         _exact_keys(m, _MEMBER_KEYS, where)
         _field(m, "sha256", str, where)
-        _field(m, "bytes", int, where)
-        _shape(m, where)
-        dtype = _field(m, "dtype", str, where)
-        try:
-            ok = np.dtype(dtype).str == dtype and np.dtype(dtype).kind in _KINDS
-        except TypeError:
-            ok = False
-        if not ok or dtype[0] not in "<|":
-            raise ValueError(f"manifest {where}.dtype {dtype!r} is not a little-endian number type")
-    referenced, names = [], set()
+        if _field(m, "bytes", int, where) < 0:
+            raise ValueError(f"manifest {where}.bytes is negative")
+    filled = dict.fromkeys(members, 0)                # bytes of the arrays laid out in each member
+    names = []
     for i, t in enumerate(_field(manifest, "tensors", list, "top level")):
         where = f"tensors[{i}]"
         _exact_keys(t, _TENSOR_KEYS, where)
-        for key, typ in [("name", str), ("method", str), ("meta", dict), ("members", dict),
-                         ("float32_bytes", int), ("packed_bytes", int)]:
+        for key, typ in [("name", str), ("method", str), ("meta", dict), ("member", str),
+                         ("arrays", dict), ("float32_bytes", int), ("packed_bytes", int)]:
             _field(t, key, typ, where)
         shape = _shape(t, where)
-        if t["name"] in names:
-            raise ValueError(f"manifest names tensor {t['name']!r} twice")
-        names.add(t["name"])
+        names.append(t["name"])
         if t["float32_bytes"] != float32_bytes(shape):
             raise ValueError(f"manifest {where}.float32_bytes {t['float32_bytes']} != 4 * prod{shape}")
+        if t["member"] not in members:
+            raise ValueError(f"manifest {where}.member {t['member']!r} is not a listed member")
         packed_bytes = 0
-        for key, member in t["members"].items():
-            if not _KEY_RE.match(key) or not isinstance(member, str) or member not in manifest["members"]:
-                raise ValueError(f"manifest {where}.members[{key!r}] -> {member!r} is not a listed member")
-            m = manifest["members"][member]
-            packed_bytes += math.prod(m["shape"]) * np.dtype(m["dtype"]).itemsize
-            referenced.append(member)
+        for key, spec in t["arrays"].items():
+            if not _KEY_RE.match(key):
+                raise ValueError(f"manifest {where}.arrays key {key!r} must match [A-Za-z0-9_]+")
+            _exact_keys(spec, _ARRAY_KEYS, f"{where}.arrays[{key!r}]")
+            packed_bytes += math.prod(_shape(spec, where)) * _dtype(spec, where).itemsize
         if t["packed_bytes"] != packed_bytes:
             raise ValueError(f"manifest {where}.packed_bytes {t['packed_bytes']} != {packed_bytes}, "
-                             f"the bytes of its members' arrays")
-    if sorted(referenced) != sorted(manifest["members"]):
-        raise ValueError("manifest members are not each used by exactly one tensor")
+                             f"the bytes of its arrays")
+        filled[t["member"]] += packed_bytes
+    if any(a >= b for a, b in zip(names, names[1:])):
+        raise ValueError("manifest tensors are not sorted by name without repeats")
+    for name, nbytes in filled.items():
+        if nbytes != members[name]["bytes"]:
+            raise ValueError(f"manifest member {name!r} has {members[name]['bytes']} bytes, its "
+                             f"tensors' arrays {nbytes}")
     return manifest
 
 
-def _read_array(data: bytes, spec: dict) -> np.ndarray:
-    """The array in one ``.npy`` member after checking it against its manifest entry."""
-    if _sha256(data) != spec["sha256"]:
-        raise ValueError("sha256 mismatch (corrupt or tampered)")
-    buf = io.BytesIO(data)
-    if np.lib.format.read_magic(buf) != (1, 0):
-        raise ValueError("not an .npy format 1.0 array")
-    shape, fortran_order, dtype = np.lib.format.read_array_header_1_0(buf)
-    if fortran_order or dtype.str != spec["dtype"] or list(shape) != spec["shape"]:
-        raise ValueError(f"holds {dtype.str} {shape} (fortran_order={fortran_order}), manifest says "
-                         f"{spec['dtype']} {tuple(spec['shape'])}")
-    count = math.prod(shape)
-    if len(data) - buf.tell() != count * dtype.itemsize:
-        raise ValueError(f"has {len(data) - buf.tell()} data bytes for {count} x {dtype.str}")
-    return np.frombuffer(data, dtype=dtype, count=count, offset=buf.tell()).reshape(shape).copy()
+def _read_member(zf: zipfile.ZipFile, info: zipfile.ZipInfo, size: int) -> bytes:
+    """A member's bytes, read only after its sizes are checked (bounded memory, CRC checked)."""
+    stored = info.compress_type == zipfile.ZIP_STORED
+    if info.flag_bits & 0x41 or info.compress_type not in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED):
+        raise ValueError(f"member {info.filename!r} is encrypted or compressed with a method other "
+                         f"than DEFLATE")
+    if info.compress_size > size or info.file_size > MAX_DEFLATE_RATIO * info.compress_size \
+            or (stored and info.file_size != info.compress_size):
+        raise ValueError(f"member {info.filename!r} claims {info.file_size} bytes from "
+                         f"{info.compress_size} in a {size}-byte file")
+    with zf.open(info) as fh:
+        data = fh.read(info.file_size)
+    if len(data) != info.file_size:
+        raise ValueError(f"member {info.filename!r} ends after {len(data)} of {info.file_size} bytes")
+    return data
 
 
 def load_tz(path) -> TzFile:
@@ -325,8 +352,8 @@ def load_tz(path) -> TzFile:
             raise
         except ValueError as e:                       # ours: names the member or manifest field
             raise FileFormatError(f"{path}: {_one_line(e)}") from None
-        except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, EOFError, NotImplementedError,
-                RuntimeError) as e:
+        except (zipfile.BadZipFile, zipfile.LargeZipFile, zlib.error, OSError, EOFError,
+                NotImplementedError, RuntimeError) as e:
             raise FileFormatError(f"{path}: damaged zip archive ({_one_line(e)})") from None
 
 
@@ -343,66 +370,77 @@ def _load(zf: zipfile.ZipFile, size: int) -> TzFile:
         infos[info.filename] = info
     if MANIFEST not in infos:
         raise ValueError(f"no {MANIFEST} (a plain zip or .npz, not a .tz file)")
-    for name, info in infos.items():
+    for name in infos:
         if name != MANIFEST and not _MEMBER_RE.match(name):
             raise ValueError(f"member name {name!r} is not allowed (path components or foreign file)")
-        if info.flag_bits & 0x41 or info.compress_type != zipfile.ZIP_STORED:
-            raise ValueError(f"member {name!r} is encrypted or compressed; .tz members are stored")
-        if info.file_size != info.compress_size or info.compress_size > size:
-            raise ValueError(f"member {name!r} claims {info.file_size} bytes in a {size}-byte file")
     if infos[MANIFEST].file_size > MAX_MANIFEST_BYTES:
         raise ValueError(f"{MANIFEST} is {infos[MANIFEST].file_size} bytes, over the "
                          f"{MAX_MANIFEST_BYTES}-byte limit")
-    manifest = _parse_manifest(zf.read(infos[MANIFEST]))
+    manifest = _parse_manifest(_read_member(zf, infos[MANIFEST], size))
     listed = set(manifest["members"])
     if listed != set(infos) - {MANIFEST}:
         missing, unknown = sorted(listed - set(infos)), sorted(set(infos) - listed - {MANIFEST})
         raise ValueError(f"members missing {missing[:3]} / not in the manifest {unknown[:3]}")
-    packed = {}
+    data = {}
+    for member, spec in manifest["members"].items():
+        if infos[member].file_size != spec["bytes"]:
+            raise ValueError(f"member {member!r} has {infos[member].file_size} bytes, manifest says "
+                             f"{spec['bytes']}")
+        data[member] = _read_member(zf, infos[member], size)
+        if _sha256(data[member]) != spec["sha256"]:
+            raise ValueError(f"member {member!r}: sha256 mismatch (corrupt or tampered)")
+    offset, packed = dict.fromkeys(data, 0), {}
     for t in manifest["tensors"]:
         arrays = {}
-        for key, member in t["members"].items():
-            spec = manifest["members"][member]
-            if infos[member].file_size != spec["bytes"]:
-                raise ValueError(f"member {member!r} has {infos[member].file_size} bytes, "
-                                 f"manifest says {spec['bytes']}")
-            try:
-                arrays[key] = _read_array(zf.read(infos[member]), spec)
-            except ValueError as e:
-                raise ValueError(f"member {member!r} of tensor {t['name']!r}: {e}") from None
+        for key in sorted(t["arrays"]):              # the writer's order, whatever the JSON's
+            spec, member = t["arrays"][key], t["member"]
+            dtype, count = np.dtype(spec["dtype"]), math.prod(spec["shape"])
+            array = np.frombuffer(data[member], dtype=dtype, count=count, offset=offset[member])
+            arrays[key] = array.reshape(spec["shape"]).copy()
+            offset[member] += count * dtype.itemsize
         packed[t["name"]] = PackedTensor(t["method"], tuple(t["shape"]), arrays, t["meta"])
-    return TzFile(packed, manifest["config"], manifest["extra"], manifest, size)
+    stored = {name: info.compress_size for name, info in infos.items()}
+    return TzFile(packed, manifest["config"], manifest["extra"], manifest, size, stored)
 
 
 def tz_report(tz: TzFile) -> list:
-    """One row per tensor: name, method, shape, float32_bytes, packed_bytes, ratio (float32/packed)."""
+    """One row per tensor: name, method, shape, float32_bytes, packed_bytes (its arrays),
+    stored_bytes (its share of its member's bytes in the file, in proportion to packed bytes:
+    DEFLATE's saving on a shared member is shared alike), ratio = float32_bytes / stored_bytes."""
     rows = []
-    for name, t in tz.packed.items():
-        f32, nbytes = float32_bytes(t.shape), t.nbytes
-        rows.append({"name": name, "method": t.method, "shape": tuple(t.shape), "float32_bytes": f32,
-                     "packed_bytes": nbytes, "ratio": f32 / nbytes if nbytes else math.inf})
+    for t in tz.manifest["tensors"]:
+        member = tz.manifest["members"][t["member"]]["bytes"]
+        share = t["packed_bytes"] / member if member else 0.0
+        stored = share * tz.stored_bytes.get(t["member"], member)
+        rows.append({"name": t["name"], "method": t["method"], "shape": tuple(t["shape"]),
+                     "float32_bytes": t["float32_bytes"], "packed_bytes": t["packed_bytes"],
+                     "stored_bytes": stored, "ratio": t["float32_bytes"] / stored if stored else math.inf})
     return rows
 
 
 def format_inspect(tz: TzFile) -> str:
-    """The per-tensor byte table ``tinyzip inspect FILE`` prints, with totals and the file's bytes."""
+    """The per-tensor byte table ``tinyzip inspect FILE`` prints, with totals, the container's
+    overhead (manifest, zip headers) on lines of their own and the file's bytes."""
     rows = tz_report(tz)
     f32 = sum(r["float32_bytes"] for r in rows)
     nbytes = sum(r["packed_bytes"] for r in rows)
+    stored = sum(tz.stored_bytes.get(m, 0) for m in tz.manifest["members"])
     cells = [(r["name"], r["method"], "x".join(map(str, r["shape"])) or "scalar",
-              f"{r['float32_bytes']:,}", f"{r['packed_bytes']:,}", f"{r['ratio']:.2f}x") for r in rows]
-    head = ("tensor", "method", "shape", "float32 B", "packed B", "ratio")
-    total = (f"total ({len(rows)} tensors)", "", "", f"{f32:,}", f"{nbytes:,}",
-             f"{f32 / nbytes:.2f}x" if nbytes else "inf")
-    widths = [max(len(c[i]) for c in cells + [head, total]) for i in range(6)]
+              f"{r['float32_bytes']:,}", f"{r['packed_bytes']:,}", f"{round(r['stored_bytes']):,}",
+              f"{r['ratio']:.2f}x") for r in rows]
+    head = ("tensor", "method", "shape", "float32 B", "packed B", "in file B", "ratio")
+    total = (f"total ({len(rows)} tensors)", "", "", f"{f32:,}", f"{nbytes:,}", f"{stored:,}",
+             f"{f32 / stored:.2f}x" if stored else "inf")
+    widths = [max(len(c[i]) for c in cells + [head, total]) for i in range(len(head))]
     fmt = "  ".join(f"{{:{'<' if i < 3 else '>'}{w}}}" for i, w in enumerate(widths))
-    lines = [fmt.format(*head), fmt.format(*("-" * w for w in widths))]
-    lines += [fmt.format(*c) for c in cells]
-    lines.append(fmt.format(*("-" * w for w in widths)))
-    lines.append(fmt.format(*total))
-    lines.append(f"file: {tz.file_bytes:,} bytes ({tz.file_bytes - nbytes:,} of headers and manifest); "
-                 f"float32 tensor bytes / file bytes = {f32 / tz.file_bytes:.2f}x")
-    return "\n".join(lines)
+    rule = fmt.format(*("-" * w for w in widths))
+    manifest = tz.stored_bytes.get(MANIFEST, 0)
+    headers = tz.file_bytes - stored - manifest
+    raw = len(_canonical(tz.manifest))
+    return "\n".join([fmt.format(*head), rule] + [fmt.format(*c) for c in cells] + [rule, fmt.format(*total)] + [
+        f"container overhead: {manifest + headers:,} bytes = manifest {manifest:,} (config, extra, "
+        f"tensor list; {raw:,} as JSON) + zip headers {headers:,}",
+        f"file: {tz.file_bytes:,} bytes; float32 tensor bytes / file bytes = {f32 / tz.file_bytes:.2f}x"])
 
 
 def file_ratio(float_file, tz_file) -> float:
