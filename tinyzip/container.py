@@ -437,7 +437,8 @@ def format_inspect(tz: TzFile) -> str:
     manifest = tz.stored_bytes.get(MANIFEST, 0)
     headers = tz.file_bytes - stored - manifest
     raw = len(_canonical(tz.manifest))
-    return "\n".join([fmt.format(*head), rule] + [fmt.format(*c) for c in cells] + [rule, fmt.format(*total)] + [
+    lines = [fmt.format(*head), rule] + [fmt.format(*c) for c in cells] + [rule, fmt.format(*total)]
+    return "\n".join(lines + [
         f"container overhead: {manifest + headers:,} bytes = manifest {manifest:,} (config, extra, "
         f"tensor list; {raw:,} as JSON) + zip headers {headers:,}",
         f"file: {tz.file_bytes:,} bytes; float32 tensor bytes / file bytes = {f32 / tz.file_bytes:.2f}x"])

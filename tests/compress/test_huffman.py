@@ -128,7 +128,8 @@ def test_kmeans_huffman_round_trip_and_dense_weights(W, k, gap_bits, seed):
     for name in packed.arrays.keys() - {"codebook"}:
         bits, alphabet = widths[name]
         values = unpack_uint(packed.arrays[name], bits, count).astype(np.int64)
-        assert (name in coded.meta["huffman"]) == (_huffman_bytes(values, alphabet) < packed.arrays[name].nbytes)
+        pays = _huffman_bytes(values, alphabet) < packed.arrays[name].nbytes
+        assert (name in coded.meta["huffman"]) == pays
     assert coded.nbytes <= packed.nbytes
     if "indices" in coded.meta["huffman"]:
         assert coded.arrays["index_lengths"].dtype == np.uint8

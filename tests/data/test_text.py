@@ -148,11 +148,13 @@ def test_bad_input_raises(tok):
         tok.decode([len(tok.tgt_vocab)])
     with pytest.raises(ValueError):
         Tokenizer.from_dict({"format": "something else"})
-    for bad in [{"format": "tinyzip-tokenizer", "version": 1}, {"format": "tinyzip-tokenizer", "version": True},
-                dict(tok.to_dict(), version=3), dict(tok.to_dict(), src={"base": ["a"], "merges": [0, 1], "symbols": []}),
-                dict(tok.to_dict(), src={"base": ["a"], "merges": [0], "symbols": []}),
-                dict(tok.to_dict(), src={"base": ["a"], "merges": [], "symbols": [1]}),
-                dict(tok.to_dict(), src={"base": [1], "merges": [], "symbols": []})]:
+    good = tok.to_dict()
+    for bad in [{"format": "tinyzip-tokenizer", "version": 1}, dict(good, version=True),
+                dict(good, version=3),
+                dict(good, src={"base": ["a"], "merges": [0, 1], "symbols": []}),  # string 1 undefined
+                dict(good, src={"base": ["a"], "merges": [0], "symbols": []}),     # half a merge
+                dict(good, src={"base": ["a"], "merges": [], "symbols": [1]}),
+                dict(good, src={"base": [1], "merges": [], "symbols": []})]:
         with pytest.raises(ValueError):
             Tokenizer.from_dict(bad)
     with pytest.raises(ValueError):
