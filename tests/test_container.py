@@ -292,6 +292,12 @@ def test_wrong_version_and_format_name(workdir):
         assert_bad(write(workdir, "v.tz", edit_manifest(valid_bytes(), other_version)),
                    f"version {version} is not supported", "export the model again")
 
+    format1 = io.BytesIO()                  # a format 1 file: one .npy member per array
+    with zipfile.ZipFile(format1, "w") as zf:
+        zf.writestr("00000.values.npy", b"\x93NUMPY")
+        zf.writestr("manifest.json", json.dumps({"format": "tinyzip.tz", "format_version": 1}))
+    assert_bad(write(workdir, "v1.tz", format1.getvalue()), "version 1 is not supported")
+
     def other(m):
         m["format"] = "safetensors"
     assert_bad(write(workdir, "fmt.tz", edit_manifest(valid_bytes(), other)), "format")

@@ -370,13 +370,13 @@ def _load(zf: zipfile.ZipFile, size: int) -> TzFile:
         infos[info.filename] = info
     if MANIFEST not in infos:
         raise ValueError(f"no {MANIFEST} (a plain zip or .npz, not a .tz file)")
-    for name in infos:
-        if name != MANIFEST and not _MEMBER_RE.match(name):
-            raise ValueError(f"member name {name!r} is not allowed (path components or foreign file)")
     if infos[MANIFEST].file_size > MAX_MANIFEST_BYTES:
         raise ValueError(f"{MANIFEST} is {infos[MANIFEST].file_size} bytes, over the "
                          f"{MAX_MANIFEST_BYTES}-byte limit")
-    manifest = _parse_manifest(_read_member(zf, infos[MANIFEST], size))
+    manifest = _parse_manifest(_read_member(zf, infos[MANIFEST], size))   # first: its version
+    for name in infos:
+        if name != MANIFEST and not _MEMBER_RE.match(name):
+            raise ValueError(f"member name {name!r} is not allowed (path components or foreign file)")
     listed = set(manifest["members"])
     if listed != set(infos) - {MANIFEST}:
         missing, unknown = sorted(listed - set(infos)), sorted(set(infos) - listed - {MANIFEST})
