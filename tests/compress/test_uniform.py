@@ -4,7 +4,7 @@ from fractions import Fraction
 
 import numpy as np
 import pytest
-from hypothesis import given
+from hypothesis import example, given
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hynp
 
@@ -36,6 +36,8 @@ def test_eq1_zero_is_exactly_representable(rng_, bits, grid):
 
 
 @given(range_st(), bits_st, grid_st)
+@example((-1.0, 1.0), 2, (False, False))  # ties: qmin - lo / S = -1/2, lo / S + Z = qmin - 1/2
+@example((-1.0, 5.0), 2, (False, False))
 def test_eq1_range_ends_map_to_grid_ends(rng_, bits, grid):
     """x_min, x_max (widened to contain 0) land on qmin, qmax; symmetric: -+max|x| on -+qmax;
     unsigned: 0 and x_max on 0 and qmax."""
@@ -107,8 +109,10 @@ def test_eq1_requantizing_with_the_same_parameters_is_a_no_op(W, bits, grid):
 
 
 @given(matrix_st(), bits_st, st.sampled_from(["tensor", "channel", "bucket"]), st.booleans())
+@example(np.array([[-1.0, 1.0]]), 2, "tensor", False)  # tie: qmin - lo / S = -1/2 exactly
 def test_requantizing_a_quantized_weight_is_a_no_op(W, bits, granularity, symmetric):
-    """Min/max of W_hat are grid points, so re-deriving (S, Z) from W_hat reproduces W_hat."""
+    """The nudge puts min/max of W on qmin/qmax, so W_hat spans the whole grid and re-deriving
+    (S, Z) from W_hat reproduces W_hat (S up to one float32 rounding)."""
     t = U.UniformWeightQuantizer(bits, granularity, symmetric, 3)
     once = t.forward(W.astype(np.float32))[0]
     np.testing.assert_allclose(t.forward(once)[0], once, rtol=1e-6, atol=1e-6 * np.abs(W).max())
@@ -131,10 +135,19 @@ def test_ste_clipped_passes_gradient_where_the_clamp_is_inactive_and_zero_where_
 
 
 @given(matrix_st(), bits_st, st.sampled_from(["tensor", "channel", "bucket"]), st.booleans())
-def test_ste_min_max_weights_are_never_clamped(W, bits, granularity, symmetric):
-    """With S from min/max of W itself every weight rounds inside the grid: full gradient."""
+@example(np.array([[1.0, -1.0]]), 2, "tensor", False)  # tie: the nudge puts 1.0 at qmax + 1/2
+def test_ste_min_max_weights_are_clamped_at_most_at_a_half_step_tie(W, bits, granularity, symmetric):
+    """With (S, Z) from W's own min/max, every x / S + Z lies in [qmin - 1/2, qmax + 1/2] up to the
+    float32 rounding of S (eps below), so the clipped STE passes every gradient except, on an exact
+    tie, that of a group's min or max weight, which the nudge left half a step outside the grid."""
     _, mask = U.UniformWeightQuantizer(bits, granularity, symmetric, 3).forward(W)
-    assert mask.all()
+    scale, zp = U.weight_qparams(W, bits, granularity, symmetric, 3)
+    u = W / U._expand(scale, W.shape, granularity, 3) + U._expand(zp, W.shape, granularity, 3)
+    qmin, qmax = U.qrange(bits, symmetric)
+    eps = (qmax - qmin) * 2.0 ** -22
+    assert np.all((u >= qmin - 0.5 - eps) & (u <= qmax + 0.5 + eps))
+    at_tie = (np.abs(u - (qmin - 0.5)) <= eps) | (np.abs(u - (qmax + 0.5)) <= eps)
+    assert np.all(mask | at_tie)
 
 
 @given(hynp.arrays(np.float64, st.integers(1, 12), elements=floats_st(bound=8.0)), bits_st)
@@ -357,6 +370,15 @@ def test_ptq_calibrates_called_points_then_freezes_and_drops_the_rest():
     x_hat, _ = hooks["enc.0.attn.W_q:in"][0](np.array([-3.0, 5.0]))
     assert x_hat[1] == pytest.approx(2.0, abs=5 / 255)
     assert np.array_equal(params_hat["emb"], U.UniformWeightQuantizer(8).forward(params["emb"])[0])
+
+
+def test_ptq_weights_only_needs_no_calibration_and_activations_do():
+    params = _fake_params(np.random.default_rng(2))
+    params_hat, hooks, report = U.ptq(params, bits=4, weights_only=True)
+    assert hooks == {} and report["act_bits"] is None
+    assert np.array_equal(params_hat["enc.0.ffn.W_1"], U.UniformWeightQuantizer(4).forward(params["enc.0.ffn.W_1"])[0])
+    with pytest.raises(ValueError, match="calibration_fn"):
+        U.ptq(params, bits=8)
 
 
 # ----------------------------------------------------------------------------- bad input

@@ -34,7 +34,8 @@ Equations
 ---------
 Jacob Eq. (1):   x = S (q - Z)
 Jacob Sec. 2.1:  zero exactly representable: [lo, hi] = [min(x_min, 0), max(x_max, 0)],
-                 S = (hi - lo) / (qmax - qmin),  Z = clamp(floor(qmin - lo / S + 1/2), qmin, qmax)
+                 S = (hi - lo) / (qmax - qmin),  Z = clamp(round(qmin - lo / S), qmin, qmax): the
+                 nudge, an integer Z, so the grid is [S (qmin - Z), S (qmax - Z)] and holds 0
 Q8BERT Eq. (1):  symmetric: S = max|x| / (2^(b-1) - 1) (the paper's scale is our 1/S)
 FQT Eq. (1)-(2): Q(x) = round((clamp(x, x_min, x_max) - x_min) / s),  s = (x_max - x_min) / (2^b - 1)
 quantize:        q = clamp(round(x / S + Z), qmin, qmax);   dequantize: x_hat = S (q - Z)
@@ -50,11 +51,17 @@ Jacob Eq. (5)-(6), output stage: q3 = clamp(Z3 + RDivPOT(SRDHM(acc, M0_q), n), q
 
 Choices and deviations
 ----------------------
-* Rounding of floats is half to even (``np.rint``, also PyTorch and Q8BERT). TFLite's float
-  quantizer uses half away from zero; the two differ only on exact ties x/S + Z = k + 1/2 (e.g.
-  x = 2.5 S gives 2 here, 3 in TFLite). The integer output stage follows gemmlowp exactly.
-* Zero-point nudge rounds Z0 half up: with qmin even, x_min and x_max then still reach qmin and
-  qmax on ties. An all-zero range gets S = 1 (any step reproduces 0 exactly): no NaN.
+* One rounding rule for floats: half to even (``np.rint``; PyTorch and Q8BERT too), for the codes
+  and for the zero point. TFLite rounds half away from zero; the two differ only on exact ties
+  x/S + Z = k + 1/2 (e.g. x = 2.5 S gives 2 here, 3 in TFLite). The integer output stage follows
+  gemmlowp exactly.
+* The nudge (``_nudge``): Z is the nearest integer to qmin - lo/S, except that on a
+  tie, or when the storage rounding of S moves lo/S by a hair, Z steps once more so that x_min and
+  x_max still round to qmin and qmax. So min/max weights span the whole grid and re-quantizing
+  W_hat finds the same S and Z (a no-op). S is rounded toward zero into the precision it is stored
+  in (float32 for weights) before Z is chosen; the price is an error bound of
+  S/2 (1 + (qmax - qmin) 2^-24) instead of S/2 at the two ends of a float32-scaled range.
+  An all-zero range gets S = 1 (any step reproduces 0 exactly): no NaN.
 * Granularity: "tensor"; "channel" = one (S, Z) per output column of W, i.e. per output unit;
   "bucket" = FQT buckets of ``bucket_size`` consecutive rows inside each column (the last bucket
   may be shorter; bucket_size >= D_in is "channel").
@@ -74,6 +81,7 @@ from tinyzip.compress.base import Method, PackedTensor
 from tinyzip.packing import pack_uint, unpack_uint
 
 INT32_MIN, INT32_MAX = -(2 ** 31), 2 ** 31 - 1
+NUDGE_ULPS = 4  # most ulps _nudge takes off S to fit both range ends on the grid
 
 
 def _check_bits(bits) -> int:
@@ -103,8 +111,11 @@ def qrange(bits, symmetric=False, unsigned=False) -> tuple[int, int]:
     return (-(2 ** (bits - 1)) + int(symmetric)), 2 ** (bits - 1) - 1
 
 
-def quant_params(x_min, x_max, bits, symmetric=False, unsigned=False):
-    """Jacob Sec. 2.1 / Q8BERT / FQT: ``(scale float64, zero_point int64)`` for ranges of any shape."""
+def quant_params(x_min, x_max, bits, symmetric=False, unsigned=False, scale_dtype=np.float64):
+    """Jacob Sec. 2.1 / Q8BERT / FQT: ``(scale float64, zero_point int64)`` for ranges of any shape.
+
+    ``scale_dtype`` is the precision S is stored in (float32 for exported weights): S is rounded
+    toward zero into it, then Z is nudged for that exact S (see ``_nudge``)."""
     x_min, x_max = _check_float(np.asarray(x_min, np.float64), "x_min"), _check_float(
         np.asarray(x_max, np.float64), "x_max")
     if np.any(x_min > x_max):
@@ -117,12 +128,44 @@ def quant_params(x_min, x_max, bits, symmetric=False, unsigned=False):
         scale = hi / qmax  # FQT: x_min = 0 for ReLU / softmax outputs
     else:
         scale = (hi - lo) / (qmax - qmin)  # FQT Eq. (2)
-    scale = np.where(scale > 0, scale, 1.0)  # all-zero range: any step reproduces 0
+    scale = _round_toward_zero(np.where(scale > 0, scale, 1.0), scale_dtype)  # all-zero range: S = 1
     if symmetric or unsigned:
-        zero_point = np.zeros(scale.shape, np.int64)
-    else:
-        zero_point = np.clip(np.floor(qmin - lo / scale + 0.5), qmin, qmax).astype(np.int64)
-    return scale, zero_point
+        return scale, np.zeros(scale.shape, np.int64)
+    return _nudge(lo, hi, scale, qmin, qmax, scale_dtype)
+
+
+def _round_toward_zero(scale, dtype):
+    """S in ``dtype`` (returned as float64), never above the float64 S.
+
+    Rounding down keeps the grid's (qmax - qmin) steps from outrunning [x_min, x_max], so both ends
+    can land on qmin and qmax. A float32 step below the smallest normal is raised to it (such tiny
+    weights quantize to 0)."""
+    s = scale.astype(dtype)
+    s = np.where(s > scale, np.nextafter(s, dtype(0)), s)
+    if np.dtype(dtype) == np.float32:
+        s = np.maximum(s, np.finfo(np.float32).tiny)
+    return s.astype(np.float64)
+
+
+def _nudge(lo, hi, scale, qmin, qmax, dtype):
+    """Jacob Sec. 2.1 (TFLite's nudge): Z = round(qmin - lo / S), an integer, so that 0 = S (Z - Z)
+    exactly and the grid is the nudged range [S (qmin - Z), S (qmax - Z)]. Returns (S, Z).
+
+    Rounding is half to even, like ``quantize``. On a tie (qmin - lo / S = k + 1/2) one of the two
+    nearest Z leaves x_max (or x_min) half a step off its grid end; Z then moves one step the other
+    way, so x_min -> qmin and x_max -> qmax. Where the float rounding of lo / S and hi / S leaves no
+    such Z (a tie off by an ulp), S steps down one ulp of ``dtype`` and Z is chosen again, up to
+    ``NUDGE_ULPS`` times (only ranges below float32's smallest normal step run out: they map to 0)."""
+    for _ in range(NUDGE_ULPS + 1):
+        z = np.clip(np.rint(qmin - lo / scale), qmin, qmax)
+        z = z - (np.rint(lo / scale + z) > qmin)  # x_min would round above qmin: grid up a step
+        z = z + (np.rint(hi / scale + z) < qmax)  # x_max would round below qmax: grid down a step
+        z = np.clip(z, qmin, qmax)
+        ends = (np.rint(lo / scale + z) <= qmin) & (np.rint(hi / scale + z) >= qmax)
+        if np.all(ends):
+            break
+        scale = np.where(ends, scale, np.nextafter(scale.astype(dtype), dtype(0)).astype(np.float64))
+    return scale, z.astype(np.int64)
 
 
 def quantize(x, scale, zero_point, bits, symmetric=False, unsigned=False) -> np.ndarray:
@@ -202,11 +245,11 @@ def fake_quant_backward(dx_hat, cache):
 
 
 def weight_qparams(W, bits, granularity="channel", symmetric=True, bucket_size=None):
-    """Min/max (S, Z) per group of W; S rounded to float32, the precision ``pack_uniform`` stores
-    (a step below float32's smallest normal is raised to it: such tiny weights quantize to 0)."""
+    """Min/max (S, Z) per group of W, S in float32, the precision ``pack_uniform`` stores (and Z
+    nudged for that S; a step below float32's smallest normal is raised to it: such tiny weights
+    quantize to 0)."""
     x_min, x_max = minmax_range(W, granularity, bucket_size)
-    scale, zero_point = quant_params(x_min, x_max, bits, symmetric)
-    return np.maximum(scale.astype(np.float32), np.finfo(np.float32).tiny).astype(np.float64), zero_point
+    return quant_params(x_min, x_max, bits, symmetric, scale_dtype=np.float32)
 
 
 @dataclass(frozen=True)
@@ -412,14 +455,18 @@ def qat_method(params, bits, weights_only=False, granularity="channel", symmetri
                   act_hooks=hooks)
 
 
-def ptq(params, calibration_fn, bits, granularity="channel", symmetric=True, bucket_size=None,
+def ptq(params, calibration_fn=None, bits=8, granularity="channel", symmetric=True, bucket_size=None,
         act_bits=None, act_unsigned=True, weights_only=False):
     """Post-training quantization -> (params_hat, act_hooks, report).
 
-    Weights: fake-quantized once (dequantized float32). Activations: ``calibration_fn(params_hat,
-    act_hooks)`` runs the model forward on a few batches with the hooks in "observe" mode; the
-    running min/max of each point is then frozen. Points the forward never called are dropped.
+    Weights: fake-quantized once (dequantized float32). Activations (unless ``weights_only``):
+    ``calibration_fn(params_hat, act_hooks)`` runs the model forward on a few batches with the
+    hooks in "observe" mode; the running min/max of each point is then frozen. Points the forward
+    never called are dropped. Weights only need no calibration: ``calibration_fn`` may be None.
     """
+    if not weights_only and calibration_fn is None:
+        raise ValueError("ptq with activations needs a calibration_fn(params_hat, act_hooks) that runs "
+                         "the model on a few batches; pass one, or weights_only=True")
     transforms = _weight_transforms(params, bits, granularity, symmetric, bucket_size, "clipped")
     params_hat = dict(params)
     for name, transform in transforms.items():
