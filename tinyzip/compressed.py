@@ -64,10 +64,12 @@ def dequantize_all(packed: dict) -> dict:
 # ---- the kernel path -------------------------------------------------------------------------
 
 def _int8_matmul(packed):
+    """Per-tensor or per-channel uniform codes (symmetric or affine, 2-8 bits) on the int8 kernel:
+    y = S_x S_W (qx (q - Z_W)), Jacob Eq. (7) with the zero point of each output column."""
     from tinyzip.kernels.int8 import FALLBACK_BATCH, int8_linear, prepare_weight
     meta = packed.meta
-    if not meta["symmetric"] or meta["granularity"] == "bucket":
-        return None                                  # the int8 kernel takes per-column symmetric scales
+    if meta["granularity"] == "bucket":
+        return None                                  # the kernel takes one (S, Z) per output column
     D_in, D_out = packed.shape
     if meta["bits"] == 8:
         q = packed.arrays["values"]
@@ -75,13 +77,15 @@ def _int8_matmul(packed):
         q = unpack_uint(packed.arrays["values"], meta["bits"], D_in * D_out).astype(np.int16) + meta["qmin"]
     W_t = prepare_weight(np.ascontiguousarray(q.reshape(D_in, D_out), dtype=np.int8))  # (N, K)
     scale = np.broadcast_to(packed.arrays["scales"].reshape(-1), (D_out,)).astype(np.float64)
+    zero = packed.arrays.get("zero_points")          # affine grids only
+    zero = None if zero is None else np.broadcast_to(zero.reshape(-1), (D_out,)).astype(np.int32)
     dense = []                                       # float32 W, made once if a large batch needs it
 
     def matmul(x):
         x = np.ascontiguousarray(x, dtype=np.float32)
         if x.shape[0] >= FALLBACK_BATCH and not dense:
             dense.append(uniform.unpack_uniform(packed))
-        return int8_linear(x, W_t, scale, W_hat=dense[0] if dense else None)
+        return int8_linear(x, W_t, scale, w_zero=zero, W_hat=dense[0] if dense else None)
 
     return matmul
 
