@@ -16,9 +16,10 @@ EPS32 = float(np.finfo(np.float32).eps)
 
 @st.composite
 def lut_case_st(draw):
-    """x (M, K) float32 and codes/alphas for W (K, N); M crosses the batch tiles 8/16/32."""
+    """x (M, K) float32 and codes/alphas for W (K, N); M crosses the batch tiles 8/32, q the
+    unrolled bit-plane loops (1..3) and the general one (4)."""
     M = draw(st.sampled_from([1, 2, 7, 8, 9, 16, 24, 32, 33, 40]))
-    K, N, q = draw(st.integers(1, 70)), draw(st.integers(1, 20)), draw(st.integers(1, 3))
+    K, N, q = draw(st.integers(1, 70)), draw(st.integers(1, 20)), draw(st.integers(1, 4))
     x = draw(hynp.arrays(np.float32, (M, K), elements=floats_st(np.float32, 4.0)))
     codes = draw(hynp.arrays(np.int8, (q, K, N), elements=st.sampled_from([-1, 1])))
     alphas = draw(hynp.arrays(np.float32, (q, N), elements=floats_st(np.float32, 2.0)))
@@ -71,13 +72,14 @@ def test_eq3_kernel_equals_dense_matmul_with_dequantized_weights(case, with_bias
 
 
 @pytest.mark.parametrize("M", [1, 2, 9, 33])
-def test_eq3_parallel_kernels_equal_dense_matmul(M, monkeypatch):
+@pytest.mark.parametrize("q", [3, 6])
+def test_eq3_parallel_kernels_equal_dense_matmul(M, q, monkeypatch):
     """Hypothesis shapes are small, so they run on one thread; force the parallel path here."""
     monkeypatch.setattr(lg, "SERIAL_WORK", 0)
     rng = np.random.default_rng(M)
     x = rng.normal(size=(M, 77)).astype(np.float32)
-    codes = rng.choice(np.array([-1, 1], np.int8), size=(3, 77, 23))
-    alphas = rng.random((3, 23), dtype=np.float32)
+    codes = rng.choice(np.array([-1, 1], np.int8), size=(q, 77, 23))
+    alphas = rng.random((q, 23), dtype=np.float32)
     P = lg.prepare_lut_weights(codes=codes, alphas=alphas)
     y = lg.lut_linear(x, P, path="lut")
     assert np.all(np.abs(y - x @ bc.dequantize(codes, alphas)) <= 2 * _bound(x, alphas, P.keys_nqt.shape[2]))

@@ -21,33 +21,37 @@ tolerance of order K * eps * (|x| @ sum_i |alpha_i|) (the sums are re-associated
 K not a multiple of 64 (8 keys, so every kernel's key groups divide evenly): x is padded with
 zero inputs, the pad keys are 0, and the pad adds 0.
 
-Dtypes: x float32, keys uint8 (uint32 = 4 keys in the batched layout), alphas float32,
+Dtypes: x float32, keys uint8, alphas float32, accumulation float32, output float32. The table
 accumulation float32, output float32. The table is built by doubling, Eq. (2), not Gray code.
 
 Optimisations (perf-notes sections 3, 7, 8):
 * M = 1 (``_lut_gemv_kernel``): keys stored (N, q, Kb) so the look-up loop reads contiguously;
   one parallel region: each of the ``nchunks`` chunks builds the whole table (K/8 x 256 floats,
   cheap) and then serves its own block of output units; four partial sums break the add chain.
-* M >= 2 (``_lut_gemm_mt{8,16,32}_kernel`` in ``_lut_generated.py``, written by
-  ``_generated_source``): keys stored (q, Kb/4, N) as uint32 (4 keys, one load); output
-  stored (M/MT, N, MT) so each tile's rows are contiguous. Per thread a block of output units;
-  for each batch tile of MT columns and each group of 4 sub-vectors (8 when MT = 8: 7-15%
-  faster, measured), the thread builds just that tile of tables (4 x 256 x MT floats,
-  L2-resident) and uses it on all its rows. Build and
-  query are straight-line code over MT with uint64 indices and all loads before stores, so
-  LLVM's SLP vectoriser (NUMBA_SLP_VECTORIZE=1, set by ``import tinyzip``) emits ymm adds; the
-  q bit planes accumulate in registers before one store. The batch is zero-padded to the tile
-  width (32, 16 or 8) with the lowest measured cost, ``MT_COST``.
+* M >= 2 (``_lut_gemm_mt{MT}_q{Q}_kernel`` in ``_lut_generated.py``, written by
+  ``_generated_source``; regenerate with ``lut_gemm.write_generated()``): keys stored
+  (q, Kb/8, N, 8) uint8, so the keys of one output unit are adjacent bytes (a key load is one
+  movzbl, no shift-and-mask); output stored (M/MT, N, MT) so each tile's rows are contiguous.
+  Per thread a block of output units; for each batch tile of MT columns and each group of JT
+  sub-vectors (JT = 4 at MT = 32, 8 at MT = 8: 4 x 256 x 32 or 8 x 256 x 8 floats, L2-resident)
+  the thread builds just that tile of tables and uses it on all its rows. Build and query are
+  straight-line code over MT with uint64 indices and all loads before stores, so LLVM's SLP
+  vectoriser (NUMBA_SLP_VECTORIZE=1, set by ``import tinyzip``) emits ymm adds; the q bit planes
+  accumulate in registers before one store, and the loop over planes is unrolled for q = 1..3
+  (10-35% faster, measured; q = 1 at MT = 8 excepted, where LLVM then vectorised the wrong loop).
+  The JT look-ups of a plane are summed as a balanced tree (short dependency chain), and
+  ``fastmath={'contract'}`` lets LLVM fuse ``o + alpha * sum`` into one FMA: no reassociation,
+  only one rounding fewer, so the tolerance below still holds. The batch is zero-padded to the
+  tile width (32 or 8) with the lowest measured cost, ``MT_COST``.
 * ``prange`` runs over chunks of output units; each chunk writes only its own rows of ``out``
   and owns its table buffer, so the loop is race-free.
 
 Dispatch (``lut_linear``, rule in ``use_lut``): where the LUT path measured slower than numpy
 float32 (M = 1 except 1 bit on big layers; q = 3 above batch 32; q = 2 above 128), dequantize
 once, cache the float32 W in the prepared weights, and use x @ W: never slower than float32.
-* The key mask is a kernel argument (255), not a constant: with a constant, LLVM dropped the
-  mask on the top key and split that look-up into scalar loads instead of one ymm load.
 """
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 from numba import get_num_threads, njit, prange, set_num_threads
@@ -56,11 +60,13 @@ from tinyzip.compress.base import PackedTensor
 from tinyzip.compress.binary_codes import dequantize, unpack_codes
 from tinyzip.kernels import _lut_generated
 
-MU = 8      # inputs per key
-JU = 4      # sub-vectors per uint32 key word (batched kernel)
-GPI = {32: 1, 16: 1, 8: 2}             # key words per table tile: MT = 8 tiles cover 8 sub-vectors
-MTS = (32, 16, 8)
-MT_COST = {32: 1.0, 16: 1.5, 8: 2.3}   # measured time per batch column of each tile width
+MU = 8                                 # inputs per key
+MTS = (32, 8)                          # batch tile widths of the batched kernels
+JT_OF = {32: 4, 8: 8}                  # sub-vectors per table tile: 4 x 256 x 32 or 8 x 256 x 8 floats
+# bit-plane loops unrolled for these q ("n": any q). Not q = 1 at MT = 8: LLVM then vectorises
+# the loop over output units instead (gathers, 4x slower, measured); the "n" kernel is fine there
+QS_OF = {32: ("1", "2", "3", "n"), 8: ("2", "3", "n")}
+MT_COST = {32: 1.0, 8: 1.25}           # measured time per batch column of each tile width
 SERIAL_WORK = 1 << 22                  # M*K*N*q below this runs on one thread (see lut_linear)
 
 
@@ -119,59 +125,75 @@ def _lut_gemv_kernel(x, keys, alpha, out, nchunks):
             out[n] = y
 
 
+def _tree_sum(terms: list[str]) -> str:
+    """``(t0 + t1) + (t2 + t3)``: a balanced sum keeps the dependency chain short."""
+    while len(terms) > 1:
+        terms = [f"({a} + {b})" for a, b in zip(terms[::2], terms[1::2])] + terms[len(terms) - len(terms) % 2:]
+    return terms[0]
+
+
 def _generated_source() -> str:
-    """Source of ``_lut_generated.py``: one batched kernel per batch tile MT (see docstring)."""
-    lines = ['"""Generated by tinyzip.kernels.lut_gemm._generated_source; do not edit (see lut_gemm.py)."""',
+    """Source of ``_lut_generated.py``: one batched kernel per batch tile MT and per q (1, 2, 3
+    unrolled; "n" any q). Regenerate with ``python -c "from tinyzip.kernels import lut_gemm;
+    lut_gemm.write_generated()"`` after editing this function."""
+    u64 = lambda v: f"np.uint64({v})"                                      # noqa: E731
+    lines = ['"""Generated by tinyzip.kernels.lut_gemm._generated_source; do not edit. Regenerate with',
+             '``python -c "from tinyzip.kernels import lut_gemm; lut_gemm.write_generated()"``."""',
              "import numpy as np", "from numba import njit, prange", ""]
     for MT in MTS:
-        u64 = lambda v: f"np.uint64({v})"                                  # noqa: E731
-        JT = JU * GPI[MT]                                                  # sub-vectors per tile
-        lines += ["", "@njit(parallel=True, cache=True)",
-                  f"def _lut_gemm_mt{MT}_kernel(xt, Mp, keys, alpha, out, nchunks, kmask):",
-                  "    q, G, N = keys.shape",
-                  "    for c in prange(nchunks):",
-                  "        T = np.empty(%d, np.float32)" % (JT * 256 * MT),
-                  f"        for m0 in range(0, Mp, {MT}):",
-                  f"            for g in range(0, G, {GPI[MT]}):",
-                  f"                t0 = {JU} * g",
-                  f"                for u in range({JT}):",
-                  "                    xb = np.uint64(8 * (t0 + u) * Mp + m0)",
-                  f"                    tb = np.uint64(u * {256 * MT})",
-                  f"                    for mm in range({MT}):",
-                  "                        s0 = np.float32(0.0)",
-                  "                        for j in range(8):",
-                  "                            s0 -= xt[xb + np.uint64(j * Mp + mm)]",
-                  "                        T[tb + np.uint64(mm)] = s0",
-                  "                    for s in range(8):",
-                  "                        xs = xb + np.uint64(s * Mp)"]
-        lines += [f"                        d{m} = np.float32(2.0) * xt[xs + {u64(m)}]" for m in range(MT)]
-        lines += ["                        h = 1 << s",
-                  "                        for k in range(h):",
-                  f"                            src = tb + np.uint64(k * {MT})",
-                  f"                            dst = src + np.uint64(h * {MT})"]
-        lines += [f"                            e{m} = T[src + {u64(m)}]" for m in range(MT)]
-        lines += [f"                            T[dst + {u64(m)}] = e{m} + d{m}" for m in range(MT)]
-        lines += [
-                  "                for n in range(c * N // nchunks, (c + 1) * N // nchunks):",
-                  "                    ob = np.uint64(m0 * N + n * %d)" % MT]
-        lines += [f"                    o{m} = out[ob + {u64(m)}]" for m in range(MT)]
-        lines += ["                    for i in range(q):"]
-        lines += [f"                        kk{p} = np.uint64(keys[i, g + {p}, n])" for p in range(GPI[MT])]
-        lines += [f"                        b{u} = {u64(u * 256 * MT)} + ((kk{u // JU} >> {u64(8 * (u % JU))}) & kmask) * {u64(MT)}"
-                  for u in range(JT)]
-        lines += ["                        a = alpha[i, n]"]
-        lines += [f"                        o{m} = o{m} + a * (" + " + ".join(f"T[b{u} + {u64(m)}]" for u in range(JT)) + ")"
-                  for m in range(MT)]
-        lines += [f"                    out[ob + {u64(m)}] = o{m}" for m in range(MT)]
+        JT = JT_OF[MT]                                                     # sub-vectors per table tile
+        for Q in QS_OF[MT]:
+            lines += ["", "@njit(parallel=True, cache=True, fastmath={'contract'})",
+                      f"def _lut_gemm_mt{MT}_q{Q}_kernel(xt, Mp, keys, alpha, out, nchunks):",
+                      "    q, N = alpha.shape",
+                      f"    G8 = keys.size // (q * N * {MU})",
+                      "    for c in prange(nchunks):",
+                      f"        T = np.empty({JT * 256 * MT}, np.float32)",
+                      f"        for m0 in range(0, Mp, {MT}):",
+                      f"            for g in range(G8 * {MU // JT}):",
+                      f"                for u in range({JT}):",                 # Eq. (2) for one tile
+                      f"                    xb = np.uint64(8 * ({JT} * g + u) * Mp + m0)",
+                      f"                    tb = np.uint64(u * {256 * MT})",
+                      f"                    for mm in range({MT}):",
+                      "                        s0 = np.float32(0.0)",
+                      "                        for j in range(8):",
+                      "                            s0 -= xt[xb + np.uint64(j * Mp + mm)]",
+                      "                        T[tb + np.uint64(mm)] = s0",
+                      "                    for s in range(8):",
+                      "                        xs = xb + np.uint64(s * Mp)"]
+            lines += [f"                        d{m} = np.float32(2.0) * xt[xs + {u64(m)}]" for m in range(MT)]
+            lines += ["                        h = 1 << s",
+                      "                        for k in range(h):",
+                      f"                            src = tb + np.uint64(k * {MT})",
+                      f"                            dst = src + np.uint64(h * {MT})"]
+            lines += [f"                            e{m} = T[src + {u64(m)}]" for m in range(MT)]
+            lines += [f"                            T[dst + {u64(m)}] = e{m} + d{m}" for m in range(MT)]
+            lines += ["                for n in range(c * N // nchunks, (c + 1) * N // nchunks):",   # Eq. (3)
+                      f"                    ob = np.uint64(m0 * N + n * {MT})"]
+            lines += [f"                    o{m} = out[ob + {u64(m)}]" for m in range(MT)]
+            lines += [f"                    for i in range({'q' if Q == 'n' else Q}):",
+                      f"                        kb = np.uint64(((i * G8 + g // {MU // JT}) * N + n) * {MU}"
+                      f" + g % {MU // JT} * {JT})",
+                      "                        a = alpha[i, n]"]
+            lines += [f"                        b{u} = {u64(u * 256 * MT)} + np.uint64(keys[kb + {u64(u)}]) * {u64(MT)}"
+                      for u in range(JT)]
+            lines += [f"                        o{m} = o{m} + a * " + _tree_sum([f"T[b{u} + {u64(m)}]" for u in range(JT)])
+                      for m in range(MT)]
+            lines += [f"                    out[ob + {u64(m)}] = o{m}" for m in range(MT)]
     return "\n".join(lines) + "\n"
+
+
+def write_generated() -> None:
+    """Rewrite ``_lut_generated.py`` from ``_generated_source`` (keeps the two in sync)."""
+    Path(__file__).with_name("_lut_generated.py").write_text(_generated_source())
 
 
 @dataclass
 class LutWeights:
     """Binary-coded weights laid out for the kernels. Kb = ceil(K / 64) * 8 keys per unit and
     plane (pad keys 0). ``keys_nqt`` uint8 (N, q, Kb) feeds M = 1; ``keys_qgn`` uint32
-    (q, Kb/4, N) feeds M >= 2 and holds the keys of sub-vectors 4g..4g+3 in bytes 0..3 (so the
-    weights sit in memory twice: 2q bits per weight); ``alpha`` float32 (q, N). ``dense`` caches
+    (q, Kb/8, N, 8) feeds M >= 2: the 8 keys of one unit and group of 64 inputs are adjacent (so
+    the weights sit in memory twice: 2q bits per weight); ``alpha`` float32 (q, N). ``dense`` caches
     the dequantized float32 W the first time the dispatch rule picks the dense path."""
 
     K: int
@@ -197,13 +219,12 @@ def prepare_lut_weights(packed: PackedTensor | None = None, *, codes=None, alpha
         raise ValueError(f"q must be in 1..8, got {q}")
     if alphas.shape != (q, N) or not np.issubdtype(alphas.dtype, np.floating) or not np.all(np.isfinite(alphas)):
         raise ValueError(f"alphas must be finite floats of shape {(q, N)}, got {alphas.dtype} {alphas.shape}")
-    Kb = -(-K // (MU * 2 * JU)) * 2 * JU                                   # a multiple of 8 keys
+    Kb = -(-K // (MU * MU)) * MU                                           # a multiple of 8 keys
     bits = np.zeros((q, N, MU * Kb), dtype=np.uint8)                       # (q, N, 8 Kb)
     bits[:, :, :K] = np.moveaxis(codes, 1, 2) > 0
     keys = np.packbits(bits, axis=2, bitorder="little")                    # (q, N, Kb)
     alpha32 = np.ascontiguousarray(alphas, dtype=np.float32)
-    quads = keys.reshape(q, N, Kb // JU, JU).astype(np.uint32) << (8 * np.arange(JU, dtype=np.uint32))
-    keys_qgn = np.ascontiguousarray(quads.sum(axis=3, dtype=np.uint32).transpose(0, 2, 1))  # (q, Kb/4, N)
+    keys_qgn = np.ascontiguousarray(keys.reshape(q, N, Kb // MU, MU).transpose(0, 2, 1, 3))  # (q, Kb/8, N, 8)
     return LutWeights(K, N, q, np.ascontiguousarray(keys.transpose(1, 0, 2)),   # (N, q, Kb)
                       keys_qgn, alpha32)
 
@@ -276,8 +297,8 @@ def _lut_matmul(x, prepared, nchunks):
     xt = np.zeros((MU * Kb, Mp), dtype=np.float32)                     # (8 Kb, Mp): x.T, padded
     xt[:prepared.K, :M] = x.T
     out = np.zeros((Mp // MT, N, MT), dtype=np.float32)                # (tiles, N, MT)
-    kernel = getattr(_lut_generated, f"_lut_gemm_mt{MT}_kernel")
-    kernel(xt.reshape(-1), Mp, prepared.keys_qgn, prepared.alpha, out.reshape(-1), nchunks, np.uint64(255))
+    kernel = getattr(_lut_generated, f"_lut_gemm_mt{MT}_q{q if str(q) in QS_OF[MT] else 'n'}_kernel")
+    kernel(xt.reshape(-1), Mp, prepared.keys_qgn.reshape(-1), prepared.alpha, out.reshape(-1), nchunks)
     return np.ascontiguousarray(out.transpose(0, 2, 1).reshape(Mp, N)[:M])  # (M, N)
 
 
