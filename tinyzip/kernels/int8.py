@@ -40,10 +40,11 @@ from tinyzip.compress.uniform import (  # noqa: F401  (the references this file 
     requantize_reference,
 )
 
-# Batch size from which int8_linear hands over to dequantize + BLAS sgemm (measured, see
-# int8_linear): the 2 x 4 int32 tile loses to OpenBLAS's FMA kernel once W stops being the
-# bottleneck.
-FALLBACK_BATCH = 64
+# Batch size from which int8_linear hands over to dequantize + BLAS sgemm: the 2 x 4 int32 tile
+# (8-lane vpmaddwd, about 16 GMAC/s per thread) loses to OpenBLAS's FMA kernel once W stops being
+# the bottleneck. Measured on 4096 x 4096 against x @ W: 2 threads quiet 1.31x at 8, 0.88x at 32;
+# 1 thread under load 1.84-2.26x at 8, 1.28x at 24, 1.02-1.15x at 32.
+FALLBACK_BATCH = 32
 # Below this many multiply-adds one thread finishes before a sleeping (OMP_WAIT_POLICY=PASSIVE)
 # second thread wakes up, so int8_linear runs the same kernel body serially.
 SERIAL_WORK = 2 ** 21
@@ -276,7 +277,8 @@ def int8_linear(x, W_q, w_scale, bias=None, *, w_zero=None, layout="NK", fallbac
         elif not isinstance(W_hat, np.ndarray) or W_hat.dtype != np.float32 or W_hat.shape != (K, N):
             raise TypeError(f"W_hat must be a float32 ({K}, {N}) array, got {getattr(W_hat, 'dtype', None)} "
                             f"{getattr(W_hat, 'shape', None)}")
-        return x @ W_hat + b.astype(np.float32)
+        y = x @ W_hat  # (M, N)
+        return y if bias is None else y + b.astype(np.float32)
     _guard_overflow(K, 127, 128 + np.abs(zw.astype(np.int64)).max())
     qx, sx, rowsum = np.empty((M, K), np.int8), np.empty(M, np.float64), np.zeros(M, np.int32)
     _quantize_rows_kernel(x, qx, sx)
