@@ -50,8 +50,9 @@ Optimisations (perf-notes sections 3, 7, 8):
   and owns its table buffer, so the loop is race-free.
 
 Dispatch (``lut_linear``, rule in ``use_lut``): where the LUT path measured slower than numpy
-float32 (M = 1 except 1 bit on big layers; q = 3 above batch 32; q = 2 above 128), dequantize
-once, cache the float32 W in the prepared weights, and use x @ W: never slower than float32.
+float32 (M = 1 on layers under 4M weights, 1M at q = 1; N q < 1024 at any batch; q = 3 above
+batch 32 unless N >= 4096; q >= 2 above 128; q > 3), dequantize once, cache the float32 W in
+the prepared weights, and use x @ W: never slower than float32.
 """
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -186,8 +187,8 @@ def _generated_source() -> str:
                       "                        a = alpha[i, n]"]
             lines += [f"                        b{u} = {u64(u * 256 * MT)} + np.uint64(keys[kb + {u64(u)}]) * {u64(MT)}"
                       for u in range(JT)]
-            lines += [f"                        o{m} = o{m} + a * " + _tree_sum([f"T[b{u} + {u64(m)}]" for u in range(JT)])
-                      for m in range(MT)]
+            lines += [f"                        o{m} = o{m} + a * "
+                      + _tree_sum([f"T[b{u} + {u64(m)}]" for u in range(JT)]) for m in range(MT)]
             lines += [f"                    out[ob + {u64(m)}] = o{m}" for m in range(MT)]
     return "\n".join(lines) + "\n"
 
@@ -240,18 +241,30 @@ def prepare_lut_weights(packed: PackedTensor | None = None, *, codes=None, alpha
 
 
 def use_lut(M: int, q: int, K: int, N: int) -> bool:
-    """Dispatch rule: True where the LUT kernel beat numpy float32 ``x @ W`` when measured
-    (W 1024^2, 4096x1024, 4096^2; q = 1..3; M = 1, 8, 32, 128), else False (dequantize once,
-    then numpy). M = 1: 1 bit on layers of >= 4M weights only. M = 2..32: q <= 3.
-    M = 33..128: q <= 2. Larger batches: 1 bit. q > 3 was not measured: dense.
+    """Dispatch rule: True where the LUT kernel beat numpy float32 ``x @ W`` when measured, else
+    False (dequantize once, then numpy). Building the tables costs 255 adds per sub-vector and
+    batch column whoever uses them, the look-ups N q per sub-vector and column: below N q = 1024
+    the build outweighs the saving. q > 3 was not measured: dense.
 
-    Measured speed-up over numpy, one thread each, CPU time, W 4096^2, M = 1 / 8 / 32 / 128:
-    q=1 1.42 / 4.19 / 3.21 / 2.62x; q=2 0.77 / 2.43 / 2.09 / 1.35x; q=3 0.52 / 1.89 / 1.47 /
-    1.11x. Losers elsewhere: W 1024^2 at M = 1 (1.07x at q=1, 0.72x at q=2), q=3 at M = 128 (0.90x).
+    Measured speed-up over numpy, one thread each (CPU time, medians of alternating repeats, the
+    other core busy), M = 1 / 8 / 32 / 128:
+    W 4096^2:      q=1 3.31 / 4.32 / 3.70 / 2.86x; q=2 1.68 / 3.34 / 2.41 / 1.43x; q=3 1.19 / 2.58 / 1.33 / 1.28x
+    W 4096x1024:   q=1 2.86 / 3.33 / 2.48 / 1.52x; q=2 1.58 / 2.92 / 1.85 / 1.13x; q=3 1.18 / 2.14 / 1.16 / 1.05x
+    W 1024^2:      q=1 1.15 / 2.69 / 1.87 / 1.44x; q=2 0.75 / 2.27 / 1.22 / 1.18x; q=3 0.56 / 1.85 / 1.08 / 0.76x
+    W 256x1024:    q=1 0.76 / 1.84 / 1.35 / 1.22x; q=2 0.53 / 1.56 / 1.20 / 1.03x; q=3 0.43 / 1.44 / 1.15 / 0.74x
+    W 1024x256:    at most 1.00x (M = 8), 0.36-0.92x elsewhere; W 256^2: 0.21-0.91x.
     """
+    if q > 3:
+        return False
     if M == 1:
-        return q == 1 and K * N >= 1 << 22
-    return q <= (3 if M <= 32 else 2 if M <= 128 else 1)
+        return K * N >= 1 << 22 or (q == 1 and K * N >= 1 << 20)
+    if N * q < 1024:
+        return False
+    if M <= 32:
+        return True
+    if M <= 128:
+        return q <= 2 or N >= 4096
+    return q == 1
 
 
 def lut_linear(x: np.ndarray, prepared: LutWeights, bias: np.ndarray | None = None, *,
