@@ -29,8 +29,8 @@ Optimisations (perf-notes sections 3, 7, 8):
   table (K/8 x 256 floats, cheap), then walks the groups of 8 sub-vectors in the outer loop and
   its output units in the inner one, so the group's 8 tables (8 KB) stay in L1 while the keys
   (the batched layout below) stream past; y[n] accumulates in memory (N floats, L1/L2). This
-  replaced a unit-major loop over the whole 512 KB table (4096^2: 1.7x -> 2.6x numpy at q = 1,
-  0.85x -> 1.85x at q = 2, measured 1-thread).
+  replaced a unit-major loop over the whole 512 KB table (4096^2, same run, 1-thread: 1.55x ->
+  2.13x numpy at q = 1, 0.82x -> 1.69x at q = 2, 0.58x -> 1.04x at q = 3).
 * M >= 2 (``_lut_gemm_mt{MT}_q{Q}_kernel`` in ``_lut_generated.py``, written by
   ``_generated_source``; regenerate with ``lut_gemm.write_generated()``): keys stored
   (q, Kb/8, N, 8) uint8, so the keys of one output unit are adjacent bytes (a key load is one
@@ -44,14 +44,14 @@ Optimisations (perf-notes sections 3, 7, 8):
   (10-35% faster, measured; q = 1 at MT = 8 excepted, where LLVM then vectorised the wrong loop).
   The JT look-ups of a plane are summed as a balanced tree (short dependency chain), and
   ``fastmath={'contract'}`` lets LLVM fuse ``o + alpha * sum`` into one FMA: no reassociation,
-  only one rounding fewer, so the tolerance below still holds. The batch is zero-padded to the
+  only one rounding fewer, so the tolerance above still holds. The batch is zero-padded to the
   tile width (32 or 8) with the lowest measured cost, ``MT_COST``.
 * ``prange`` runs over chunks of output units; each chunk writes only its own rows of ``out``
   and owns its table buffer, so the loop is race-free.
 
 Dispatch (``lut_linear``, rule in ``use_lut``): where the LUT path measured slower than numpy
 float32 (M = 1 on layers under 4M weights, 1M at q = 1; N q < 1024 at any batch; q = 3 above
-batch 32 unless N >= 4096; q >= 2 above 128; q > 3), dequantize once, cache the float32 W in
+batch 32; q = 2 above 128; q > 3), dequantize once, cache the float32 W in
 the prepared weights, and use x @ W: never slower than float32.
 """
 from dataclasses import dataclass, field
@@ -253,6 +253,8 @@ def use_lut(M: int, q: int, K: int, N: int) -> bool:
     W 1024^2:      q=1 1.15 / 2.69 / 1.87 / 1.44x; q=2 0.75 / 2.27 / 1.22 / 1.18x; q=3 0.56 / 1.85 / 1.08 / 0.76x
     W 256x1024:    q=1 0.76 / 1.84 / 1.35 / 1.22x; q=2 0.53 / 1.56 / 1.20 / 1.03x; q=3 0.43 / 1.44 / 1.15 / 0.74x
     W 1024x256:    at most 1.00x (M = 8), 0.36-0.92x elsewhere; W 256^2: 0.21-0.91x.
+    q = 3 at M = 128 on 4096^2 measured 0.99-1.44x across runs (noise of a loaded machine): dense,
+    so that it is never slower.
     """
     if q > 3:
         return False
@@ -262,9 +264,7 @@ def use_lut(M: int, q: int, K: int, N: int) -> bool:
         return False
     if M <= 32:
         return True
-    if M <= 128:
-        return q <= 2 or N >= 4096
-    return q == 1
+    return q <= (2 if M <= 128 else 1)
 
 
 def lut_linear(x: np.ndarray, prepared: LutWeights, bias: np.ndarray | None = None, *,
@@ -281,7 +281,7 @@ def lut_linear(x: np.ndarray, prepared: LutWeights, bias: np.ndarray | None = No
         raise TypeError(f"x must be a float32 ndarray, got {getattr(x, 'dtype', type(x))}")
     if x.ndim != 2 or x.shape[1] != prepared.K or x.shape[0] == 0:
         raise ValueError(f"x must have shape (M >= 1, {prepared.K}), got {x.shape}")
-    if not np.all(np.isfinite(x)):
+    if not np.isfinite(x).all():
         raise ValueError("x contains NaN or inf")
     if bias is not None and (not isinstance(bias, np.ndarray) or bias.dtype != np.float32
                              or bias.shape != (prepared.N,)):
