@@ -165,19 +165,23 @@ def row_uniform(ctx, params, bits=8, steps=0):
     return f"uniform-{'qat' if steps else 'ptq'}-{bits}bit", bits, packed
 
 
-def row_binary_codes(ctx, params, q=2, steps=300, fit="alternating"):
-    """Multi-bit binary codes (``fit``: Guo et al. greedy or Xu et al. alternating), QAT through
-    the STE, run on BiQGEMM. The embedding lookup table is k-means 4-bit (it is read, not multiplied)."""
-    names = [n for n in matrices(params) if n != "emb"]
-    method = Method(f"binary_codes-{q}bit", {n: binary_codes.BinaryCodesSTE(q, fit) for n in names})
-    params = finetune(ctx, params, method, steps, f"binary_codes{q}-{fit}-{steps}")
-
-    def pack(name, W):
-        return binary_codes.pack_binary_codes(*binary_codes.binary_codes(W, q, fit))
-
-    packed = pack_model(params, pack, names)
-    packed["emb"] = kmeans.pack_kmeans(params["emb"], 16)
-    return f"binary_codes-{q}bit-{fit}", q, packed
+def row_binary_codes(ctx, params, q=2, steps=300, fit="alternating", emb_ratio=8.0, staged=False):
+    """Chung et al. 2020: every matrix in ``q``-bit binary codes (``fit``: Guo et al. greedy or
+    Xu et al. alternating), float16 alphas; the embedding with frequency-aware widths (Algorithm 1,
+    b = 4, r = ``emb_ratio``; r = 8 averages 1.14 bits per row); QAT through the STE, optionally
+    in the paper's three stages (embedding, decoder, encoder), each ``steps / 3``. Runs on BiQGEMM."""
+    bits = binary_codes.ChungBits(emb_max_bits=4, emb_ratio=emb_ratio, enc_attn=q, enc_ffn=q, dec_self_attn=q,
+                                  cross_attn=q, dec_ffn=q, out=q)
+    freqs = binary_codes.token_frequencies(ctx.train_ids, ctx.translator.model.config.src_vocab)
+    stages = binary_codes.staged_blocks(params) if staged else [None]
+    for s in range(len(stages)):
+        names = None if not staged else {n for block in stages[:s + 1] for n in block}
+        method = binary_codes.chung_method(params, bits, freqs, names=names, method=fit, alpha_dtype=np.float16)
+        params = finetune(ctx, params, method, steps // len(stages),
+                          f"binary_codes{q}-{fit}-r{emb_ratio:g}-{steps}{'-staged' if staged else ''}-stage{s}")
+    packed = binary_codes.chung_pack(params, bits, freqs, method=fit, alpha_dtype=np.float16)
+    packed.update({n: pack_float(W) for n, W in params.items() if n not in packed})
+    return f"binary_codes-{q}bit-{fit}{'-staged' if staged else ''}", q, packed
 
 
 def plan(task: str, full: bool):
@@ -195,7 +199,7 @@ def plan(task: str, full: bool):
             (row_binarization, {"steps": 40}),
             (row_uniform, {"bits": 8, "steps": 0}),
             (row_uniform, {"bits": 4, "steps": 0}),
-            (row_binary_codes, {"q": 3, "steps": 0, "fit": "alternating"}),
+            (row_binary_codes, {"q": 2, "steps": 60, "fit": "alternating"}),
         ]
     if task == "bible-es":
         return ([(row_kmeans, {"bits": b, "steps": 0}) for b in (8, 5, 4, 3, 2)]
@@ -205,6 +209,8 @@ def plan(task: str, full: bool):
                 + [(row_uniform, {"bits": b, "steps": 400}) for b in (8, 6, 4)]
                 + [(row_kmeans, {"bits": b, "steps": 400}) for b in (4, 3)]
                 + [(row_binary_codes, {"q": q, "steps": 1000, "fit": "alternating"}) for q in (1, 2, 3)]
+                + [(row_binary_codes, {"q": 2, "steps": 1000, "fit": "alternating", "emb_ratio": 1.0}),
+                   (row_binary_codes, {"q": 2, "steps": 1000, "fit": "alternating", "staged": True})]
                 + [(row_pruning, {"sparsity": 0.5, "steps": 1000, "rounds": 1}),
                    (row_pruning, {"sparsity": 0.8, "steps": 4000}),
                    (row_deep_compression, {"sparsity": 0.8, "steps": 4000, "share_steps": 400}),
@@ -226,7 +232,9 @@ def plan(task: str, full: bool):
             + [(row_uniform, {"bits": b, "steps": 0}) for b in (8, 6, 4)]
             + [(row_uniform, {"bits": b, "steps": 400}) for b in (8, 6, 4)]
             + [(row_binary_codes, {"q": q, "steps": 600, "fit": fit}) for q in (1, 2, 3, 4)
-               for fit in ("greedy", "alternating")])
+               for fit in ("greedy", "alternating")]
+            + [(row_binary_codes, {"q": 2, "steps": 600, "emb_ratio": 1.0}),
+               (row_binary_codes, {"q": 2, "steps": 600, "staged": True})])
 
 
 def row_name(fn, kwargs) -> str:

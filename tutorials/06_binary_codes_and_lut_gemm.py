@@ -185,12 +185,14 @@ assert np.all(np.abs(y - exact) <= bound) and np.all(np.abs(y_ref - exact) <= bo
 # Packed, a `(D_in, D_out)` matrix in `q` bits takes `q` sign planes of `ceil(D_in / 8)` bytes per
 # output unit plus `q` float32 alphas per unit: `q D_out ceil(D_in / 8) + 4 q D_out` bytes.
 #
-# Chung et al. give embedding rows different widths by training-data frequency: the most frequent
-# `ratio^(b-1)` fraction of tokens get `b` bits, the rest 1 bit, so the average stays near 1 bit
-# while frequent words keep their precision. Each token is its own output unit (its own alphas),
-# so coding the tokens in groups of equal width is pure bookkeeping: every row equals the code
-# fitted to that row alone. Our vocabulary has only 12 tokens, so we use `ratio = 0.5` instead of
-# the default 0.1 to see three widths.
+# Chung et al. give embedding rows different widths by training-data frequency (their
+# Algorithm 1): sort the vocabulary by frequency and cut it into `b` clusters whose sizes grow by
+# a factor `r`, `|c_i| = V r^i / (1 + r + ... + r^(b-1))`; cluster `i` gets `b - i` bits. With
+# their `b = 4`, `r = 8`, seven tokens in eight get 1 bit and the mean is 1.14 bits, while the few
+# frequent words keep 4. Each token is its own output unit (its own alphas), so coding the tokens
+# in groups of equal width is pure bookkeeping: every row equals the code fitted to that row
+# alone. Our vocabulary has only 12 tokens, so we use `b = 3`, `r = 2`: cluster ends at
+# 12 * (1, 3, 7) / 7 = 1.7, 5.1, 12, rounded to 2, 5, 12, i.e. 2 tokens at 3 bits, 3 at 2, 7 at 1.
 
 # %%
 n_in, n_out = params["enc.0.ffn.W_1"].shape
@@ -204,7 +206,7 @@ freqs = np.zeros(V, np.int64)
 for _, _, tgt_out in batches(0):
     freqs += np.bincount(tgt_out.ravel(), minlength=V)
 freqs[0] = 0                                                         # PAD is never looked up as a word
-token_bits = bc.embedding_bits(freqs, max_bits=3, ratio=0.5)
+token_bits = bc.embedding_bits(freqs, max_bits=3, ratio=2.0)
 order = np.argsort(-freqs, kind="stable")
 E = params["emb"]                                                    # (V, D)
 E_hat = bc.FrequencyAwareEmbeddingSTE(token_bits).forward(E)[0]
@@ -213,7 +215,7 @@ alone = np.stack([bc.dequantize(*bc.binary_codes(np.ascontiguousarray(E[v][:, No
 print("tokens by frequency:", order.tolist(), "\nbits               :", token_bits[order].tolist(),
       f"\naverage {token_bits.mean():.2f} bits per embedding weight")
 assert np.all(np.diff(token_bits[order]) <= 0)                       # more frequent -> never fewer bits
-assert all(np.sum(token_bits >= b) == int(np.ceil(0.5 ** (b - 1) * V)) for b in (1, 2, 3))
+assert [int(np.sum(token_bits == b)) for b in (3, 2, 1)] == [2, 3, 7]
 assert np.allclose(E_hat, alone, rtol=0, atol=1e-6)
 
 # %% [markdown]
