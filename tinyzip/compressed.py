@@ -137,7 +137,7 @@ def is_embedding(name: str) -> bool:
 def kernel_matmuls(packed: dict) -> dict:
     """``{weight name: x2d -> x2d @ W}`` on the real kernels, for every matmul weight that has one.
 
-    Weights without a kernel (float, bucketed or affine uniform grids, codebooks over 256 entries)
+    Weights without a kernel (float, bucketed uniform grids, codebooks over 256 entries)
     are left to the dequantized path: the caller passes ``dequantize_all(packed)`` as params too.
     """
     matmuls = {}
