@@ -141,3 +141,54 @@ def test_bad_inputs_raise_clear_errors():
         I.int8_linear(x, W_t, np.ones(4), layout="KN")
     with pytest.raises(TypeError, match="W_hat"):
         I.int8_linear(x, W_t, np.ones(4), fallback_batch=1, W_hat=np.ones((4, 3), np.float32))
+
+
+def test_pack_weight_layout_matches_its_definition():
+    """Wp[b, j, 2c + i] = W_t[8b + c, 2j + i], zero past N or K (the padding adds nothing)."""
+    W_t = np.random.default_rng(1).integers(-128, 128, (13, 7)).astype(np.int8)
+    Wp = I.pack_weight(W_t)
+    assert Wp.shape == (2, 4, 16)
+    for b, j, c, i in np.ndindex(2, 4, 8, 2):
+        n, k = 8 * b + c, 2 * j + i
+        assert Wp[b, j, 2 * c + i] == (W_t[n, k] if n < 13 and k < 7 else 0)
+
+
+@given(linear_st(max_side=53), st.sampled_from([0, I.SERIAL_WORK]))
+def test_int8_linear_on_packed_weights_equals_reference_bit_for_bit(case, serial_work):
+    """The AVX2 pmaddwd path: (x[2j], x[2j+1]) . (W[2j, n], W[2j+1, n]) summed in int32 is the same Eq. (7)
+    product; shapes cross its 4-row x 24-column tile and odd K (zero-padded pair)."""
+    x, W, w_scale, w_zero, bias = case
+    W_p = I.pack_weight(I.prepare_weight(W))
+    y = I.int8_linear(x, I.prepare_weight(W), w_scale, bias, w_zero=w_zero, fallback_batch=None,
+                      serial_work=serial_work, W_packed=W_p)
+    np.testing.assert_array_equal(y, U.int8_linear_reference(x, W, w_scale, w_zero, bias))
+
+
+@pytest.mark.parametrize("M, K, N", [(9, 1201, 53), (3, 600, 30)])
+def test_int8_linear_on_packed_weights_crosses_the_k_blocks(M, K, N):
+    """K past the 256-pair cache block (and its remainder): still equal to the reference."""
+    rng = np.random.default_rng(K)
+    x = rng.standard_normal((M, K)).astype(np.float32)
+    W = rng.integers(-128, 128, (K, N)).astype(np.int8)
+    w_scale, w_zero = rng.uniform(0.01, 1.0, N), rng.integers(-20, 21, N).astype(np.int32)
+    y = I.int8_linear(x, I.prepare_weight(W), w_scale, w_zero=w_zero, fallback_batch=None,
+                      W_packed=I.pack_weight(I.prepare_weight(W)))
+    np.testing.assert_array_equal(y, U.int8_linear_reference(x, W, w_scale, w_zero))
+
+
+def test_int8_linear_on_packed_weights_at_the_largest_k_does_not_overflow():
+    """qx = -127 (x all -1), W all -128: K = 132104 is the largest K with K * 127 * 128 <= 2^31 - 1."""
+    K, M, N = 132104, 5, 9
+    x, W = -np.ones((M, K), np.float32), np.full((K, N), -128, np.int8)
+    y = I.int8_linear(x, I.prepare_weight(W), np.ones(N), fallback_batch=None,
+                      W_packed=I.pack_weight(I.prepare_weight(W)))
+    np.testing.assert_array_equal(y, U.int8_linear_reference(x, W, np.ones(N)))
+    assert np.all(y == np.float32(K * 127 * 128 / 127))  # S_x = 1/127, S_W = 1
+
+
+def test_int8_linear_rejects_a_packed_weight_of_another_shape():
+    x, W_t = np.ones((2, 3), np.float32), np.ones((4, 3), np.int8)
+    with pytest.raises(TypeError, match="W_packed"):
+        I.int8_linear(x, W_t, np.ones(4), W_packed=np.ones((1, 1, 16), np.int8))
+    with pytest.raises(TypeError, match="W_packed"):
+        I.int8_linear(x, W_t, np.ones(4), W_packed=I.pack_weight(W_t).astype(np.int16))
