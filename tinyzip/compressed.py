@@ -66,7 +66,8 @@ def dequantize_all(packed: dict) -> dict:
 def _int8_matmul(packed):
     """Per-tensor or per-channel uniform codes (symmetric or affine, 2-8 bits) on the int8 kernel:
     y = S_x S_W (qx (q - Z_W)), Jacob Eq. (7) with the zero point of each output column."""
-    from tinyzip.kernels.int8 import FALLBACK_BATCH, int8_linear, prepare_weight
+    from tinyzip.kernels.int8 import (FALLBACK_BATCH, HAS_AVX2, PACKED_FALLBACK_BATCH, int8_linear, pack_weight,
+                                      prepare_weight)
     meta = packed.meta
     if meta["granularity"] == "bucket":
         return None                                  # the kernel takes one (S, Z) per output column
@@ -79,13 +80,16 @@ def _int8_matmul(packed):
     scale = np.broadcast_to(packed.arrays["scales"].reshape(-1), (D_out,)).astype(np.float64)
     zero = packed.arrays.get("zero_points")          # affine grids only
     zero = None if zero is None else np.broadcast_to(zero.reshape(-1), (D_out,)).astype(np.int32)
+    W_packed = pack_weight(W_t) if HAS_AVX2 else None  # the pmaddwd layout: int8 wins up to larger batches
+    fallback = PACKED_FALLBACK_BATCH if W_packed is not None else FALLBACK_BATCH
     dense = []                                       # float32 W, made once if a large batch needs it
 
     def matmul(x):
         x = np.ascontiguousarray(x, dtype=np.float32)
-        if x.shape[0] >= FALLBACK_BATCH and not dense:
+        if x.shape[0] >= fallback and not dense:
             dense.append(uniform.unpack_uniform(packed))
-        return int8_linear(x, W_t, scale, w_zero=zero, W_hat=dense[0] if dense else None)
+        return int8_linear(x, W_t, scale, w_zero=zero, W_hat=dense[0] if dense else None, W_packed=W_packed,
+                           fallback_batch=fallback)
 
     return matmul
 

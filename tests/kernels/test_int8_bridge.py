@@ -39,9 +39,11 @@ def test_eq7_kernel_path_equals_dequantized_path_on_quantized_activations(layer,
 
 @given(layer_st(max_rows=3), variant_st)
 def test_large_batches_run_the_dequantized_sgemm_exactly(layer, variant):
-    """From FALLBACK_BATCH rows on the bridge is x @ unpack(packed), bit for bit."""
+    """From the bridge's fallback batch on (PACKED_FALLBACK_BATCH with the AVX2 layout) it is
+    x @ unpack(packed), bit for bit."""
     (x, W), (bits, granularity, symmetric) = layer, variant
-    x = np.repeat(x, -(-I.FALLBACK_BATCH // x.shape[0]), axis=0)                # >= FALLBACK_BATCH rows
+    fallback = I.PACKED_FALLBACK_BATCH if I.HAS_AVX2 else I.FALLBACK_BATCH
+    x = np.repeat(x, -(-fallback // x.shape[0]), axis=0)                          # >= fallback rows
     packed = U.pack_uniform(W, bits, granularity, symmetric)
     np.testing.assert_array_equal(compressed._int8_matmul(packed)(x), x @ compressed.unpack(packed))
 
