@@ -95,14 +95,15 @@ KERNELS = ("int8", "lut-q1", "lut-q2", "lut-q3", "codebook-4bit", "sparse-90")
 
 
 def _kernel_case(kind: str, W: np.ndarray, rng):
-    """(bits, fn(x) -> y, reference y(x), extra) for one kernel family on weight W (K, N)."""
+    """(bits, fn(x) -> y, W_hat, dequant_fn, auto_fn) for one kernel family on weight W (K, N):
+    LUT rows also time dequantize-then-matmul and the layer's dispatching path (``path="auto"``)."""
     from tinyzip.compress import binary_codes, kmeans, uniform
     from tinyzip.compressed import KERNELS as BRIDGE
     from tinyzip.kernels.lut_gemm import lut_linear, prepare_lut_weights
 
     if kind == "int8":
         packed = uniform.pack_uniform(W, 8)
-        return 8, BRIDGE["uniform"](packed), uniform.unpack_uniform(packed), None
+        return 8, BRIDGE["uniform"](packed), uniform.unpack_uniform(packed), None, None
     if kind.startswith("lut-q"):
         q = int(kind[5:])
         B, alpha = binary_codes.greedy_codes(W, q)
@@ -112,14 +113,15 @@ def _kernel_case(kind: str, W: np.ndarray, rng):
         def dequantize_then_matmul(x):
             return x @ binary_codes.dequantize(B, alpha)
 
-        return q, lambda x: lut_linear(x, prepared, path="lut"), W_deq, dequantize_then_matmul
+        return (q, lambda x: lut_linear(x, prepared, path="lut"), W_deq, dequantize_then_matmul,
+                lambda x: lut_linear(x, prepared))
     if kind == "codebook-4bit":
         packed = kmeans.pack_kmeans(W, 16, max_iter=10)
-        return 4, BRIDGE["kmeans"](packed), kmeans.unpack_kmeans(packed), None
+        return 4, BRIDGE["kmeans"](packed), kmeans.unpack_kmeans(packed), None, None
     if kind == "sparse-90":
         from tinyzip.compress import magnitude_pruning
         pruned = W * magnitude_pruning.topk_mask(W, 0.9)
-        return None, BRIDGE["sparse"](magnitude_pruning.pack_sparse(pruned)), pruned, None
+        return None, BRIDGE["sparse"](magnitude_pruning.pack_sparse(pruned)), pruned, None, None
     raise ValueError(f"unknown kernel {kind!r}; choose from {', '.join(KERNELS)}")
 
 
@@ -149,30 +151,33 @@ def bench_kernels(kernels=KERNELS, shapes=KERNEL_SHAPES, batches=KERNEL_BATCHES,
     for K, N in shapes:
         W = (rng.standard_normal((K, N)) / np.sqrt(K)).astype(np.float32)    # (K, N)
         for kind in kernels:
-            bits, fn, W_hat, dequant_fn = _kernel_case(kind, W, rng)
+            bits, fn, W_hat, dequant_fn, auto_fn = _kernel_case(kind, W, rng)
             for M in batches:
                 x = rng.standard_normal((M, K)).astype(np.float32)            # (M, K)
                 y, y_ref = fn(x), x @ W_hat
                 err = float(np.abs(y - y_ref).max() / max(np.abs(y_ref).max(), 1e-30))
                 if err > (2e-2 if kind == "int8" else 1e-3):
                     raise RuntimeError(f"{kind} {K}x{N} batch {M}: relative error {err:.2e}; not timing it")
-                fns = [lambda: x @ W, lambda: fn(x)] + ([lambda: dequant_fn(x)] if dequant_fn else [])
+                fns = [lambda: x @ W, lambda: fn(x)] + ([lambda: dequant_fn(x), lambda: auto_fn(x)] if dequant_fn else [])
                 secs = _paired_seconds(fns, repeats)
                 row = {"kernel": kind, "bits": bits, "K": K, "N": N, "batch": M, "seconds": secs[1],
                        "numpy_fp32_seconds": secs[0], "ratio_vs_numpy": secs[0] / secs[1], "max_rel_error": err}
                 if dequant_fn:
                     row["dequant_matmul_seconds"] = secs[2]
                     row["ratio_vs_dequant_matmul"] = secs[2] / secs[1]
+                    row["auto_seconds"] = secs[3]                       # what a model layer runs
+                    row["auto_ratio_vs_numpy"] = secs[0] / secs[3]
                 rows.append(row)
     return rows
 
 
 def format_kernel_table(rows: list[dict]) -> str:
     lines = [f"{'kernel':<14} {'W (K x N)':>11} {'batch':>5} {'kernel s':>10} {'numpy fp32 s':>12} "
-             f"{'x numpy':>8} {'x dequant+mm':>12}"]
+             f"{'x numpy':>8} {'x dequant+mm':>12} {'layer (auto) x numpy':>20}"]
     for r in rows:
         deq = f"{r['ratio_vs_dequant_matmul']:.2f}x" if "ratio_vs_dequant_matmul" in r else "-"
+        auto = f"{r['auto_ratio_vs_numpy']:.2f}x" if "auto_ratio_vs_numpy" in r else "-"
         lines.append(f"{r['kernel']:<14} {str(r['K']) + 'x' + str(r['N']):>11} {r['batch']:>5} "
                      f"{r['seconds']:>10.6f} {r['numpy_fp32_seconds']:>12.6f} {r['ratio_vs_numpy']:>7.2f}x "
-                     f"{deq:>12}")
+                     f"{deq:>12} {auto:>20}")
     return "\n".join(lines)
