@@ -220,7 +220,7 @@ def plan(task: str, full: bool):
         return [
             (row_pruning, {"sparsity": 0.8, "steps": 100}),
             (row_kmeans, {"bits": 4, "steps": 30}),
-            (row_deep_compression, {"steps": 100, "share_steps": 30}),
+            (row_deep_compression, {"sparsity": 0.9, "bits": 3, "steps": 100, "share_steps": 30}),
             (row_binarization, {"steps": 60}),
             (row_uniform, {"bits": 8, "steps": 0}),
             (row_uniform, {"bits": 4, "steps": 40}),
@@ -228,7 +228,9 @@ def plan(task: str, full: bool):
         ]
     return ([(row_pruning, {"sparsity": s, "steps": 600}) for s in (0.5, 0.8, 0.9)]
             + [(row_kmeans, {"bits": b, "steps": 200}) for b in (8, 5, 4, 3, 2)]
-            + [(row_deep_compression, {"steps": 600}), (row_binarization, {"steps": 600})]
+            + [(row_deep_compression, {"steps": 600}),
+               (row_deep_compression, {"sparsity": 0.9, "bits": 3, "steps": 600, "share_steps": 200}),
+               (row_binarization, {"steps": 600})]
             + [(row_uniform, {"bits": b, "steps": 0}) for b in (8, 6, 4)]
             + [(row_uniform, {"bits": b, "steps": 400}) for b in (8, 6, 4)]
             + [(row_binary_codes, {"q": q, "steps": 600, "fit": fit}) for q in (1, 2, 3, 4)
