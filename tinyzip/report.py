@@ -307,7 +307,7 @@ def format_table(rows: list) -> str:
     return "\n".join(lines)
 
 
-def baseline(task, out_dir, preset, steps, seed, log, resume=False):
+def baseline(data, out_dir, preset, steps, seed, log, resume=False):
     """The float32 baseline and the path of its float32 model file: the shipped model for
     bible-es (nothing is trained), a freshly trained one for the quick tasks (on ``resume``,
     the one the interrupted run trained)."""
@@ -315,13 +315,13 @@ def baseline(task, out_dir, preset, steps, seed, log, resume=False):
     if resume and os.path.exists(float_path):
         print(f"baseline: {float_path} (resumed run)", file=log)
         return load_translator(float_path), float_path
-    if task == "bible-es" and steps is None:
+    if data.name == "bible-es" and steps is None:
         print(f"baseline: the shipped model {SHIPPED_MODEL}", file=log)
         translator = load_translator(SHIPPED_MODEL)
-        save_translator(float_path, translator, {"task": task})
+        save_translator(float_path, translator, {"task": data.name})
         return translator, float_path
-    print(f"training the float32 baseline on {task} ({preset.steps} steps) ...", file=log)
-    translator, _ = train_translation(load_task(task), preset=preset, out=float_path, seed=seed, log=log)
+    print(f"training the float32 baseline on {data.name} ({preset.steps} steps) ...", file=log)
+    translator, _ = train_translation(data, preset=preset, out=float_path, seed=seed, log=log)
     return translator, float_path
 
 
@@ -343,7 +343,7 @@ def run_demo(*, task="bible-es", out_dir="runs/demo", full=False, steps=None, fi
     if resume and json_path and os.path.exists(json_path):
         with open(json_path) as f:
             done = {r["key"]: r for r in json.load(f)["rows"] if "key" in r}
-    translator, float_path = baseline(task, out_dir, preset, steps, seed, log, resume)
+    translator, float_path = baseline(data, out_dir, preset, steps, seed, log, resume)
     ctx = Context(translator, encode_pairs(translator.tokenizer, data.train, preset.max_len), test_pairs,
                   out_dir, preset, seed, log=log, checkpoint_dir=os.path.join(out_dir, "checkpoints"),
                   beam=4 if full else 1)
