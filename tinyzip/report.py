@@ -168,9 +168,11 @@ def row_uniform(ctx, params, bits=8, steps=0):
 def row_binary_codes(ctx, params, q=2, steps=300, fit="alternating", emb_ratio=8.0, staged=False):
     """Chung et al. 2020: every matrix in ``q``-bit binary codes (``fit``: Guo et al. greedy or
     Xu et al. alternating), float16 alphas; the embedding with frequency-aware widths (Algorithm 1,
-    b = 4, r = ``emb_ratio``; r = 8 averages 1.14 bits per row); QAT through the STE, optionally
-    in the paper's three stages (embedding, decoder, encoder), each ``steps / 3``. Runs on BiQGEMM."""
-    bits = binary_codes.ChungBits(emb_max_bits=4, emb_ratio=emb_ratio, enc_attn=q, enc_ffn=q, dec_self_attn=q,
+    b = 4, r = ``emb_ratio``; r = 8 averages 1.14 bits per row; r = 0: every row q bits, the
+    uniform baseline); QAT through the STE, optionally in the paper's three stages (embedding,
+    decoder, encoder), each ``steps / 3``. Runs on BiQGEMM."""
+    bits = binary_codes.ChungBits(emb_max_bits=q if emb_ratio == 0 else 4, emb_ratio=emb_ratio,
+                                  enc_attn=q, enc_ffn=q, dec_self_attn=q,
                                   cross_attn=q, dec_ffn=q, out=q)
     freqs = binary_codes.token_frequencies(ctx.train_ids, ctx.translator.model.config.src_vocab)
     stages = binary_codes.staged_blocks(params) if staged else [None]
@@ -209,8 +211,8 @@ def plan(task: str, full: bool):
                 + [(row_uniform, {"bits": b, "steps": 400}) for b in (8, 6, 4)]
                 + [(row_kmeans, {"bits": b, "steps": 400}) for b in (4, 3)]
                 + [(row_binary_codes, {"q": q, "steps": 1000, "fit": "alternating"}) for q in (1, 2, 3)]
-                + [(row_binary_codes, {"q": 2, "steps": 1000, "fit": "alternating", "emb_ratio": 1.0}),
-                   (row_binary_codes, {"q": 2, "steps": 1000, "fit": "alternating", "staged": True})]
+                + [(row_binary_codes, {"q": 2, "steps": 1000, "fit": "alternating", "emb_ratio": r}) for r in (0.0, 1.0)]
+                + [(row_binary_codes, {"q": 2, "steps": 1000, "fit": "alternating", "staged": True})]
                 + [(row_pruning, {"sparsity": 0.5, "steps": 1000, "rounds": 1}),
                    (row_pruning, {"sparsity": 0.8, "steps": 4000}),
                    (row_deep_compression, {"sparsity": 0.8, "steps": 4000, "share_steps": 400}),
@@ -235,6 +237,7 @@ def plan(task: str, full: bool):
             + [(row_uniform, {"bits": b, "steps": 400}) for b in (8, 6, 4)]
             + [(row_binary_codes, {"q": q, "steps": 600, "fit": fit}) for q in (1, 2, 3, 4)
                for fit in ("greedy", "alternating")]
+            + [(row_binary_codes, {"q": q, "steps": 600, "emb_ratio": 0.0}) for q in (1, 2, 3, 4)]
             + [(row_binary_codes, {"q": 2, "steps": 600, "emb_ratio": 1.0}),
                (row_binary_codes, {"q": 2, "steps": 600, "staged": True})])
 

@@ -244,10 +244,16 @@ def test_eq7_cluster_sizes_and_more_bits_for_frequent_tokens(freqs, max_bits, ra
     assert np.array_equal(bits[order], np.repeat(max_bits - np.arange(max_bits), sizes))
 
 
+@given(hynp.arrays(np.int64, st.integers(1, 300), elements=st.integers(0, 50)), st.integers(1, 5))
+def test_eq7_ratio_zero_is_uniform_width(freqs, max_bits):
+    """r -> 0 puts every token in the first cluster: all b bits, whatever the frequencies."""
+    assert np.all(bc.embedding_bits(freqs, max_bits, 0.0) == max_bits)
+
+
 @pytest.mark.parametrize("freqs, max_bits, ratio, error", [
     (np.array([]), 4, 2.0, ValueError), (np.ones((2, 2)), 4, 2.0, ValueError),
     (np.array([1.0, np.nan]), 4, 2.0, ValueError), (np.array([1, -1]), 4, 2.0, ValueError),
-    (np.ones(5), 0, 2.0, ValueError), (np.ones(5), 9, 2.0, ValueError), (np.ones(5), 4, 0.0, ValueError),
+    (np.ones(5), 0, 2.0, ValueError), (np.ones(5), 9, 2.0, ValueError), (np.ones(5), 4, -1.0, ValueError),
     (np.ones(5), 4, np.inf, ValueError), (np.ones(5), 4.0, 2.0, TypeError)])
 def test_eq7_bad_input_raises(freqs, max_bits, ratio, error):
     with pytest.raises(error):

@@ -285,15 +285,16 @@ def embedding_bits(token_freqs: np.ndarray, max_bits: int = 4, ratio: float = 1.
     """Eq. (7), Chung et al. Algorithm 1: bits per token (V,). Rank tokens by frequency (ties:
     lower id first), cut the ranking into ``max_bits`` clusters of sizes proportional to
     1, r, r^2, ..., r^(b-1) (cumulative boundaries rounded), give cluster i b - i bits.
-    Paper: b = 4; r = 1, 2, 4, 8 give 2.5, 1.73, 1.32, 1.14 bits per embedding weight on average."""
+    Paper: b = 4; r = 1, 2, 4, 8 give 2.5, 1.73, 1.32, 1.14 bits per embedding weight on average.
+    r = 0 is the limit r -> 0: one cluster, every token b bits (the uniform-width baseline)."""
     token_freqs = np.asarray(token_freqs)
     if token_freqs.ndim != 1 or token_freqs.size == 0 or not np.issubdtype(token_freqs.dtype, np.number):
         raise ValueError(f"token_freqs must be a non-empty 1-D numeric array, got {token_freqs.dtype} {token_freqs.shape}")
     if not np.all(np.isfinite(token_freqs)) or np.any(token_freqs < 0):
         raise ValueError("token_freqs must be finite and non-negative")
     max_bits = _check_q(max_bits)
-    if not (np.isfinite(ratio) and ratio > 0):
-        raise ValueError(f"ratio must be a finite number > 0, got {ratio}")
+    if not (np.isfinite(ratio) and ratio >= 0):
+        raise ValueError(f"ratio must be a finite number >= 0, got {ratio}")
     V, growth = token_freqs.size, float(ratio) ** np.arange(max_bits)    # (b,) r^i
     # Eq. (7)
     ends = np.rint(V * np.cumsum(growth) / growth.sum()).astype(np.int64)  # (b,) cluster ends
