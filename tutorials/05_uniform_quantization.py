@@ -22,6 +22,7 @@ import tempfile
 
 import numpy as np
 
+from tinyzip.compress import fqt
 from tinyzip.compress import uniform as uq
 from tinyzip.compressed import dequantize_all, pack_float
 from tinyzip.container import load_tz, save_tz
@@ -213,7 +214,7 @@ assert np.all(err <= bound)
 # %%
 params_ptq, _, report = uq.ptq(params, None, QAT_BITS, weights_only=True)
 acc_ptq = evaluate_teacher_forced(model, params_ptq, dev)["accuracy"]
-method = uq.qat_method(params, QAT_BITS, weights_only=True)
+method = fqt.qat_method(params, QAT_BITS, weights_only=True)
 retrain = functools.partial(copy_task.epoch_batches, seed=1, n_batches=20, batch_size=32, **task)
 latent = train(model, params, retrain, steps=QAT_STEPS, optimizer=optim.adam(), rng=rng,
                schedule=lambda t: 1e-3, method=method, log=None).params

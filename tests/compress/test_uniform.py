@@ -8,6 +8,7 @@ from hypothesis import example, given
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hynp
 
+from tinyzip.compress import fqt as F
 from tinyzip.compress import uniform as U
 from tinyzip.compress.base import Method, PackedTensor
 from tinyzip.nn.gradcheck import check_backward
@@ -327,7 +328,7 @@ def _fake_params(rng):
 
 def test_fqt_placement_quantizes_2d_weights_and_matmul_inputs_only():
     params = _fake_params(np.random.default_rng(0))
-    method = U.qat_method(params, 4)
+    method = F.qat_method(params, 4)
     assert isinstance(method, Method)
     assert sorted(method.transforms) == ["emb", "enc.0.attn.W_q", "enc.0.ffn.W_1", "enc.0.ffn.W_2"]
     assert sorted(method.act_hooks) == ["emb:in", "enc.0.attn.W_q:in", "enc.0.attn.probs",
@@ -341,7 +342,7 @@ def test_fqt_placement_quantizes_2d_weights_and_matmul_inputs_only():
 
 
 def test_fqt_activation_hooks_track_ema_then_freeze_on_unsigned_grids():
-    method = U.qat_method(_fake_params(np.random.default_rng(0)), 8)
+    method = F.qat_method(_fake_params(np.random.default_rng(0)), 8)
     fwd, bwd = method.act_hooks["enc.0.ffn.act"]
     a1, a2 = np.array([0.0, 1.0, 2.0]), np.array([0.0, 4.0])
     fwd(a1)
@@ -351,7 +352,7 @@ def test_fqt_activation_hooks_track_ema_then_freeze_on_unsigned_grids():
     assert np.array_equal(bwd(np.ones(2), cache), [1.0, 0.0])  # 4.0 is clamped: no gradient
     probs, _ = method.act_hooks["enc.0.attn.probs"][0](np.array([0.2, 0.3, 0.5]))
     assert np.all(probs >= 0)
-    U.set_act_mode(method.act_hooks, "frozen")
+    F.set_act_mode(method.act_hooks, "frozen")
     fwd(np.array([100.0]))
     assert fwd.__self__.range == (0.0, 2.2)
 
@@ -365,7 +366,7 @@ def test_ptq_calibrates_called_points_then_freezes_and_drops_the_rest():
         for x in batches:
             assert np.array_equal(hooks["enc.0.attn.W_q:in"][0](x)[0], x)  # observe: identity
 
-    params_hat, hooks, report = U.ptq(params, calibrate, 8)
+    params_hat, hooks, report = F.ptq(params, calibrate, 8)
     assert list(hooks) == ["enc.0.attn.W_q:in"] and report["ranges"]["enc.0.attn.W_q:in"] == (-3.0, 2.0)
     x_hat, _ = hooks["enc.0.attn.W_q:in"][0](np.array([-3.0, 5.0]))
     assert x_hat[1] == pytest.approx(2.0, abs=5 / 255)
@@ -374,12 +375,63 @@ def test_ptq_calibrates_called_points_then_freezes_and_drops_the_rest():
 
 def test_ptq_weights_only_needs_no_calibration_and_activations_do():
     params = _fake_params(np.random.default_rng(2))
-    params_hat, hooks, report = U.ptq(params, bits=4, weights_only=True)
+    params_hat, hooks, report = F.ptq(params, bits=4, weights_only=True)
     assert hooks == {} and report["act_bits"] is None
     assert np.array_equal(params_hat["enc.0.ffn.W_1"], U.UniformWeightQuantizer(4).forward(params["enc.0.ffn.W_1"])[0])
     with pytest.raises(ValueError, match="calibration_fn"):
-        U.ptq(params, bits=8)
+        F.ptq(params, bits=8)
 
+
+
+@given(st.lists(hynp.arrays(np.float64, st.integers(1, 6), elements=floats_st(bound=1e3)), min_size=1, max_size=5),
+       bits_st, st.sampled_from([0.5, 0.9]))
+def test_fqt_ema_calibration_range_is_the_ema_of_batch_minmax_and_the_file_stores_its_qparams(batches, bits, m):
+    """PTQ with FQT's EMA calibration: x_min <- m x_min + (1 - m) min(batch), started at the first
+    batch; x passes through unquantized; the exported (S, Z) is quant_params of that range."""
+    params = _fake_params(np.random.default_rng(0))
+
+    def calibrate(params_hat, hooks):
+        for x in batches:
+            assert np.array_equal(hooks["enc.0.attn.W_q:in"][0](x)[0], x)
+
+    _, hooks, report = F.ptq(params, calibrate, bits, calibration="ema", momentum=m, probs=False)
+    lo, hi = batches[0].min(), batches[0].max()
+    for x in batches[1:]:
+        lo, hi = m * lo + (1 - m) * x.min(), m * hi + (1 - m) * x.max()
+    assert report["ranges"]["enc.0.attn.W_q:in"] == pytest.approx((lo, hi), rel=1e-12, abs=1e-12)
+    packed = F.attach_act_ranges({"enc.0.attn.W_q": U.pack_uniform(params["enc.0.attn.W_q"], bits)}, hooks)
+    scale, zero = U.quant_params(*report["ranges"]["enc.0.attn.W_q:in"], bits)
+    assert packed["enc.0.attn.W_q"].meta["act"] == {"bits": bits, "unsigned": False, "scale": float(scale),
+                                                    "zero_point": int(zero)}
+
+
+def test_fqt_placement_without_probs_and_the_input_point_of_each_weight():
+    params = _fake_params(np.random.default_rng(0))
+    points = F.activation_points(params, probs=False)
+    assert sorted(points) == ["emb:in", "enc.0.attn.W_q:in", "enc.0.ffn.W_1:in", "enc.0.ffn.act"]
+    assert points["enc.0.ffn.act"] is True and points["emb:in"] is False
+    assert {F.input_point(n) for n in ("emb", "enc.0.attn.W_q", "enc.0.ffn.W_1", "enc.0.ffn.W_2")} == set(points)
+
+
+@given(hynp.arrays(np.float32, st.integers(1, 30), elements=floats_st(np.float32, bound=100.0)), bits_st, st.booleans())
+def test_static_codes_for_the_int8_gemm_keep_q_minus_z(x, bits, unsigned):
+    """Jacob Eq. (4) needs only q - Z: the int8 codes (an unsigned 8-bit grid shifted by -128)
+    keep q - Z of the point's own grid, so S_x (qx - zx) is the fake-quant x_hat."""
+    scale, zero = U.quant_params(min(float(x.min()), 0.0), float(np.abs(x).max()), bits, unsigned=unsigned)
+    qx, zx = U.quantize_static_reference(x, scale, zero, bits, unsigned)
+    q = U.quantize(x, scale, zero, bits, unsigned=unsigned).astype(np.int64)
+    assert qx.dtype == np.int8 and np.array_equal(qx.astype(np.int64) - zx, q - zero)
+    x_hat, _ = U.fake_quant_forward(x, scale, zero, bits, unsigned=unsigned)
+    np.testing.assert_array_equal(U.dequantize(qx, scale, zx), x_hat)
+
+
+def test_activation_quantizer_without_a_range_or_with_a_bad_mode_raises():
+    with pytest.raises(ValueError, match="no range"):
+        F.ActivationQuantizer(8, mode="frozen").forward(np.ones(2))
+    with pytest.raises(ValueError, match="mode"):
+        F.ActivationQuantizer(8, mode="train")
+    with pytest.raises(ValueError, match="calibration"):
+        F.ptq(_fake_params(np.random.default_rng(0)), lambda p, h: None, 8, calibration="mean")
 
 # ----------------------------------------------------------------------------- bad input
 @pytest.mark.parametrize("bits", [1, 9, 0, -3])

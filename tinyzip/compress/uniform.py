@@ -45,6 +45,9 @@ STE clipped (Jacob, FQT): dx = dx_hat * [qmin <= round(x / S + Z) <= qmax] (zero
                  acts, i.e. outside [S (qmin - Z - 1/2), S (qmax - Z + 1/2)]);  "q8bert": dx = dx_hat
 Jacob Eq. (4):   acc = sum_k (qx_k - Zx)(qW_k - ZW) + q_bias     (int32, bias scale S1 S2, Z 0)
 Jacob Eq. (7):   = K Zx ZW - Zx sum_k qW_k - ZW sum_k qx_k + sum_k qx_k qW_k
+Static activations (Jacob Sec. 2.1): x quantized with one frozen (S_x, Z_x) per tensor, then
+                 y = S_x S_W[n] acc[m, n] (float output; an unsigned 8-bit grid [0, 255] enters the
+                 int8 GEMM as q - 128 with zero point Z_x - 128: q - Z unchanged)
 Jacob Eq. (5)-(6), output stage: q3 = clamp(Z3 + RDivPOT(SRDHM(acc, M0_q), n), qmin, qmax)
   SRDHM(a, b) = round-half-up(a b / 2^31), saturating SRDHM(-2^31, -2^31) = 2^31 - 1 (gemmlowp)
   RDivPOT(x, n) = x / 2^n rounded to nearest, ties away from zero (gemmlowp RoundingDivideByPOT)
@@ -65,11 +68,11 @@ Choices and deviations
 * Granularity: "tensor"; "channel" = one (S, Z) per output column of W, i.e. per output unit;
   "bucket" = FQT buckets of ``bucket_size`` consecutive rows inside each column (the last bucket
   may be shorter; bucket_size >= D_in is "channel").
-* FQT quantizes more than this file does: LayerNorm gamma, Q, K, V, the softmax numerator and
-  denominator, the attention output and LayerNorm's internals. The model has no hook points for
-  those and LayerNorm parameters stay float here, so ``qat_method`` covers every 2-D weight, every
-  matmul input, ReLU and softmax outputs. FQT's bucket shape is not pinned down from the paper text
-  we could reach; ours (rows inside a column) makes buckets a refinement of per-channel.
+* Model-level placement (which weights and activations, PTQ calibration, QAT, the static
+  activation ranges stored in a file) is in ``fqt.py``. FQT quantizes more than we do: LayerNorm
+  gamma, Q, K, V, the softmax numerator and denominator, the attention output and LayerNorm's
+  internals have no hook points here. FQT's bucket shape is not pinned down from the paper text we
+  could reach; ours (rows inside a column) makes buckets a refinement of per-channel.
 * M >= 1 or n > 31 in ``quantize_multiplier`` raise (the paper observes 0 < M < 1). Jacob's
   equation numbers are as recalled from arXiv v1; the arithmetic is checked against gemmlowp's.
 """
@@ -77,7 +80,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from tinyzip.compress.base import Method, PackedTensor
+from tinyzip.compress.base import PackedTensor
 from tinyzip.packing import pack_uint, unpack_uint
 
 INT32_MIN, INT32_MAX = -(2 ** 31), 2 ** 31 - 1
@@ -349,6 +352,23 @@ def int8_linear_reference(x, W_q, w_scale, w_zero=None, bias=None):
     return y.astype(np.float32)
 
 
+
+def quantize_static_reference(x, scale, zero_point, bits, unsigned=False):
+    """Static per-tensor activation codes for the int8 GEMM: q = clamp(round(x / S_x + Z_x)) on the
+    point's grid, as int8; an unsigned 8-bit grid is shifted by -128 (and Z_x with it).
+    Returns ``(qx int8, zx int)`` with qx - zx = q - Z_x."""
+    q = quantize(x, scale, zero_point, bits, unsigned=unsigned).astype(np.int16)
+    shift = 128 if qrange(bits, unsigned=unsigned)[1] > 127 else 0
+    return (q - shift).astype(np.int8), int(zero_point) - shift
+
+
+def int8_linear_static_reference(x, W_q, w_scale, w_zero, x_scale, x_zero, bits, unsigned=False):
+    """y = (S_x S_W[n]) sum_k (qx - Z_x)(qW - Z_W[n]) in float64, returned as float32 (no bias):
+    Jacob Eq. (4) with a static activation (S_x, Z_x). x (M, K) float, W_q (K, N) int8."""
+    qx, zx = quantize_static_reference(x, x_scale, x_zero, bits, unsigned)
+    acc = int8_matmul_reference(qx, W_q, zx, 0 if w_zero is None else w_zero)  # (M, N)
+    return ((np.float64(x_scale) * np.asarray(w_scale, np.float64)) * acc).astype(np.float32)
+
 # ----------------------------------------------------------------------------- export
 def pack_uniform(W, bits, granularity="channel", symmetric=True, bucket_size=None) -> PackedTensor:
     """Real bytes: codes as int8 (bits = 8) or ``pack_uint``-packed (q - qmin) for bits < 8,
@@ -382,103 +402,3 @@ def unpack_uniform(packed: PackedTensor) -> np.ndarray:
     zero_point = arrays.get("zero_points", np.zeros(scale.shape, np.int8)).astype(np.int64)
     g, bs = meta["granularity"], meta["bucket_size"]
     return dequantize(q, _expand(scale, shape, g, bs), _expand(zero_point, shape, g, bs))
-
-
-# ----------------------------------------------------------------------------- model integration
-class ActivationQuantizer:
-    """One activation point, per tensor. ``mode``: "observe" (record the running min/max, pass x
-    through), "ema" (FQT training: update the EMA range, then fake-quantize), "frozen" (fixed range).
-
-    ``forward``/``backward`` are the ``(fwd, bwd)`` act hook; the range is the only state.
-    """
-
-    def __init__(self, bits, unsigned=False, momentum=0.9, mode="ema"):
-        self.bits, self.unsigned, self.momentum, self.mode = _check_bits(bits), unsigned, momentum, mode
-        self.range = None
-
-    def forward(self, x):
-        if self.mode == "observe":
-            lo, hi = np.float64(x.min()), np.float64(x.max())
-            self.range = (lo, hi) if self.range is None else (min(self.range[0], lo), max(self.range[1], hi))
-            return x, None
-        if self.mode == "ema":
-            self.range = ema_minmax(self.range, x, self.momentum)
-        elif self.mode != "frozen" or self.range is None:
-            raise ValueError(f"activation quantizer in mode {self.mode!r} with range {self.range}")
-        scale, zero_point = quant_params(*self.range, self.bits, unsigned=self.unsigned)
-        return fake_quant_forward(x, scale, zero_point, self.bits, unsigned=self.unsigned)
-
-    def backward(self, dx_hat, cache):
-        return fake_quant_backward(dx_hat, cache)
-
-
-def activation_points(params, act_unsigned=True) -> dict:
-    """FQT placement: point -> unsigned? Every matmul input "<W>:in" (2-D params; lookups never fire
-    their hook), "<ffn>.act" and "<attn>.probs" on unsigned grids. "<ffn>.W_2:in" is left out: its
-    input is the ".act" output, already quantized. Dropout acts after the probs hook (attention
-    dropout) and after whole sublayers, so every quantizer sits before dropout, as in FQT."""
-    points = {}
-    for name, W in params.items():
-        if np.ndim(W) != 2:
-            continue
-        if name.endswith(".W_1"):
-            points[name[:-4] + ".act"] = act_unsigned  # ReLU >= 0; pass False for GELU
-        elif name.endswith(".W_q"):
-            points[name[:-4] + ".probs"] = True
-        if not name.endswith(".W_2"):
-            points[name + ":in"] = False
-    return points
-
-
-def set_act_mode(act_hooks: dict, mode: str) -> None:
-    """Switch every ActivationQuantizer behind ``act_hooks`` to "observe", "ema" or "frozen"."""
-    for fwd, _ in act_hooks.values():
-        fwd.__self__.mode = mode
-
-
-def _weight_transforms(params, bits, granularity, symmetric, bucket_size, ste):
-    return {name: UniformWeightQuantizer(bits, granularity, symmetric, bucket_size, ste)
-            for name, W in params.items() if np.ndim(W) == 2}
-
-
-def qat_method(params, bits, weights_only=False, granularity="channel", symmetric=True,
-               bucket_size=None, act_bits=None, momentum=0.9, act_unsigned=True, ste="clipped") -> Method:
-    """Quantization-aware training (FQT): every 2-D weight fake-quantized from its own min/max each
-    step; activations (unless ``weights_only``) fake-quantized with EMA ranges (momentum 0.9).
-    Call ``set_act_mode(method.act_hooks, "frozen")`` before evaluation."""
-    hooks = {}
-    if not weights_only:
-        for point, unsigned in activation_points(params, act_unsigned).items():
-            q = ActivationQuantizer(act_bits or bits, unsigned, momentum, mode="ema")
-            hooks[point] = (q.forward, q.backward)
-    return Method("uniform-qat", _weight_transforms(params, bits, granularity, symmetric, bucket_size, ste),
-                  act_hooks=hooks)
-
-
-def ptq(params, calibration_fn=None, bits=8, granularity="channel", symmetric=True, bucket_size=None,
-        act_bits=None, act_unsigned=True, weights_only=False):
-    """Post-training quantization -> (params_hat, act_hooks, report).
-
-    Weights: fake-quantized once (dequantized float32). Activations (unless ``weights_only``):
-    ``calibration_fn(params_hat, act_hooks)`` runs the model forward on a few batches with the
-    hooks in "observe" mode; the running min/max of each point is then frozen. Points the forward
-    never called are dropped. Weights only need no calibration: ``calibration_fn`` may be None.
-    """
-    if not weights_only and calibration_fn is None:
-        raise ValueError("ptq with activations needs a calibration_fn(params_hat, act_hooks) that runs "
-                         "the model on a few batches; pass one, or weights_only=True")
-    transforms = _weight_transforms(params, bits, granularity, symmetric, bucket_size, "clipped")
-    params_hat = dict(params)
-    for name, transform in transforms.items():
-        params_hat[name] = transform.forward(params[name])[0]
-    hooks, quantizers = {}, {}
-    if not weights_only:
-        for point, unsigned in activation_points(params, act_unsigned).items():
-            quantizers[point] = ActivationQuantizer(act_bits or bits, unsigned, mode="observe")
-            hooks[point] = (quantizers[point].forward, quantizers[point].backward)
-        calibration_fn(params_hat, hooks)
-        hooks = {p: h for p, h in hooks.items() if quantizers[p].range is not None}
-        set_act_mode(hooks, "frozen")
-    report = {"bits": bits, "act_bits": None if weights_only else act_bits or bits,
-              "weights": sorted(transforms), "ranges": {p: quantizers[p].range for p in hooks}}
-    return params_hat, hooks, report
