@@ -2,9 +2,11 @@
 the dequantized path of the same file (the oracle of the kernels at model level)."""
 import numpy as np
 import pytest
+from hypothesis import given, strategies as st
 
 from tinyzip import container
-from tinyzip.compress import binarization, binary_codes, huffman, kmeans, magnitude_pruning, uniform
+from tinyzip.compress import binarization, binary_codes, fqt, huffman, kmeans, magnitude_pruning, uniform
+from tinyzip.compress.base import PackedTensor
 from tinyzip.compressed import dequantize_all, kernel_matmuls, pack_float, unpack
 from tinyzip.nn.transformer import Seq2Seq, Seq2SeqConfig
 
@@ -69,8 +71,123 @@ def test_frequency_aware_embedding_reads_back_row_by_row():
 
 
 def test_unknown_method_is_a_clear_error():
-    from tinyzip.compress.base import PackedTensor
     with pytest.raises(ValueError, match="unknown packed method"):
         unpack(PackedTensor("nope", (1,), {}))
     with pytest.raises(ValueError, match="float32 or float16"):
         pack_float(np.zeros(2), np.int8)
+
+
+
+# ---- weights + activations: static activation ranges in the file -------------------------------
+
+def _with_act(packed, scale, zero_point, bits, unsigned):
+    act = {"bits": bits, "unsigned": unsigned, "scale": scale, "zero_point": zero_point}
+    return PackedTensor(packed.method, packed.shape, packed.arrays, dict(packed.meta, act=act))
+
+
+@st.composite
+def static_case(draw):
+    M, K, N = draw(st.integers(1, 9)), draw(st.integers(1, 40)), draw(st.integers(1, 20))
+    rng = np.random.default_rng(draw(st.integers(0, 2 ** 32 - 1)))
+    wbits, abits = draw(st.integers(2, 8)), draw(st.integers(2, 8))
+    symmetric, unsigned = draw(st.booleans()), draw(st.booleans())
+    x = (rng.standard_normal((M, K)) * draw(st.sampled_from([0.01, 1.0, 30.0]))).astype(np.float32)
+    lo, hi = sorted(rng.standard_normal(2) * 2)                      # a range that clips some of x
+    scale, zero = uniform.quant_params(0.0 if unsigned else lo, abs(hi), abits, unsigned=unsigned)
+    return x, rng.standard_normal((K, N)).astype(np.float32), wbits, symmetric, abits, unsigned, float(scale), int(zero)
+
+
+@given(static_case())
+def test_eq4_static_scale_int8_linear_equals_its_integer_reference_bit_for_bit(case):
+    """Jacob Eq. (4) with one static (S_x, Z_x): the file's kernel matmul equals the NumPy integer
+    reference exactly, for every weight and activation grid (K, N not multiples of 8, 1-row x)."""
+    x, W, wbits, symmetric, abits, unsigned, scale, zero = case
+    packed = _with_act(uniform.pack_uniform(W, wbits, symmetric=symmetric), scale, zero, abits, unsigned)
+    matmul = kernel_matmuls({"enc.0.attn.W_q": packed})["enc.0.attn.W_q"]
+    w_scale, w_zero = uniform.weight_qparams(W, wbits, symmetric=symmetric)
+    W_q = uniform.quantize(W, w_scale, w_zero, wbits, symmetric)
+    ref = uniform.int8_linear_static_reference(x, W_q, w_scale.reshape(-1), w_zero.reshape(-1), scale, zero,
+                                               abits, unsigned)
+    np.testing.assert_array_equal(matmul(x), ref)
+
+
+def _calibrated(tiny, bits):
+    model, params, src, tgt = tiny
+    rng = np.random.default_rng(3)
+
+    def calibrate(eff, hooks):
+        for _ in range(3):
+            model.forward(eff, rng.integers(4, 40, (2, 6)), rng.integers(4, 40, (2, 5)), act_hooks=hooks)
+
+    params_hat, hooks, _ = fqt.ptq(params, calibrate, bits, calibration="ema", probs=False)
+    packed = {n: uniform.pack_uniform(W, bits) if W.ndim == 2 else pack_float(W) for n, W in params.items()}
+    return params_hat, hooks, fqt.attach_act_ranges(packed, hooks)
+
+
+@pytest.mark.parametrize("bits", [8, 4])
+def test_wa_file_round_trips_and_each_kernel_matmul_equals_fake_quant_within_float32_rounding(tiny, tmp_path, bits):
+    """A w+a .tz keeps every static (S_x, Z_x) exactly; fed the inputs each Linear sees in the
+    fake-quant forward, the kernel matmul gives the same codes, so it differs from x_hat @ W_hat
+    only by float32 rounding. With u = 2^-24: x_hat and W_hat are each rounded once (2u), the float32
+    product sums K terms (K u), the kernel rounds S_x S_W acc once (u):
+    |y_kernel - y_fakequant| <= (K + 3) u (|x_hat| @ |W_hat|), plus u of slack for float64 terms."""
+    model, params, src, tgt = tiny
+    params_hat, hooks, packed = _calibrated(tiny, bits)
+    container.save_tz(tmp_path / "wa.tz", packed, model.config.to_dict())
+    tz = container.load_tz(tmp_path / "wa.tz")
+    seen = {}
+    recording = {p: (lambda x, f=f, p=p: (seen.__setitem__(p, x), f(x))[1], b) for p, (f, b) in hooks.items()}
+    model.forward(params_hat, src, tgt, act_hooks=recording)
+    matmuls = kernel_matmuls(tz.packed)
+    assert set(matmuls) == {n for n, W in params.items() if W.ndim == 2}       # emb: the output projection
+    for name, matmul in matmuls.items():
+        point = fqt.input_point(name)
+        assert tz.packed[name].meta["act"] == fqt.act_meta(hooks[point][0].__self__)
+        x = seen[point].reshape(-1, seen[point].shape[-1])
+        x_hat = hooks[point][0](x)[0]
+        W_hat = params_hat["emb"].T if name == "emb" else params_hat[name]
+        y = matmul(x).astype(np.float64)
+        bound = (x.shape[1] + 4) * 2.0 ** -24 * (np.abs(x_hat.astype(np.float64)) @ np.abs(W_hat.astype(np.float64)))
+        assert np.all(np.abs(y - (x_hat @ W_hat)) <= bound), name
+
+
+def test_weights_only_files_keep_dynamic_activations(tiny):
+    model, params, src, tgt = tiny
+    W = params["enc.0.ffn.W_1"]
+    x = np.random.default_rng(4).standard_normal((3, W.shape[0])).astype(np.float32)
+    packed = uniform.pack_uniform(W, 8)
+    y = kernel_matmuls({"enc.0.ffn.W_1": packed})["enc.0.ffn.W_1"](x)
+    W_q = uniform.quantize(W, *uniform.weight_qparams(W, 8), 8, True)
+    np.testing.assert_array_equal(y, uniform.int8_linear_reference(x, W_q, packed.arrays["scales"].reshape(-1)))
+
+
+@pytest.mark.parametrize("act, match", [({"bits": 8, "unsigned": False, "scale": -1.0, "zero_point": 0}, "scale > 0"),
+                                        ({"bits": 8, "unsigned": False, "scale": 0.1, "zero_point": 300}, "zero point"),
+                                        ({"bits": 9, "unsigned": False, "scale": 0.1, "zero_point": 0}, "malformed"),
+                                        ({"scale": 0.1}, "malformed")])
+def test_malformed_static_activation_meta_is_a_clear_error(act, match):
+    packed = uniform.pack_uniform(np.ones((4, 3), np.float32), 8)
+    with pytest.raises(ValueError, match=match):
+        kernel_matmuls({"enc.0.ffn.W_1": PackedTensor("uniform", (4, 3), packed.arrays, dict(packed.meta, act=act))})
+
+
+def test_static_ranges_need_uniform_per_channel_weights():
+    W = np.random.default_rng(5).standard_normal((8, 3)).astype(np.float32)
+    bucketed = _with_act(uniform.pack_uniform(W, 8, "bucket", bucket_size=4), 0.1, 0, 8, False)
+    with pytest.raises(ValueError, match="buckets"):
+        kernel_matmuls({"enc.0.ffn.W_1": bucketed})
+    q = fqt.ActivationQuantizer(8, mode="observe")
+    q.forward(np.ones(3))
+    with pytest.raises(ValueError, match="'uniform' weight"):
+        fqt.attach_act_ranges({"enc.0.ffn.W_1": kmeans.pack_kmeans(W, 4)}, {"enc.0.ffn.W_1:in": (q.forward, q.backward)})
+
+
+def test_teacher_forced_evaluation_runs_through_the_activation_quantizers(tiny):
+    from tinyzip.train import evaluate_teacher_forced
+    model, params, src, tgt = tiny
+    params_hat, hooks, _ = _calibrated(tiny, 2)
+    batch = [(src, tgt, np.roll(tgt, -1, axis=1))]
+    logits, _ = model.forward(params_hat, src, tgt, act_hooks=hooks)
+    logp = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
+    nll = -np.take_along_axis(logp, batch[0][2][..., None], -1).mean()
+    assert evaluate_teacher_forced(model, params_hat, batch, act_hooks=hooks)["nll"] == pytest.approx(nll, rel=1e-5)

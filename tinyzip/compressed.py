@@ -10,6 +10,17 @@ which method file reads which packed format back (an explicit table, no registry
   dict as its ``matmuls`` argument, so compressed weights are multiplied in their packed form.
 
 Embeddings are always dequantized: a lookup reads V rows, it is not a matmul.
+
+Weights+activations files (``tinyzip.compress.fqt.attach_act_ranges``): a uniform weight whose
+``meta["act"]`` holds the static (S_x, Z_x) of its input runs ``int8_gemm`` on x quantized with that
+(S_x, Z_x) (Jacob et al. 2018, Eq. (4)), then y = S_x S_W acc in float64 -> float32; the input codes
+equal those of the fake-quant forward, so the two differ only by float32 rounding. The output stays
+float, not requantized to int8 (Jacob's output stage): every Linear output here goes to a float
+consumer first (bias, residual add and LayerNorm, attention scores and softmax, ReLU then W_2's own
+input quantizer), none of which our model runs on integers. The shared output projection (``emb``,
+used as emb.T) is quantized per embedding dimension, i.e. per input of that matmul, which the int8
+kernel's per-output-column scales cannot express: it fake-quantizes its input with the stored
+(S_x, Z_x) and multiplies the dequantized table in float32, as the fake-quant forward does.
 """
 import numpy as np
 
@@ -63,13 +74,32 @@ def dequantize_all(packed: dict) -> dict:
 
 # ---- the kernel path -------------------------------------------------------------------------
 
+def act_qparams(packed):
+    """The static input (S_x, Z_x, bits, unsigned) of a w+a weight, validated; None when absent."""
+    act = packed.meta.get("act")
+    if act is None:
+        return None
+    try:
+        scale, zero, bits, unsigned = float(act["scale"]), int(act["zero_point"]), act["bits"], bool(act["unsigned"])
+        qmin, qmax = uniform.qrange(bits, unsigned=unsigned)
+    except (KeyError, TypeError, ValueError) as e:
+        raise ValueError(f"meta['act'] of a {packed.method!r} tensor is malformed: {act!r} ({e})") from None
+    if not (np.isfinite(scale) and scale > 0) or not qmin <= zero <= qmax:
+        raise ValueError(f"meta['act'] needs a finite scale > 0 and a zero point in [{qmin}, {qmax}], got {act!r}")
+    return scale, zero, bits, unsigned
+
+
 def _int8_matmul(packed):
     """Per-tensor or per-channel uniform codes (symmetric or affine, 2-8 bits) on the int8 kernel:
-    y = S_x S_W (qx (q - Z_W)), Jacob Eq. (7) with the zero point of each output column."""
-    from tinyzip.kernels.int8 import (FALLBACK_BATCH, HAS_AVX2, PACKED_FALLBACK_BATCH, int8_linear, pack_weight,
-                                      prepare_weight)
+    y = S_x S_W (qx (q - Z_W)), Jacob Eq. (7) with the zero point of each output column; x
+    quantized per row on the fly, or with the static (S_x, Z_x) of ``meta["act"]`` (see above)."""
+    from tinyzip.kernels.int8 import (FALLBACK_BATCH, HAS_AVX2, PACKED_FALLBACK_BATCH, int8_gemm, int8_linear,
+                                      pack_weight, prepare_weight)
     meta = packed.meta
+    act = act_qparams(packed)
     if meta["granularity"] == "bucket":
+        if act is not None:
+            raise ValueError("static activation ranges need per-tensor or per-channel weight scales, got buckets")
         return None                                  # the kernel takes one (S, Z) per output column
     D_in, D_out = packed.shape
     if meta["bits"] == 8:
@@ -80,6 +110,16 @@ def _int8_matmul(packed):
     scale = np.broadcast_to(packed.arrays["scales"].reshape(-1), (D_out,)).astype(np.float64)
     zero = packed.arrays.get("zero_points")          # affine grids only
     zero = None if zero is None else np.broadcast_to(zero.reshape(-1), (D_out,)).astype(np.int32)
+    if act is not None:
+        x_scale, x_zero, bits, unsigned = act
+        out_scale = np.float64(x_scale) * scale      # S_x S_W[n], (N,)
+
+        def static_matmul(x):
+            qx, zx = uniform.quantize_static_reference(x, x_scale, x_zero, bits, unsigned)  # (M, K) int8
+            acc = int8_gemm(np.ascontiguousarray(qx), W_t, zx=zx, zw=zero)  # Eq. (4), (M, N) int32
+            return (out_scale * acc).astype(np.float32)
+
+        return static_matmul
     W_packed = pack_weight(W_t) if HAS_AVX2 else None  # the pmaddwd layout: int8 wins up to larger batches
     fallback = PACKED_FALLBACK_BATCH if W_packed is not None else FALLBACK_BATCH
     dense = []                                       # float32 W, made once if a large batch needs it
@@ -134,6 +174,19 @@ KERNELS = {
 }
 
 
+def _output_projection(packed):
+    """``emb`` used as the output projection emb.T, with a static input range: fake-quantized input
+    times the dequantized table, in float32 (see the module docstring)."""
+    x_scale, x_zero, bits, unsigned = act_qparams(packed)
+    E_t = np.ascontiguousarray(unpack(packed).T)     # (D, V)
+
+    def matmul(x):
+        x_hat, _ = uniform.fake_quant_forward(x, x_scale, x_zero, bits, unsigned=unsigned)
+        return x_hat @ E_t
+
+    return matmul
+
+
 def is_embedding(name: str) -> bool:
     return name in ("emb", "src_emb", "tgt_emb", "tok_emb", "pos_emb", "type_emb")
 
@@ -146,6 +199,9 @@ def kernel_matmuls(packed: dict) -> dict:
     """
     matmuls = {}
     for name, p in packed.items():
+        if name == "emb" and "act" in p.meta:
+            matmuls[name] = _output_projection(p)
+            continue
         if is_embedding(name) or len(p.shape) != 2 or p.method not in KERNELS:
             continue
         fn = KERNELS[p.method](p)
