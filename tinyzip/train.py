@@ -244,14 +244,15 @@ class _Progress:
             self._emit(f"interrupted after step {step}{saved}", final=True)
 
 
-def evaluate_teacher_forced(model, params: dict, batches) -> dict:
+def evaluate_teacher_forced(model, params: dict, batches, act_hooks=None) -> dict:
     """Token-level NLL and accuracy of ``model.forward(params, src, tgt_in)`` against ``tgt_out``.
 
     Non-PAD (id 0) target positions only; no dropout; the usual ``validate`` callback.
+    ``act_hooks`` (e.g. frozen activation quantizers, ``tinyzip.compress.fqt``) go to the forward.
     """
     nll_sum, correct, count = 0.0, 0, 0
     for src, tgt_in, tgt_out in batches:
-        logits, _ = model.forward(params, src, tgt_in)                        # (B, T, V)
+        logits, _ = model.forward(params, src, tgt_in, act_hooks=act_hooks)   # (B, T, V)
         z = logits - logits.max(axis=-1, keepdims=True)                       # (B, T, V)
         logp = z - np.log(np.exp(z).sum(axis=-1, keepdims=True))             # (B, T, V)
         mask = tgt_out != 0                                                   # (B, T)
