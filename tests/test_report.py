@@ -1,8 +1,13 @@
 """report.py's pieces that are not the demo run itself (that runs in tests/test_cli.py)."""
+from types import SimpleNamespace
+
+import numpy as np
 import pytest
 from hypothesis import given, strategies as st
 
-from tinyzip.report import evenly_spaced
+from tinyzip.nn.transformer import Seq2Seq, Seq2SeqConfig
+from tinyzip.report import Context, evenly_spaced, plan, row_name, row_uniform
+from tinyzip.translation import PRESETS
 
 
 @given(st.integers(1, 300), st.integers(1, 300))
@@ -18,3 +23,35 @@ def test_evenly_spaced_subset_is_fixed_ordered_and_spans_the_split(size, n):
 def test_evenly_spaced_rejects_nonpositive_n():
     with pytest.raises(ValueError, match="n_test"):
         evenly_spaced([("a", "b")] * 3, 0)
+
+
+def test_quick_task_full_plan_adds_wa_uniform_rows_after_the_weight_only_ones_and_keeps_their_keys():
+    """FQT's grid: PTQ and QAT at 8, 6, 4 bits, weights only and weights+activations; resumed
+    --full runs find their measured rows under the same keys as before."""
+    keys = [row_name(fn, kw) for fn, kw in plan("numbers-de", True)]
+    weight_only = [row_name(row_uniform, {"bits": b, "steps": s}) for s in (0, 400) for b in (8, 6, 4)]
+    wa = [row_name(row_uniform, {"bits": b, "steps": s, "activations": True}) for s in (0, 400) for b in (8, 6, 4)]
+    assert keys[keys.index(weight_only[0]):keys.index(weight_only[0]) + 12] == weight_only + wa
+    assert weight_only[0] == "uniform(bits=8, steps=0)"
+    for full in (False, True):
+        assert not any(kw.get("activations") for _, kw in plan("bible-es", full))
+    assert not any(kw.get("activations") for _, kw in plan("numbers-de", False))
+
+
+@pytest.mark.parametrize("steps", [0, 2])
+def test_wa_uniform_row_exports_a_static_input_range_for_every_matrix(steps):
+    """PTQ (steps = 0, EMA calibration) and QAT (EMA ranges learned while training) both leave a
+    frozen (S, Z) in meta["act"] of every 2-D weight, on the unsigned grid for W_2 (ReLU output)."""
+    config = Seq2SeqConfig(src_vocab=30, tgt_vocab=30, D=16, H=2, F=24, enc_layers=1, dec_layers=1)
+    model = Seq2Seq(config)
+    params = model.init_params(np.random.default_rng(0))
+    rng = np.random.default_rng(1)
+    train_ids = [(list(rng.integers(4, 30, n)), list(rng.integers(4, 30, n))) for n in rng.integers(2, 8, 40)]
+    ctx = Context(SimpleNamespace(model=model), train_ids, [], "", PRESETS["copy"], 0)
+    name, bits, packed = row_uniform(ctx, params, bits=4, steps=steps, activations=True, calib_batches=2)
+    assert name == f"uniform-{'qat' if steps else 'ptq'}-w+a-4bit" and bits == 4
+    for n, W in params.items():
+        act = packed[n].meta.get("act")
+        assert (act is not None) == (W.ndim == 2)
+        if act is not None:
+            assert act["bits"] == 4 and act["unsigned"] == n.endswith("ffn.W_2") and act["scale"] > 0

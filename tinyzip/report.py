@@ -26,7 +26,7 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 
 from tinyzip import container, viz
-from tinyzip.compress import binarization, binary_codes, huffman, kmeans, magnitude_pruning, uniform
+from tinyzip.compress import binarization, binary_codes, fqt, huffman, kmeans, magnitude_pruning, uniform
 from tinyzip.compress.base import Chain, Method
 from tinyzip.compressed import pack_float
 from tinyzip.data import load_task, make_batches
@@ -155,14 +155,37 @@ def row_binarization(ctx, params, steps=300):
     return "binarization", 1, packed
 
 
-def row_uniform(ctx, params, bits=8, steps=0):
-    """Per-channel symmetric uniform weights (Jacob 2018 / FQT); PTQ when steps = 0, else weight QAT."""
-    names = matrices(params)
+def row_uniform(ctx, params, bits=8, steps=0, activations=False, calib_batches=8):
+    """Per-channel symmetric uniform weights (Jacob 2018 / FQT); PTQ when steps = 0, else QAT.
+
+    ``activations``: weights+activations (FQT placement, ``fqt.activation_points`` without the
+    softmax outputs, which a file cannot carry): PTQ calibrates the EMA of min/max of every matmul
+    input on ``calib_batches`` training batches; QAT fake-quantizes them with EMA ranges while it
+    trains (a run resumed after its last step has no ranges: they are then re-estimated the same
+    way on the calibration batches, weights frozen). The frozen (S, Z) go into the file
+    (``fqt.attach_act_ranges``) and the int8 kernel quantizes with them."""
+    names, model = matrices(params), ctx.translator.model
+    tag = f"uniform{'-wa' if activations else ''}{bits}-{steps}"
+
+    def calibrate(eff, hooks, mode):
+        fqt.set_act_mode(hooks, mode)
+        batches = make_batches(ctx.train_ids, ctx.preset.max_tokens, np.random.default_rng([ctx.seed, 98]))
+        for _, (src, tgt_in, _) in zip(range(calib_batches), batches):
+            model.forward(eff, src, tgt_in, act_hooks=hooks)
+
+    hooks = {}
     if steps:
-        method = uniform.qat_method(params, bits, weights_only=True)
-        params = finetune(ctx, params, method, steps, f"uniform{bits}-{steps}")
-    packed = pack_model(params, lambda n, W: uniform.pack_uniform(W, bits), names)
-    return f"uniform-{'qat' if steps else 'ptq'}-{bits}bit", bits, packed
+        method = fqt.qat_method(params, bits, weights_only=not activations, probs=False)
+        params = finetune(ctx, params, method, steps, tag)
+        hooks = method.act_hooks
+        if any(h[0].__self__.range is None for h in hooks.values()):
+            calibrate(method.forward(params)[0], hooks, "ema")
+        fqt.set_act_mode(hooks, "frozen")
+    elif activations:
+        _, hooks, _ = fqt.ptq(params, lambda eff, h: calibrate(eff, h, "calibrate"), bits, calibration="ema",
+                              probs=False)
+    packed = fqt.attach_act_ranges(pack_model(params, lambda n, W: uniform.pack_uniform(W, bits), names), hooks)
+    return f"uniform-{'qat' if steps else 'ptq'}{'-w+a' if activations else ''}-{bits}bit", bits, packed
 
 
 def row_binary_codes(ctx, params, q=2, steps=300, fit="alternating", emb_ratio=8.0, staged=False):
@@ -235,6 +258,7 @@ def plan(task: str, full: bool):
                (row_binarization, {"steps": 600})]
             + [(row_uniform, {"bits": b, "steps": 0}) for b in (8, 6, 4)]
             + [(row_uniform, {"bits": b, "steps": 400}) for b in (8, 6, 4)]
+            + [(row_uniform, {"bits": b, "steps": s, "activations": True}) for s in (0, 400) for b in (8, 6, 4)]
             + [(row_binary_codes, {"q": q, "steps": 600, "fit": fit}) for q in (1, 2, 3, 4)
                for fit in ("greedy", "alternating")]
             + [(row_binary_codes, {"q": q, "steps": 600, "emb_ratio": 0.0}) for q in (1, 2, 3, 4)]
