@@ -24,7 +24,7 @@ import numpy as np
 
 from tinyzip.compress import fqt
 from tinyzip.compress import uniform as uq
-from tinyzip.compressed import dequantize_all, pack_float
+from tinyzip.compressed import dequantize_all, kernel_matmuls, pack_float
 from tinyzip.container import load_tz, save_tz
 from tinyzip.data import copy_task
 from tinyzip.kernels import int8
@@ -212,7 +212,7 @@ assert np.all(err <= bound)
 # float here (`weights_only=True`); `qat_method` can quantize them too, with EMA ranges.
 
 # %%
-params_ptq, _, report = uq.ptq(params, None, QAT_BITS, weights_only=True)
+params_ptq, _, report = fqt.ptq(params, None, QAT_BITS, weights_only=True)
 acc_ptq = evaluate_teacher_forced(model, params_ptq, dev)["accuracy"]
 method = fqt.qat_method(params, QAT_BITS, weights_only=True)
 retrain = functools.partial(copy_task.epoch_batches, seed=1, n_batches=20, batch_size=32, **task)
@@ -264,3 +264,38 @@ for bits, source in ((8, params), (4, latent)):
         assert acc_file == acc_qat
 print(f"file sizes: float32 {files['float32'][0]}, int8 {files['int8'][0]}, int4 {files['int4'][0]} bytes")
 assert files["float32"][0] > files["int8"][0] > files["int4"][0]
+
+# %% [markdown]
+# ## Step 8 — weights and activations: static ranges in the file
+#
+# With activations quantized too (FQT), every matmul input gets one (S_x, Z_x) per tensor, frozen
+# after calibration: PTQ runs a few training batches through the model while each quantizer keeps
+# FQT's EMA of min/max (momentum 0.9), passing x through. `fqt.attach_act_ranges` writes each
+# weight's input (S_x, Z_x) into its packed tensor's `meta["act"]`; at load time the int8 GEMM
+# takes x quantized with that stored scale (Jacob Eq. (4)), the very codes the fake-quant forward
+# used, so the file and the fake-quant model differ only by float32 rounding. Softmax outputs are
+# left float (`probs=False`): probs @ V is not a Linear, and the file has no place for its range.
+
+# %%
+def calibrate(eff, hooks):
+    for src, tgt_in, _ in retrain(0):
+        model.forward(eff, src, tgt_in, act_hooks=hooks)
+
+
+params_wa, hooks, report = fqt.ptq(params, calibrate, 8, calibration="ema", probs=False)
+packed = {k: pack_float(v) for k, v in params.items()}
+packed.update({k: uq.pack_uniform(params[k], 8) for k in names})
+packed = fqt.attach_act_ranges(packed, hooks)
+with tempfile.TemporaryDirectory() as tmp:
+    save_tz(os.path.join(tmp, "w8a8.tz"), packed, config.to_dict())
+    tz = load_tz(os.path.join(tmp, "w8a8.tz"))
+matmuls = kernel_matmuls(tz.packed)
+acc_fake = evaluate_teacher_forced(model, params_wa, dev, act_hooks=hooks)["accuracy"]
+src, tgt_in, tgt_out = dev[0]
+logits_fake, _ = model.forward(params_wa, src, tgt_in, act_hooks=hooks)
+logits_file, _ = model.forward(dequantize_all(tz.packed), src, tgt_in, matmuls=matmuls)
+print(f"w8a8: {len(report['ranges'])} activation ranges, e.g. {names[0]} input "
+      f"S_x = {tz.packed[names[0]].meta['act']['scale']:.4f}; dev accuracy (fake-quant) {acc_fake:.3f}; "
+      f"file on the int8 kernel vs fake-quant logits: max |diff| {np.abs(logits_file - logits_fake).max():.1e}")
+assert all("act" in tz.packed[k].meta for k in names)
+assert np.abs(logits_file - logits_fake).max() <= 1e-3 * np.abs(logits_fake).max()
