@@ -179,7 +179,8 @@ def test_static_ranges_need_uniform_per_channel_weights():
     q = fqt.ActivationQuantizer(8, mode="observe")
     q.forward(np.ones(3))
     with pytest.raises(ValueError, match="'uniform' weight"):
-        fqt.attach_act_ranges({"enc.0.ffn.W_1": kmeans.pack_kmeans(W, 4)}, {"enc.0.ffn.W_1:in": (q.forward, q.backward)})
+        fqt.attach_act_ranges({"enc.0.ffn.W_1": kmeans.pack_kmeans(W, 4)},
+                              {"enc.0.ffn.W_1:in": (q.forward, q.backward)})
 
 
 def test_teacher_forced_evaluation_runs_through_the_activation_quantizers(tiny):
