@@ -251,8 +251,9 @@ def evaluate_teacher_forced(model, params: dict, batches, act_hooks=None) -> dic
     ``act_hooks`` (e.g. frozen activation quantizers, ``tinyzip.compress.fqt``) go to the forward.
     """
     nll_sum, correct, count = 0.0, 0, 0
+    hooks = {} if act_hooks is None else {"act_hooks": act_hooks}        # models without hooks work too
     for src, tgt_in, tgt_out in batches:
-        logits, _ = model.forward(params, src, tgt_in, act_hooks=act_hooks)   # (B, T, V)
+        logits, _ = model.forward(params, src, tgt_in, **hooks)               # (B, T, V)
         z = logits - logits.max(axis=-1, keepdims=True)                       # (B, T, V)
         logp = z - np.log(np.exp(z).sum(axis=-1, keepdims=True))             # (B, T, V)
         mask = tgt_out != 0                                                   # (B, T)
