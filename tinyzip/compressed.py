@@ -17,7 +17,10 @@ Weights+activations files (``tinyzip.compress.fqt.attach_act_ranges``): a unifor
 equal those of the fake-quant forward, so the two differ only by float32 rounding. The output stays
 float, not requantized to int8 (Jacob's output stage): every Linear output here goes to a float
 consumer first (bias, residual add and LayerNorm, attention scores and softmax, ReLU then W_2's own
-input quantizer), none of which our model runs on integers. The shared output projection (``emb``,
+input quantizer), none of which our model runs on integers. The one output that is requantized
+at once, W_1 -> ReLU -> W_2's input, could use Jacob's integer output stage (int32 bias, M = S_x S_W
+/ S_act, ReLU as the clamp at Z = 0), but a ``matmuls`` entry returns x @ W without the bias (the
+model adds b in float), so it too stays float here. The shared output projection (``emb``,
 used as emb.T) is quantized per embedding dimension, i.e. per input of that matmul, which the int8
 kernel's per-output-column scales cannot express: it fake-quantizes its input with the stored
 (S_x, Z_x) and multiplies the dequantized table in float32, as the fake-quant forward does.
