@@ -11,7 +11,7 @@ def _lut_gemm_mt32_q1_kernel(xt, Mp, keys, alpha, out, nchunks):
     for c in prange(nchunks):
         T = np.empty(32768, np.float32)
         for m0 in range(0, Mp, 32):
-            for g in range(G8 * 2):
+            for g in range(G8 * 8 // 4):
                 for u in range(4):
                     xb = np.uint64(8 * (4 * g + u) * Mp + m0)
                     tb = np.uint64(u * 8192)
@@ -157,12 +157,12 @@ def _lut_gemm_mt32_q1_kernel(xt, Mp, keys, alpha, out, nchunks):
                     o30 = out[ob + np.uint64(30)]
                     o31 = out[ob + np.uint64(31)]
                     for i in range(1):
-                        kb = np.uint64(((i * G8 + g // 2) * N + n) * 8 + g % 2 * 4)
+                        kb0 = np.uint64(((i * G8 + g // 2) * N + n) * 8 + g % 2 * 4)
                         a = alpha[i, n]
-                        b0 = np.uint64(0) + np.uint64(keys[kb + np.uint64(0)]) * np.uint64(32)
-                        b1 = np.uint64(8192) + np.uint64(keys[kb + np.uint64(1)]) * np.uint64(32)
-                        b2 = np.uint64(16384) + np.uint64(keys[kb + np.uint64(2)]) * np.uint64(32)
-                        b3 = np.uint64(24576) + np.uint64(keys[kb + np.uint64(3)]) * np.uint64(32)
+                        b0 = np.uint64(0) + np.uint64(keys[kb0 + np.uint64(0)]) * np.uint64(32)
+                        b1 = np.uint64(8192) + np.uint64(keys[kb0 + np.uint64(1)]) * np.uint64(32)
+                        b2 = np.uint64(16384) + np.uint64(keys[kb0 + np.uint64(2)]) * np.uint64(32)
+                        b3 = np.uint64(24576) + np.uint64(keys[kb0 + np.uint64(3)]) * np.uint64(32)
                         o0 = o0 + a * ((T[b0 + np.uint64(0)] + T[b1 + np.uint64(0)]) + (T[b2 + np.uint64(0)] + T[b3 + np.uint64(0)]))
                         o1 = o1 + a * ((T[b0 + np.uint64(1)] + T[b1 + np.uint64(1)]) + (T[b2 + np.uint64(1)] + T[b3 + np.uint64(1)]))
                         o2 = o2 + a * ((T[b0 + np.uint64(2)] + T[b1 + np.uint64(2)]) + (T[b2 + np.uint64(2)] + T[b3 + np.uint64(2)]))
@@ -235,7 +235,7 @@ def _lut_gemm_mt32_q2_kernel(xt, Mp, keys, alpha, out, nchunks):
     for c in prange(nchunks):
         T = np.empty(32768, np.float32)
         for m0 in range(0, Mp, 32):
-            for g in range(G8 * 2):
+            for g in range(G8 * 8 // 4):
                 for u in range(4):
                     xb = np.uint64(8 * (4 * g + u) * Mp + m0)
                     tb = np.uint64(u * 8192)
@@ -381,12 +381,12 @@ def _lut_gemm_mt32_q2_kernel(xt, Mp, keys, alpha, out, nchunks):
                     o30 = out[ob + np.uint64(30)]
                     o31 = out[ob + np.uint64(31)]
                     for i in range(2):
-                        kb = np.uint64(((i * G8 + g // 2) * N + n) * 8 + g % 2 * 4)
+                        kb0 = np.uint64(((i * G8 + g // 2) * N + n) * 8 + g % 2 * 4)
                         a = alpha[i, n]
-                        b0 = np.uint64(0) + np.uint64(keys[kb + np.uint64(0)]) * np.uint64(32)
-                        b1 = np.uint64(8192) + np.uint64(keys[kb + np.uint64(1)]) * np.uint64(32)
-                        b2 = np.uint64(16384) + np.uint64(keys[kb + np.uint64(2)]) * np.uint64(32)
-                        b3 = np.uint64(24576) + np.uint64(keys[kb + np.uint64(3)]) * np.uint64(32)
+                        b0 = np.uint64(0) + np.uint64(keys[kb0 + np.uint64(0)]) * np.uint64(32)
+                        b1 = np.uint64(8192) + np.uint64(keys[kb0 + np.uint64(1)]) * np.uint64(32)
+                        b2 = np.uint64(16384) + np.uint64(keys[kb0 + np.uint64(2)]) * np.uint64(32)
+                        b3 = np.uint64(24576) + np.uint64(keys[kb0 + np.uint64(3)]) * np.uint64(32)
                         o0 = o0 + a * ((T[b0 + np.uint64(0)] + T[b1 + np.uint64(0)]) + (T[b2 + np.uint64(0)] + T[b3 + np.uint64(0)]))
                         o1 = o1 + a * ((T[b0 + np.uint64(1)] + T[b1 + np.uint64(1)]) + (T[b2 + np.uint64(1)] + T[b3 + np.uint64(1)]))
                         o2 = o2 + a * ((T[b0 + np.uint64(2)] + T[b1 + np.uint64(2)]) + (T[b2 + np.uint64(2)] + T[b3 + np.uint64(2)]))
@@ -459,7 +459,7 @@ def _lut_gemm_mt32_qn_kernel(xt, Mp, keys, alpha, out, nchunks):
     for c in prange(nchunks):
         T = np.empty(32768, np.float32)
         for m0 in range(0, Mp, 32):
-            for g in range(G8 * 2):
+            for g in range(G8 * 8 // 4):
                 for u in range(4):
                     xb = np.uint64(8 * (4 * g + u) * Mp + m0)
                     tb = np.uint64(u * 8192)
@@ -605,12 +605,12 @@ def _lut_gemm_mt32_qn_kernel(xt, Mp, keys, alpha, out, nchunks):
                     o30 = out[ob + np.uint64(30)]
                     o31 = out[ob + np.uint64(31)]
                     for i in range(q):
-                        kb = np.uint64(((i * G8 + g // 2) * N + n) * 8 + g % 2 * 4)
+                        kb0 = np.uint64(((i * G8 + g // 2) * N + n) * 8 + g % 2 * 4)
                         a = alpha[i, n]
-                        b0 = np.uint64(0) + np.uint64(keys[kb + np.uint64(0)]) * np.uint64(32)
-                        b1 = np.uint64(8192) + np.uint64(keys[kb + np.uint64(1)]) * np.uint64(32)
-                        b2 = np.uint64(16384) + np.uint64(keys[kb + np.uint64(2)]) * np.uint64(32)
-                        b3 = np.uint64(24576) + np.uint64(keys[kb + np.uint64(3)]) * np.uint64(32)
+                        b0 = np.uint64(0) + np.uint64(keys[kb0 + np.uint64(0)]) * np.uint64(32)
+                        b1 = np.uint64(8192) + np.uint64(keys[kb0 + np.uint64(1)]) * np.uint64(32)
+                        b2 = np.uint64(16384) + np.uint64(keys[kb0 + np.uint64(2)]) * np.uint64(32)
+                        b3 = np.uint64(24576) + np.uint64(keys[kb0 + np.uint64(3)]) * np.uint64(32)
                         o0 = o0 + a * ((T[b0 + np.uint64(0)] + T[b1 + np.uint64(0)]) + (T[b2 + np.uint64(0)] + T[b3 + np.uint64(0)]))
                         o1 = o1 + a * ((T[b0 + np.uint64(1)] + T[b1 + np.uint64(1)]) + (T[b2 + np.uint64(1)] + T[b3 + np.uint64(1)]))
                         o2 = o2 + a * ((T[b0 + np.uint64(2)] + T[b1 + np.uint64(2)]) + (T[b2 + np.uint64(2)] + T[b3 + np.uint64(2)]))
@@ -683,7 +683,7 @@ def _lut_gemm_mt8_q2_kernel(xt, Mp, keys, alpha, out, nchunks):
     for c in prange(nchunks):
         T = np.empty(16384, np.float32)
         for m0 in range(0, Mp, 8):
-            for g in range(G8 * 1):
+            for g in range(G8 * 8 // 8):
                 for u in range(8):
                     xb = np.uint64(8 * (8 * g + u) * Mp + m0)
                     tb = np.uint64(u * 2048)
@@ -733,16 +733,16 @@ def _lut_gemm_mt8_q2_kernel(xt, Mp, keys, alpha, out, nchunks):
                     o6 = out[ob + np.uint64(6)]
                     o7 = out[ob + np.uint64(7)]
                     for i in range(2):
-                        kb = np.uint64(((i * G8 + g // 1) * N + n) * 8 + g % 1 * 8)
+                        kb0 = np.uint64(((i * G8 + g // 1) * N + n) * 8 + g % 1 * 8)
                         a = alpha[i, n]
-                        b0 = np.uint64(0) + np.uint64(keys[kb + np.uint64(0)]) * np.uint64(8)
-                        b1 = np.uint64(2048) + np.uint64(keys[kb + np.uint64(1)]) * np.uint64(8)
-                        b2 = np.uint64(4096) + np.uint64(keys[kb + np.uint64(2)]) * np.uint64(8)
-                        b3 = np.uint64(6144) + np.uint64(keys[kb + np.uint64(3)]) * np.uint64(8)
-                        b4 = np.uint64(8192) + np.uint64(keys[kb + np.uint64(4)]) * np.uint64(8)
-                        b5 = np.uint64(10240) + np.uint64(keys[kb + np.uint64(5)]) * np.uint64(8)
-                        b6 = np.uint64(12288) + np.uint64(keys[kb + np.uint64(6)]) * np.uint64(8)
-                        b7 = np.uint64(14336) + np.uint64(keys[kb + np.uint64(7)]) * np.uint64(8)
+                        b0 = np.uint64(0) + np.uint64(keys[kb0 + np.uint64(0)]) * np.uint64(8)
+                        b1 = np.uint64(2048) + np.uint64(keys[kb0 + np.uint64(1)]) * np.uint64(8)
+                        b2 = np.uint64(4096) + np.uint64(keys[kb0 + np.uint64(2)]) * np.uint64(8)
+                        b3 = np.uint64(6144) + np.uint64(keys[kb0 + np.uint64(3)]) * np.uint64(8)
+                        b4 = np.uint64(8192) + np.uint64(keys[kb0 + np.uint64(4)]) * np.uint64(8)
+                        b5 = np.uint64(10240) + np.uint64(keys[kb0 + np.uint64(5)]) * np.uint64(8)
+                        b6 = np.uint64(12288) + np.uint64(keys[kb0 + np.uint64(6)]) * np.uint64(8)
+                        b7 = np.uint64(14336) + np.uint64(keys[kb0 + np.uint64(7)]) * np.uint64(8)
                         o0 = o0 + a * (((T[b0 + np.uint64(0)] + T[b1 + np.uint64(0)]) + (T[b2 + np.uint64(0)] + T[b3 + np.uint64(0)])) + ((T[b4 + np.uint64(0)] + T[b5 + np.uint64(0)]) + (T[b6 + np.uint64(0)] + T[b7 + np.uint64(0)])))
                         o1 = o1 + a * (((T[b0 + np.uint64(1)] + T[b1 + np.uint64(1)]) + (T[b2 + np.uint64(1)] + T[b3 + np.uint64(1)])) + ((T[b4 + np.uint64(1)] + T[b5 + np.uint64(1)]) + (T[b6 + np.uint64(1)] + T[b7 + np.uint64(1)])))
                         o2 = o2 + a * (((T[b0 + np.uint64(2)] + T[b1 + np.uint64(2)]) + (T[b2 + np.uint64(2)] + T[b3 + np.uint64(2)])) + ((T[b4 + np.uint64(2)] + T[b5 + np.uint64(2)]) + (T[b6 + np.uint64(2)] + T[b7 + np.uint64(2)])))
@@ -767,7 +767,7 @@ def _lut_gemm_mt8_q3_kernel(xt, Mp, keys, alpha, out, nchunks):
     for c in prange(nchunks):
         T = np.empty(16384, np.float32)
         for m0 in range(0, Mp, 8):
-            for g in range(G8 * 1):
+            for g in range(G8 * 8 // 8):
                 for u in range(8):
                     xb = np.uint64(8 * (8 * g + u) * Mp + m0)
                     tb = np.uint64(u * 2048)
@@ -817,16 +817,16 @@ def _lut_gemm_mt8_q3_kernel(xt, Mp, keys, alpha, out, nchunks):
                     o6 = out[ob + np.uint64(6)]
                     o7 = out[ob + np.uint64(7)]
                     for i in range(3):
-                        kb = np.uint64(((i * G8 + g // 1) * N + n) * 8 + g % 1 * 8)
+                        kb0 = np.uint64(((i * G8 + g // 1) * N + n) * 8 + g % 1 * 8)
                         a = alpha[i, n]
-                        b0 = np.uint64(0) + np.uint64(keys[kb + np.uint64(0)]) * np.uint64(8)
-                        b1 = np.uint64(2048) + np.uint64(keys[kb + np.uint64(1)]) * np.uint64(8)
-                        b2 = np.uint64(4096) + np.uint64(keys[kb + np.uint64(2)]) * np.uint64(8)
-                        b3 = np.uint64(6144) + np.uint64(keys[kb + np.uint64(3)]) * np.uint64(8)
-                        b4 = np.uint64(8192) + np.uint64(keys[kb + np.uint64(4)]) * np.uint64(8)
-                        b5 = np.uint64(10240) + np.uint64(keys[kb + np.uint64(5)]) * np.uint64(8)
-                        b6 = np.uint64(12288) + np.uint64(keys[kb + np.uint64(6)]) * np.uint64(8)
-                        b7 = np.uint64(14336) + np.uint64(keys[kb + np.uint64(7)]) * np.uint64(8)
+                        b0 = np.uint64(0) + np.uint64(keys[kb0 + np.uint64(0)]) * np.uint64(8)
+                        b1 = np.uint64(2048) + np.uint64(keys[kb0 + np.uint64(1)]) * np.uint64(8)
+                        b2 = np.uint64(4096) + np.uint64(keys[kb0 + np.uint64(2)]) * np.uint64(8)
+                        b3 = np.uint64(6144) + np.uint64(keys[kb0 + np.uint64(3)]) * np.uint64(8)
+                        b4 = np.uint64(8192) + np.uint64(keys[kb0 + np.uint64(4)]) * np.uint64(8)
+                        b5 = np.uint64(10240) + np.uint64(keys[kb0 + np.uint64(5)]) * np.uint64(8)
+                        b6 = np.uint64(12288) + np.uint64(keys[kb0 + np.uint64(6)]) * np.uint64(8)
+                        b7 = np.uint64(14336) + np.uint64(keys[kb0 + np.uint64(7)]) * np.uint64(8)
                         o0 = o0 + a * (((T[b0 + np.uint64(0)] + T[b1 + np.uint64(0)]) + (T[b2 + np.uint64(0)] + T[b3 + np.uint64(0)])) + ((T[b4 + np.uint64(0)] + T[b5 + np.uint64(0)]) + (T[b6 + np.uint64(0)] + T[b7 + np.uint64(0)])))
                         o1 = o1 + a * (((T[b0 + np.uint64(1)] + T[b1 + np.uint64(1)]) + (T[b2 + np.uint64(1)] + T[b3 + np.uint64(1)])) + ((T[b4 + np.uint64(1)] + T[b5 + np.uint64(1)]) + (T[b6 + np.uint64(1)] + T[b7 + np.uint64(1)])))
                         o2 = o2 + a * (((T[b0 + np.uint64(2)] + T[b1 + np.uint64(2)]) + (T[b2 + np.uint64(2)] + T[b3 + np.uint64(2)])) + ((T[b4 + np.uint64(2)] + T[b5 + np.uint64(2)]) + (T[b6 + np.uint64(2)] + T[b7 + np.uint64(2)])))
@@ -849,11 +849,11 @@ def _lut_gemm_mt8_qn_kernel(xt, Mp, keys, alpha, out, nchunks):
     q, N = alpha.shape
     G8 = keys.size // (q * N * 8)
     for c in prange(nchunks):
-        T = np.empty(16384, np.float32)
+        T = np.empty(32768, np.float32)
         for m0 in range(0, Mp, 8):
-            for g in range(G8 * 1):
-                for u in range(8):
-                    xb = np.uint64(8 * (8 * g + u) * Mp + m0)
+            for g in range(G8 * 8 // 16):
+                for u in range(16):
+                    xb = np.uint64(8 * (16 * g + u) * Mp + m0)
                     tb = np.uint64(u * 2048)
                     for mm in range(8):
                         s0 = np.float32(0.0)
@@ -901,24 +901,33 @@ def _lut_gemm_mt8_qn_kernel(xt, Mp, keys, alpha, out, nchunks):
                     o6 = out[ob + np.uint64(6)]
                     o7 = out[ob + np.uint64(7)]
                     for i in range(q):
-                        kb = np.uint64(((i * G8 + g // 1) * N + n) * 8 + g % 1 * 8)
+                        kb0 = np.uint64(((i * G8 + g * 2 + 0) * N + n) * 8)
+                        kb1 = np.uint64(((i * G8 + g * 2 + 1) * N + n) * 8)
                         a = alpha[i, n]
-                        b0 = np.uint64(0) + np.uint64(keys[kb + np.uint64(0)]) * np.uint64(8)
-                        b1 = np.uint64(2048) + np.uint64(keys[kb + np.uint64(1)]) * np.uint64(8)
-                        b2 = np.uint64(4096) + np.uint64(keys[kb + np.uint64(2)]) * np.uint64(8)
-                        b3 = np.uint64(6144) + np.uint64(keys[kb + np.uint64(3)]) * np.uint64(8)
-                        b4 = np.uint64(8192) + np.uint64(keys[kb + np.uint64(4)]) * np.uint64(8)
-                        b5 = np.uint64(10240) + np.uint64(keys[kb + np.uint64(5)]) * np.uint64(8)
-                        b6 = np.uint64(12288) + np.uint64(keys[kb + np.uint64(6)]) * np.uint64(8)
-                        b7 = np.uint64(14336) + np.uint64(keys[kb + np.uint64(7)]) * np.uint64(8)
-                        o0 = o0 + a * (((T[b0 + np.uint64(0)] + T[b1 + np.uint64(0)]) + (T[b2 + np.uint64(0)] + T[b3 + np.uint64(0)])) + ((T[b4 + np.uint64(0)] + T[b5 + np.uint64(0)]) + (T[b6 + np.uint64(0)] + T[b7 + np.uint64(0)])))
-                        o1 = o1 + a * (((T[b0 + np.uint64(1)] + T[b1 + np.uint64(1)]) + (T[b2 + np.uint64(1)] + T[b3 + np.uint64(1)])) + ((T[b4 + np.uint64(1)] + T[b5 + np.uint64(1)]) + (T[b6 + np.uint64(1)] + T[b7 + np.uint64(1)])))
-                        o2 = o2 + a * (((T[b0 + np.uint64(2)] + T[b1 + np.uint64(2)]) + (T[b2 + np.uint64(2)] + T[b3 + np.uint64(2)])) + ((T[b4 + np.uint64(2)] + T[b5 + np.uint64(2)]) + (T[b6 + np.uint64(2)] + T[b7 + np.uint64(2)])))
-                        o3 = o3 + a * (((T[b0 + np.uint64(3)] + T[b1 + np.uint64(3)]) + (T[b2 + np.uint64(3)] + T[b3 + np.uint64(3)])) + ((T[b4 + np.uint64(3)] + T[b5 + np.uint64(3)]) + (T[b6 + np.uint64(3)] + T[b7 + np.uint64(3)])))
-                        o4 = o4 + a * (((T[b0 + np.uint64(4)] + T[b1 + np.uint64(4)]) + (T[b2 + np.uint64(4)] + T[b3 + np.uint64(4)])) + ((T[b4 + np.uint64(4)] + T[b5 + np.uint64(4)]) + (T[b6 + np.uint64(4)] + T[b7 + np.uint64(4)])))
-                        o5 = o5 + a * (((T[b0 + np.uint64(5)] + T[b1 + np.uint64(5)]) + (T[b2 + np.uint64(5)] + T[b3 + np.uint64(5)])) + ((T[b4 + np.uint64(5)] + T[b5 + np.uint64(5)]) + (T[b6 + np.uint64(5)] + T[b7 + np.uint64(5)])))
-                        o6 = o6 + a * (((T[b0 + np.uint64(6)] + T[b1 + np.uint64(6)]) + (T[b2 + np.uint64(6)] + T[b3 + np.uint64(6)])) + ((T[b4 + np.uint64(6)] + T[b5 + np.uint64(6)]) + (T[b6 + np.uint64(6)] + T[b7 + np.uint64(6)])))
-                        o7 = o7 + a * (((T[b0 + np.uint64(7)] + T[b1 + np.uint64(7)]) + (T[b2 + np.uint64(7)] + T[b3 + np.uint64(7)])) + ((T[b4 + np.uint64(7)] + T[b5 + np.uint64(7)]) + (T[b6 + np.uint64(7)] + T[b7 + np.uint64(7)])))
+                        b0 = np.uint64(0) + np.uint64(keys[kb0 + np.uint64(0)]) * np.uint64(8)
+                        b1 = np.uint64(2048) + np.uint64(keys[kb0 + np.uint64(1)]) * np.uint64(8)
+                        b2 = np.uint64(4096) + np.uint64(keys[kb0 + np.uint64(2)]) * np.uint64(8)
+                        b3 = np.uint64(6144) + np.uint64(keys[kb0 + np.uint64(3)]) * np.uint64(8)
+                        b4 = np.uint64(8192) + np.uint64(keys[kb0 + np.uint64(4)]) * np.uint64(8)
+                        b5 = np.uint64(10240) + np.uint64(keys[kb0 + np.uint64(5)]) * np.uint64(8)
+                        b6 = np.uint64(12288) + np.uint64(keys[kb0 + np.uint64(6)]) * np.uint64(8)
+                        b7 = np.uint64(14336) + np.uint64(keys[kb0 + np.uint64(7)]) * np.uint64(8)
+                        b8 = np.uint64(16384) + np.uint64(keys[kb1 + np.uint64(0)]) * np.uint64(8)
+                        b9 = np.uint64(18432) + np.uint64(keys[kb1 + np.uint64(1)]) * np.uint64(8)
+                        b10 = np.uint64(20480) + np.uint64(keys[kb1 + np.uint64(2)]) * np.uint64(8)
+                        b11 = np.uint64(22528) + np.uint64(keys[kb1 + np.uint64(3)]) * np.uint64(8)
+                        b12 = np.uint64(24576) + np.uint64(keys[kb1 + np.uint64(4)]) * np.uint64(8)
+                        b13 = np.uint64(26624) + np.uint64(keys[kb1 + np.uint64(5)]) * np.uint64(8)
+                        b14 = np.uint64(28672) + np.uint64(keys[kb1 + np.uint64(6)]) * np.uint64(8)
+                        b15 = np.uint64(30720) + np.uint64(keys[kb1 + np.uint64(7)]) * np.uint64(8)
+                        o0 = o0 + a * ((((T[b0 + np.uint64(0)] + T[b1 + np.uint64(0)]) + (T[b2 + np.uint64(0)] + T[b3 + np.uint64(0)])) + ((T[b4 + np.uint64(0)] + T[b5 + np.uint64(0)]) + (T[b6 + np.uint64(0)] + T[b7 + np.uint64(0)]))) + (((T[b8 + np.uint64(0)] + T[b9 + np.uint64(0)]) + (T[b10 + np.uint64(0)] + T[b11 + np.uint64(0)])) + ((T[b12 + np.uint64(0)] + T[b13 + np.uint64(0)]) + (T[b14 + np.uint64(0)] + T[b15 + np.uint64(0)]))))
+                        o1 = o1 + a * ((((T[b0 + np.uint64(1)] + T[b1 + np.uint64(1)]) + (T[b2 + np.uint64(1)] + T[b3 + np.uint64(1)])) + ((T[b4 + np.uint64(1)] + T[b5 + np.uint64(1)]) + (T[b6 + np.uint64(1)] + T[b7 + np.uint64(1)]))) + (((T[b8 + np.uint64(1)] + T[b9 + np.uint64(1)]) + (T[b10 + np.uint64(1)] + T[b11 + np.uint64(1)])) + ((T[b12 + np.uint64(1)] + T[b13 + np.uint64(1)]) + (T[b14 + np.uint64(1)] + T[b15 + np.uint64(1)]))))
+                        o2 = o2 + a * ((((T[b0 + np.uint64(2)] + T[b1 + np.uint64(2)]) + (T[b2 + np.uint64(2)] + T[b3 + np.uint64(2)])) + ((T[b4 + np.uint64(2)] + T[b5 + np.uint64(2)]) + (T[b6 + np.uint64(2)] + T[b7 + np.uint64(2)]))) + (((T[b8 + np.uint64(2)] + T[b9 + np.uint64(2)]) + (T[b10 + np.uint64(2)] + T[b11 + np.uint64(2)])) + ((T[b12 + np.uint64(2)] + T[b13 + np.uint64(2)]) + (T[b14 + np.uint64(2)] + T[b15 + np.uint64(2)]))))
+                        o3 = o3 + a * ((((T[b0 + np.uint64(3)] + T[b1 + np.uint64(3)]) + (T[b2 + np.uint64(3)] + T[b3 + np.uint64(3)])) + ((T[b4 + np.uint64(3)] + T[b5 + np.uint64(3)]) + (T[b6 + np.uint64(3)] + T[b7 + np.uint64(3)]))) + (((T[b8 + np.uint64(3)] + T[b9 + np.uint64(3)]) + (T[b10 + np.uint64(3)] + T[b11 + np.uint64(3)])) + ((T[b12 + np.uint64(3)] + T[b13 + np.uint64(3)]) + (T[b14 + np.uint64(3)] + T[b15 + np.uint64(3)]))))
+                        o4 = o4 + a * ((((T[b0 + np.uint64(4)] + T[b1 + np.uint64(4)]) + (T[b2 + np.uint64(4)] + T[b3 + np.uint64(4)])) + ((T[b4 + np.uint64(4)] + T[b5 + np.uint64(4)]) + (T[b6 + np.uint64(4)] + T[b7 + np.uint64(4)]))) + (((T[b8 + np.uint64(4)] + T[b9 + np.uint64(4)]) + (T[b10 + np.uint64(4)] + T[b11 + np.uint64(4)])) + ((T[b12 + np.uint64(4)] + T[b13 + np.uint64(4)]) + (T[b14 + np.uint64(4)] + T[b15 + np.uint64(4)]))))
+                        o5 = o5 + a * ((((T[b0 + np.uint64(5)] + T[b1 + np.uint64(5)]) + (T[b2 + np.uint64(5)] + T[b3 + np.uint64(5)])) + ((T[b4 + np.uint64(5)] + T[b5 + np.uint64(5)]) + (T[b6 + np.uint64(5)] + T[b7 + np.uint64(5)]))) + (((T[b8 + np.uint64(5)] + T[b9 + np.uint64(5)]) + (T[b10 + np.uint64(5)] + T[b11 + np.uint64(5)])) + ((T[b12 + np.uint64(5)] + T[b13 + np.uint64(5)]) + (T[b14 + np.uint64(5)] + T[b15 + np.uint64(5)]))))
+                        o6 = o6 + a * ((((T[b0 + np.uint64(6)] + T[b1 + np.uint64(6)]) + (T[b2 + np.uint64(6)] + T[b3 + np.uint64(6)])) + ((T[b4 + np.uint64(6)] + T[b5 + np.uint64(6)]) + (T[b6 + np.uint64(6)] + T[b7 + np.uint64(6)]))) + (((T[b8 + np.uint64(6)] + T[b9 + np.uint64(6)]) + (T[b10 + np.uint64(6)] + T[b11 + np.uint64(6)])) + ((T[b12 + np.uint64(6)] + T[b13 + np.uint64(6)]) + (T[b14 + np.uint64(6)] + T[b15 + np.uint64(6)]))))
+                        o7 = o7 + a * ((((T[b0 + np.uint64(7)] + T[b1 + np.uint64(7)]) + (T[b2 + np.uint64(7)] + T[b3 + np.uint64(7)])) + ((T[b4 + np.uint64(7)] + T[b5 + np.uint64(7)]) + (T[b6 + np.uint64(7)] + T[b7 + np.uint64(7)]))) + (((T[b8 + np.uint64(7)] + T[b9 + np.uint64(7)]) + (T[b10 + np.uint64(7)] + T[b11 + np.uint64(7)])) + ((T[b12 + np.uint64(7)] + T[b13 + np.uint64(7)]) + (T[b14 + np.uint64(7)] + T[b15 + np.uint64(7)]))))
                     out[ob + np.uint64(0)] = o0
                     out[ob + np.uint64(1)] = o1
                     out[ob + np.uint64(2)] = o2

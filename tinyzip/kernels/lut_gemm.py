@@ -18,7 +18,7 @@ output unit n, i.e. a column of our W. Split the inputs into sub-vectors of mu =
 References: ``lut_matmul_reference`` (NumPy, builds every table explicitly) and, for the
 numbers, dense ``x @ dequantize(codes, alphas)``; the kernels equal both within a float32
 tolerance of order K * eps * (|x| @ sum_i |alpha_i|) (the sums are re-associated).
-K not a multiple of 64 (8 keys, so every kernel's key groups divide evenly): x is padded with
+K not a multiple of 128 (16 keys, so every kernel's key groups divide evenly): x is padded with
 zero inputs, the pad keys are 0, and the pad adds 0.
 
 Dtypes: x float32, keys uint8, alphas float32, accumulation float32, output float32. The table
@@ -36,7 +36,7 @@ Optimisations (perf-notes sections 3, 7, 8):
   (q, Kb/8, N, 8) uint8, so the keys of one output unit are adjacent bytes (a key load is one
   movzbl, no shift-and-mask); output stored (M/MT, N, MT) so each tile's rows are contiguous.
   Per thread a block of output units; for each batch tile of MT columns and each group of JT
-  sub-vectors (JT = 4 at MT = 32, 8 at MT = 8: 4 x 256 x 32 or 8 x 256 x 8 floats, L2-resident)
+  sub-vectors (``JT_OF``: 4 at MT = 32, 8 or 16 at MT = 8: 4 x 256 x 32 up to 16 x 256 x 8 floats, L2)
   the thread builds just that tile of tables and uses it on all its rows. Build and query are
   straight-line code over MT with uint64 indices and all loads before stores, so LLVM's SLP
   vectoriser (NUMBA_SLP_VECTORIZE=1, set by ``import tinyzip``) emits ymm adds; the q bit planes
@@ -66,7 +66,11 @@ from tinyzip.kernels import _lut_generated
 
 MU = 8                                 # inputs per key
 MTS = (32, 8)                          # batch tile widths of the batched kernels
-JT_OF = {32: 4, 8: 8}                  # sub-vectors per table tile: 4 x 256 x 32 or 8 x 256 x 8 floats
+# sub-vectors per table tile, per kernel: 4 x 256 x 32 or 8 x 256 x 8 floats; 16 x 256 x 8 for the
+# MT = 8 kernel of any q (used for q = 1): 2-3x faster than 8 there (1 thread under load, 4096^2, batch 8),
+# while the unrolled q = 2, 3 kernels measured 1.2-1.5x slower with 16
+JT_OF = {(32, "1"): 4, (32, "2"): 4, (32, "n"): 4, (8, "2"): 8, (8, "3"): 8, (8, "n"): 16}
+GROUP = max(JT_OF.values()) // MU      # key groups of 64 inputs per tile, at most (K is padded to it)
 # bit-plane loops unrolled for these q ("n": any q), where unrolling measured faster. Not q = 1 at
 # MT = 8: LLVM then vectorises the loop over output units instead (gathers, 4x slower); not q = 3
 # at MT = 32: no gain measured, and each kernel adds ~5-9 s of cold compile
@@ -152,8 +156,8 @@ def _generated_source() -> str:
              '``python -c "from tinyzip.kernels import lut_gemm; lut_gemm.write_generated()"``."""',
              "import numpy as np", "from numba import njit, prange", ""]
     for MT in MTS:
-        JT = JT_OF[MT]                                                     # sub-vectors per table tile
         for Q in QS_OF[MT]:
+            JT = JT_OF[MT, Q]                                              # sub-vectors per table tile
             lines += ["", "@njit(parallel=True, cache=True, fastmath={'contract'})",
                       f"def _lut_gemm_mt{MT}_q{Q}_kernel(xt, Mp, keys, alpha, out, nchunks):",
                       "    q, N = alpha.shape",
@@ -161,7 +165,7 @@ def _generated_source() -> str:
                       "    for c in prange(nchunks):",
                       f"        T = np.empty({JT * 256 * MT}, np.float32)",
                       f"        for m0 in range(0, Mp, {MT}):",
-                      f"            for g in range(G8 * {MU // JT}):",
+                      f"            for g in range(G8 * {MU} // {JT}):",
                       f"                for u in range({JT}):",                 # Eq. (2) for one tile
                       f"                    xb = np.uint64(8 * ({JT} * g + u) * Mp + m0)",
                       f"                    tb = np.uint64(u * {256 * MT})",
@@ -182,14 +186,19 @@ def _generated_source() -> str:
             lines += ["                for n in range(c * N // nchunks, (c + 1) * N // nchunks):",   # Eq. (3)
                       f"                    ob = np.uint64(m0 * N + n * {MT})"]
             lines += [f"                    o{m} = out[ob + {u64(m)}]" for m in range(MT)]
-            lines += [f"                    for i in range({'q' if Q == 'n' else Q}):",
-                      f"                        kb = np.uint64(((i * G8 + g // {MU // JT}) * N + n) * {MU}"
-                      f" + g % {MU // JT} * {JT})",
-                      "                        a = alpha[i, n]"]
-            lines += [f"                        b{u} = {u64(u * 256 * MT)} + np.uint64(keys[kb + {u64(u)}]) * {u64(MT)}"
+            lines += [f"                    for i in range({'q' if Q == 'n' else Q}):"]
+            if JT <= MU:
+                lines += [f"                        kb0 = np.uint64(((i * G8 + g // {MU // JT}) * N + n) * {MU}"
+                          f" + g % {MU // JT} * {JT})"]
+            else:
+                lines += [f"                        kb{v} = np.uint64(((i * G8 + g * {JT // MU} + {v}) * N + n) * {MU})"
+                          for v in range(JT // MU)]
+            lines += ["                        a = alpha[i, n]"]
+            key = lambda u: f"keys[kb{u // MU} + {u64(u % MU)}]"                 # noqa: E731
+            lines += [f"                        b{u} = {u64(u * 256 * MT)} + np.uint64({key(u)}) * {u64(MT)}"
                       for u in range(JT)]
-            lines += [f"                        o{m} = o{m} + a * "
-                      + _tree_sum([f"T[b{u} + {u64(m)}]" for u in range(JT)]) for m in range(MT)]
+            lines += [f"                        o{m} = o{m} + a * " + _tree_sum([f"T[b{u} + {u64(m)}]" for u in range(JT)])
+                      for m in range(MT)]
             lines += [f"                    out[ob + {u64(m)}] = o{m}" for m in range(MT)]
     return "\n".join(lines) + "\n"
 
@@ -201,7 +210,7 @@ def write_generated() -> None:
 
 @dataclass
 class LutWeights:
-    """Binary-coded weights laid out for the kernels. Kb = ceil(K / 64) * 8 keys per unit and
+    """Binary-coded weights laid out for the kernels. Kb = ceil(K / 128) * 16 keys per unit and
     plane (pad keys 0). ``keys_nqt`` uint8 (N, q, Kb) is the reference layout
     (``lut_matmul_reference``, the dense fallback); ``keys_qgn`` uint8 (q, Kb/8, N, 8) feeds both
     kernels: the 8 keys of one unit and group of 64 inputs are adjacent (so the weights sit in
@@ -231,7 +240,7 @@ def prepare_lut_weights(packed: PackedTensor | None = None, *, codes=None, alpha
         raise ValueError(f"q must be in 1..8, got {q}")
     if alphas.shape != (q, N) or not np.issubdtype(alphas.dtype, np.floating) or not np.all(np.isfinite(alphas)):
         raise ValueError(f"alphas must be finite floats of shape {(q, N)}, got {alphas.dtype} {alphas.shape}")
-    Kb = -(-K // (MU * MU)) * MU                                           # a multiple of 8 keys
+    Kb = -(-K // (MU * MU * GROUP)) * MU * GROUP                           # a multiple of 8 GROUP keys
     bits = np.zeros((q, N, MU * Kb), dtype=np.uint8)                       # (q, N, 8 Kb)
     bits[:, :, :K] = np.moveaxis(codes, 1, 2) > 0
     keys = np.packbits(bits, axis=2, bitorder="little")                    # (q, N, Kb)
