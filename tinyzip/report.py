@@ -259,11 +259,11 @@ def plan(task: str, full: bool):
             + [(row_uniform, {"bits": b, "steps": 0}) for b in (8, 6, 4)]
             + [(row_uniform, {"bits": b, "steps": 400}) for b in (8, 6, 4)]
             + [(row_uniform, {"bits": b, "steps": s, "activations": True}) for s in (0, 400) for b in (8, 6, 4)]
-            + [(row_binary_codes, {"q": q, "steps": 600, "fit": fit}) for q in (1, 2, 3, 4)
-               for fit in ("greedy", "alternating")]
-            + [(row_binary_codes, {"q": q, "steps": 600, "emb_ratio": 0.0}) for q in (1, 2, 3, 4)]
-            + [(row_binary_codes, {"q": 2, "steps": 600, "emb_ratio": 1.0}),
-               (row_binary_codes, {"q": 2, "steps": 600, "staged": True})])
+            + [(row_binary_codes, {"q": q, "steps": 300, "fit": "alternating", "emb_ratio": r})
+               for r in (8.0, 0.0) for q in (1, 2, 3, 4)]             # frequency-aware vs uniform embedding
+            + [(row_binary_codes, {"q": 2, "steps": 300, "fit": "alternating", "emb_ratio": 8.0, "staged": True}),
+               (row_binary_codes, {"q": 2, "steps": 300, "fit": "alternating", "emb_ratio": 1.0}),
+               (row_binary_codes, {"q": 2, "steps": 300, "fit": "greedy", "emb_ratio": 8.0})])
 
 
 def row_name(fn, kwargs) -> str:
