@@ -16,6 +16,12 @@ Per sub-layer (attention or FFN), with Dropout only when an ``rng`` is given:
 replaces ``x @ W`` for that weight (inference only); ``act_hooks[point] = (fwd, bwd)`` wraps the
 input of a matmul (``"<weight>:in"``), the attention probabilities (``"<attn>.probs"``) and the FFN
 activation (``"<ffn>.act"``); ``head_mask`` maps an attention prefix (``"enc.0.attn"``) to xi: (H,).
+The ops know which positions are real (not PAD): ``valid`` (B, L) bool, True at real rows (None:
+all real), the source mask for encoder rows and cross-attention K/V inputs, the target mask for
+decoder rows; attention probabilities get ``valid[b, 0, t, s]`` = real query t and real key s
+(``_probs_valid``). A hook ``fwd`` with the attribute ``takes_valid = True`` is called as
+``fwd(x, valid)`` (valid broadcastable to x's leading axes, or None), so range statistics can skip
+padding (``tinyzip.compress.fqt``); any other hook is called as ``fwd(x)``, unchanged.
 Backward methods accumulate parameter gradients into ``ops.grads`` (same keys as the params).
 With ``keep_states``, ``ops.states`` collects ``enc.hidden`` [x_0 .. x_L] (x_L before the pre-LN
 final LN) and ``enc.scores``/``enc.probs`` (B, H, S, S), one entry per layer; ``_encoder_stack_bwd``
@@ -59,6 +65,15 @@ def _bias_name(name):
     return "out.b" if name == "emb" else name.rsplit(".", 1)[0] + ".b" + name.rsplit(".W", 1)[1]
 
 
+def _probs_valid(q_valid, kv_valid):
+    """Real entries of attention probabilities (B, 1, T, S): real query rows x real key columns."""
+    if q_valid is None and kv_valid is None:
+        return None
+    rows = True if q_valid is None else q_valid[:, None, :, None]  # (B, 1, T, 1)
+    cols = True if kv_valid is None else kv_valid[:, None, None, :]  # (B, 1, 1, S)
+    return rows & cols
+
+
 class _Ops:
     """The layer ops of one model call: applies matmul overrides, hooks, dropout and head masks.
 
@@ -83,28 +98,36 @@ class _Ops:
         else:
             self.grads[name] = g  # every g here is a fresh array (or a view of one)
 
-    def linear(self, name, x, W=None, b=None):
+    def hook(self, point, x, valid=None):
+        """The act hook at ``point`` on x -> (x_hat, hook cache); x itself and None without a hook."""
+        if point not in self.hooks:
+            return x, None
+        fwd, bwd = self.hooks[point]
+        x_hat, hcache = fwd(x, valid) if getattr(fwd, "takes_valid", False) else fwd(x)
+        return x_hat, (bwd, hcache)
+
+    def hook_bwd(self, dx_hat, hc):
+        return dx_hat if hc is None else hc[0](dx_hat, hc[1])
+
+    def linear(self, name, x, W=None, b=None, valid=None):
         if W is None:
             W = self.params["emb"].T if name == "emb" else self.params[name]
         b = self.params[_bias_name(name)] if b is None else b
-        hook = self.hooks.get(name + ":in")
-        hcache = None
-        if hook is not None:
-            x, hcache = hook[0](x)
+        x, hc = self.hook(name + ":in", x, valid)
         if name in self.matmuls:
             y = self.matmuls[name](x.reshape(-1, x.shape[-1])).reshape(*x.shape[:-1], -1)
             return y + b, None
         y, lcache = L.linear_forward(x, W, b)
-        return y, (lcache, hook, hcache)
+        return y, (lcache, hc)
 
     def linear_bwd(self, name, dy, cache):
         if cache is None:
             raise ValueError(f"no backward through matmuls[{name!r}] (inference only)")
-        lcache, hook, hcache = cache
+        lcache, hc = cache
         dx, dW, db = L.linear_backward(dy, lcache)
         self.acc(name, np.ascontiguousarray(dW.T) if name == "emb" else dW)  # E is W_out.T
         self.acc(_bias_name(name), db)
-        return dx if hook is None else hook[1](dx, hcache)
+        return self.hook_bwd(dx, hc)
 
     def dropout(self, x):
         if self.rng is None or self.p_drop == 0:
@@ -120,37 +143,39 @@ class _Ops:
         self.acc(prefix + ".beta", dbeta)
         return dx
 
-    def ffn(self, prefix, x):
+    def ffn(self, prefix, x, valid=None):
         # Eq. (2): FFN(x) = act(x @ W_1 + b_1) @ W_2 + b_2
-        h, c1 = self.linear(prefix + ".W_1", x)  # (B, T, F)
+        h, c1 = self.linear(prefix + ".W_1", x, valid=valid)  # (B, T, F)
         if self.activation == "relu":
             a, ca = L.relu_forward(h)
         else:
             a, ca = L.gelu_forward(h, approximate=_GELU[self.activation])
-        hook = self.hooks.get(prefix + ".act")
-        hcache = None
-        if hook is not None:
-            a, hcache = hook[0](a)
-        y, c2 = self.linear(prefix + ".W_2", a)  # (B, T, D)
-        return y, (prefix, c1, ca, hook, hcache, c2)
+        a, hc = self.hook(prefix + ".act", a, valid)
+        y, c2 = self.linear(prefix + ".W_2", a, valid=valid)  # (B, T, D)
+        return y, (prefix, c1, ca, hc, c2)
 
     def ffn_bwd(self, dy, cache):
-        prefix, c1, ca, hook, hcache, c2 = cache
-        da = self.linear_bwd(prefix + ".W_2", dy, c2)
-        if hook is not None:
-            da = hook[1](da, hcache)
+        prefix, c1, ca, hc, c2 = cache
+        da = self.hook_bwd(self.linear_bwd(prefix + ".W_2", dy, c2), hc)
         dh = L.relu_backward(da, ca) if self.activation == "relu" else L.gelu_backward(da, ca)
         return self.linear_bwd(prefix + ".W_1", dh, c1)
 
-    def attention(self, prefix, x_q, x_kv, key_pad, causal, kind, past_kv=None, static_kv=None):
-        pair = (lambda n, x, W, b: self.linear(f"{prefix}.{n}", x, W, b),
+    def attention(self, prefix, x_q, x_kv, key_pad, causal, kind, past_kv=None, static_kv=None,
+                  q_valid=None, kv_valid=None):
+        """``q_valid``: real rows of x_q (W_q, W_o inputs), ``kv_valid``: of x_kv (W_k, W_v inputs)."""
+        pair = (lambda n, x, W, b: self.linear(f"{prefix}.{n}", x, W, b,
+                                               kv_valid if n in ("W_k", "W_v") else q_valid),
                 lambda n, dy, c: (self.linear_bwd(f"{prefix}.{n}", dy, c), None, None))
+        probs_hook = None
+        if prefix + ".probs" in self.hooks:
+            valid = _probs_valid(q_valid, kv_valid)
+            probs_hook = (lambda p: self.hook(prefix + ".probs", p, valid), self.hook_bwd)
         out, cache = mha_forward(
             x_q, x_kv, *(self.params[f"{prefix}.{n}"] for n in WEIGHTS),
             n_heads=self.n_heads, key_pad=key_pad, causal=causal,
             head_mask=self.head_mask.get(prefix), past_kv=past_kv, static_kv=static_kv,
             return_scores=self.states is not None, linear=pair,
-            probs_hook=self.hooks.get(prefix + ".probs"), dropout_p=self.p_drop, rng=self.rng)
+            probs_hook=probs_hook, dropout_p=self.p_drop, rng=self.rng)
         self.keep(kind + "scores", cache.scores)
         self.keep(kind + "probs", cache.probs)
         return out, (prefix, cache, pair)
@@ -202,9 +227,10 @@ def _add(dx, key, i, dstates):
 
 
 def _encoder_layer(ops, p, x, key_pad):
-    x, c1 = ops.sublayer(f"{p}.ln1", x,
-                         lambda n: ops.attention(f"{p}.attn", n, n, key_pad, False, "enc."))
-    x, c2 = ops.sublayer(f"{p}.ln2", x, lambda n: ops.ffn(f"{p}.ffn", n))
+    valid = None if key_pad is None else ~key_pad  # (B, S)
+    x, c1 = ops.sublayer(f"{p}.ln1", x, lambda n: ops.attention(
+        f"{p}.attn", n, n, key_pad, False, "enc.", q_valid=valid, kv_valid=valid))
+    x, c2 = ops.sublayer(f"{p}.ln2", x, lambda n: ops.ffn(f"{p}.ffn", n, valid))
     return x, (c1, c2)
 
 

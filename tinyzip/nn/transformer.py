@@ -13,7 +13,10 @@ Parameters are a flat dict (``enc.0.attn.W_q``...; see ``Seq2Seq.init_params``);
 back in a dict with the same keys. ``matmuls[name](x2d)`` replaces ``x @ W`` for that weight
 (inference only); ``act_hooks[point] = (fwd, bwd)`` wraps the input of a matmul
 (``"<weight>:in"``), the attention probabilities (``"<attn>.probs"``) and the FFN activation
-(``"<ffn>.act"``). ``head_mask`` maps an attention prefix (``"dec.0.cross_attn"``) to xi: (H,).
+(``"<ffn>.act"``); a hook may ask for the pad mask of its input (``takes_valid``, see ``blocks.py``):
+encoder rows and cross-attention K/V inputs get the source mask, decoder rows the target mask
+(``decode_step``: one row per hypothesis, masked where beam search feeds PAD to a dead one).
+``head_mask`` maps an attention prefix (``"dec.0.cross_attn"``) to xi: (H,).
 
 ``forward(..., return_states=True)`` keeps ``cache.states``, a dict of lists, one entry per layer:
 ``enc.hidden`` [x_0 .. x_L] (x_L before the pre-LN final LN), ``enc.scores``/``enc.probs``
@@ -49,12 +52,15 @@ def sinusoidal_positions(T, D, offset=0, dtype=np.float32):
     return pe.astype(dtype)
 
 
-def _decoder_layer(ops, p, x, enc_out, src_pad, self_kv=None, cross_kv=None):
+def _decoder_layer(ops, p, x, enc_out, src_pad, self_kv=None, cross_kv=None, tgt_valid=None):
+    """``tgt_valid``: (B, T) True at real target rows, None when all are real."""
     x, c1 = ops.sublayer(f"{p}.ln1", x, lambda n: ops.attention(
-        f"{p}.self_attn", n, n, None, True, "dec.self_", past_kv=self_kv))
+        f"{p}.self_attn", n, n, None, True, "dec.self_", past_kv=self_kv,
+        q_valid=tgt_valid, kv_valid=tgt_valid))
     x, c2 = ops.sublayer(f"{p}.ln2", x, lambda n: ops.attention(
-        f"{p}.cross_attn", n, enc_out, src_pad, False, "dec.cross_", static_kv=cross_kv))
-    x, c3 = ops.sublayer(f"{p}.ln3", x, lambda n: ops.ffn(f"{p}.ffn", n))
+        f"{p}.cross_attn", n, enc_out, src_pad, False, "dec.cross_", static_kv=cross_kv,
+        q_valid=tgt_valid, kv_valid=~src_pad))
+    x, c3 = ops.sublayer(f"{p}.ln3", x, lambda n: ops.ffn(f"{p}.ffn", n, tgt_valid))
     return x, (c1, c2, c3)
 
 
@@ -176,11 +182,11 @@ class Seq2Seq:
             dx = L.dropout_backward(dx, dc)
         ops.acc(name, L.embedding_backward(dx * math.sqrt(self.config.D), ec))
 
-    def _output(self, ops, x):
+    def _output(self, ops, x, tgt_valid=None):
         fc = None
         if self.config.pre_ln:
             x, fc = ops.layer_norm("dec.ln_f", x)
-        logits, oc = ops.linear(self.out_name, x)  # (B, T, V)
+        logits, oc = ops.linear(self.out_name, x, valid=tgt_valid)  # (B, T, V)
         return logits, fc, oc
 
     def forward(self, params, src, tgt_in, *, rng=None, head_mask=None, return_states=False,
@@ -196,13 +202,14 @@ class Seq2Seq:
         x, src_c = self._embed(ops, self.src_emb, src)
         enc_out, enc_c = _encoder_stack(ops, x, src_pad, c.enc_layers)
         x, tgt_c = self._embed(ops, self.tgt_emb, tgt_in)
+        tgt_valid = tgt_in != PAD  # (B, T)
         ops.keep("dec.hidden", x)
         dec_c = []
         for i in range(c.dec_layers):
-            x, lc = _decoder_layer(ops, f"dec.{i}", x, enc_out, src_pad)
+            x, lc = _decoder_layer(ops, f"dec.{i}", x, enc_out, src_pad, tgt_valid=tgt_valid)
             dec_c.append(lc)
             ops.keep("dec.hidden", x)
-        logits, fc, oc = self._output(ops, x)
+        logits, fc, oc = self._output(ops, x, tgt_valid)
         return logits, Seq2SeqCache(ops, src_c, enc_c, tgt_c, dec_c, fc, oc, ops.states)
 
     def backward(self, dlogits, cache, dstates=None):
@@ -263,8 +270,8 @@ class Seq2Seq:
         cross_kv = []
         for i in range(c.dec_layers):
             p = f"dec.{i}.cross_attn"
-            k = split_heads(ops.linear(p + ".W_k", enc_out)[0], c.H)  # (B, H, S, Dh)
-            v = split_heads(ops.linear(p + ".W_v", enc_out)[0], c.H)
+            k = split_heads(ops.linear(p + ".W_k", enc_out, valid=~src_pad)[0], c.H)  # (B, H, S, Dh)
+            v = split_heads(ops.linear(p + ".W_v", enc_out, valid=~src_pad)[0], c.H)
             cross_kv.append((k, v))
         return EncoderState(enc_out, src_pad, cross_kv)
 
@@ -278,14 +285,16 @@ class Seq2Seq:
             raise ValueError(f"decode_step at position {pos} exceeds max_len={c.max_len}")
         ops = self._ops(params, matmuls=matmuls, act_hooks=act_hooks)
         x, _ = self._embed(ops, self.tgt_emb, prev, offset=pos)  # (B, 1, D)
+        tgt_valid = prev != PAD  # (B, 1); a live hypothesis has only real tokens before this one
         self_kv = []
         for i in range(c.dec_layers):
             past = None if dec_state is None else dec_state.self_kv[i]
             x, (c1, _, _) = _decoder_layer(ops, f"dec.{i}", x, None, enc_state.src_pad,
-                                           self_kv=past, cross_kv=enc_state.cross_kv[i])
+                                           self_kv=past, cross_kv=enc_state.cross_kv[i],
+                                           tgt_valid=tgt_valid)
             acache = c1[2][1]  # sub-layer cache (ln, ln cache, (prefix, attention cache, _), _)
             self_kv.append((acache.k, acache.v))
-        logits, _, _ = self._output(ops, x)
+        logits, _, _ = self._output(ops, x, tgt_valid)
         logp, _ = L.log_softmax_forward(logits[:, 0])  # (B, V)
         return logp, DecoderState(pos + 1, self_kv)
 
