@@ -21,6 +21,13 @@ Placement (``activation_points``): point name -> unsigned grid?
                   left out);
   "<attn>.probs"  softmax output, unsigned grid (``probs=False`` leaves it float).
 
+Padding is excluded from the range statistics (min/max, EMA of min/max, in calibration and QAT):
+``ActivationQuantizer.forward`` has ``takes_valid``, so the model passes it the pad mask of each
+point's input (``tinyzip.nn.blocks``): the source mask for encoder rows and cross-attention K/V
+inputs, the target mask for decoder rows, and real query rows x real key columns for attention
+probabilities. The range is taken over ``x[valid]`` only; the fake quantization still applies to
+every position (PAD rows are quantized with the range of the real ones).
+
 Static activation ranges in a file (``attach_act_ranges``): the PackedTensor of every quantized
 weight W gets ``meta["act"] = {"bits", "unsigned", "scale", "zero_point"}``: the per-tensor
 (S, Z) = ``quant_params(x_min, x_max, bits, unsigned)`` of the quantizer at W's input point (its
@@ -38,6 +45,13 @@ from tinyzip.compress.uniform import (UniformWeightQuantizer, _check_bits, ema_m
 MODES = ("observe", "calibrate", "ema", "frozen")
 
 
+def real_entries(x, valid):
+    """The entries of x at real positions: x[valid] (leading axes flattened), or x when all are real."""
+    if valid is None or valid.all():
+        return x
+    return x[np.broadcast_to(valid, x.shape[:valid.ndim])]
+
+
 class ActivationQuantizer:
     """One activation point, per tensor; the range is the only state. ``mode``:
 
@@ -46,7 +60,8 @@ class ActivationQuantizer:
     * "ema": FQT training: update the EMA range, then fake-quantize;
     * "frozen": fake-quantize with the fixed range (evaluation, export).
 
-    ``forward``/``backward`` are the ``(fwd, bwd)`` act hook.
+    ``forward``/``backward`` are the ``(fwd, bwd)`` act hook; ``forward(x, valid)`` records the range
+    of the real positions only (see the module docstring).
     """
 
     def __init__(self, bits, unsigned=False, momentum=0.9, mode="ema"):
@@ -61,19 +76,28 @@ class ActivationQuantizer:
             raise ValueError("activation quantizer has no range yet (run calibration or training first)")
         return quant_params(*self.range, self.bits, unsigned=self.unsigned)
 
-    def forward(self, x):
+    def forward(self, x, valid=None):
+        """x -> (x_hat, cache). ``valid``: bool broadcastable to x's leading axes, True at real (not
+        PAD) positions, None = all real: only those enter the range statistics."""
+        if self.mode not in MODES:
+            raise ValueError(f"activation quantizer in unknown mode {self.mode!r}")
+        if self.mode != "frozen":
+            self._record(real_entries(x, valid))
+        if self.mode in ("observe", "calibrate"):
+            return x, None
+        scale, zero_point = self.qparams()
+        return fake_quant_forward(x, scale, zero_point, self.bits, unsigned=self.unsigned)
+
+    forward.takes_valid = True  # the model passes the pad mask (tinyzip.nn.blocks)
+
+    def _record(self, x):
+        if x.size == 0:
+            return  # every position is padding: nothing to measure
         if self.mode == "observe":
             lo, hi = np.float64(x.min()), np.float64(x.max())
             self.range = (lo, hi) if self.range is None else (min(self.range[0], lo), max(self.range[1], hi))
-            return x, None
-        if self.mode in ("calibrate", "ema"):
+        else:
             self.range = ema_minmax(self.range, x, self.momentum)  # FQT: m = 0.9
-            if self.mode == "calibrate":
-                return x, None
-        elif self.mode != "frozen":
-            raise ValueError(f"activation quantizer in unknown mode {self.mode!r}")
-        scale, zero_point = self.qparams()
-        return fake_quant_forward(x, scale, zero_point, self.bits, unsigned=self.unsigned)
 
     def backward(self, dx_hat, cache):
         return fake_quant_backward(dx_hat, cache)
