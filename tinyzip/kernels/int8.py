@@ -10,8 +10,8 @@ Computes (Jacob et al. 2018, arXiv:1712.05877, Eq. (4) and (7); references in
 
 Layout: the weight is stored transposed, ``W_t = W.T`` of shape (N, K) = (D_out, D_in), C-contiguous,
 so both operands of every dot product are contiguous along k. ``prepare_weight(W_q)`` makes it once.
-On AVX2 CPUs ``pack_weight(W_t)`` makes a second, faster layout (ceil(N/8), ceil(K/4), 32): 8 columns
-x a quad of k per 32 bytes, for the AVX2 microkernels (``int8_linear(..., W_packed=...)``).
+On AVX2 CPUs ``pack_weight(W_t)`` makes a second, faster layout (ceil(N/8), ceil(K/2), 16): 8 columns
+x a pair of k per 16 bytes, for the pmaddwd microkernel (``int8_linear(..., W_packed=...)``).
 
 Dtype contract: int8 x int8 products summed in an int32 accumulator that wraps (two's complement);
 Eq. (7) expands the zero points, so the result is exact whenever the true sum fits int32. The
@@ -30,16 +30,12 @@ Optimisations:
 * Row remainders use a 1 x 4 tile, column remainders a scalar dot product.
 * int8_linear quantizes activations symmetrically per row, so Eq. (7) needs no column sums of W
   (a second pass over W) on any call; only asymmetric weights add the cheap row sums of qx.
-* Packed path (AVX2, ``W_packed``), Numba ``@intrinsic``s (see the section below):
-  - 4 rows and more, GEMM: ``llvm.x86.avx2.pmadd.wd`` (vpmaddwd: 16 int16 products, pairs added into
-    8 int32 lanes, exact for int8 inputs); 4 rows x 12 columns in 12 ymm accumulators, weights
-    sign-extended in-register (vpmovsxbw from memory), the int16 quad (x[m, 4j], .., x[m, 4j+3])
-    broadcast as one int64; k blocked by 128 quads so x and W blocks stay in L1. ~70 GMAC/s per
-    thread against ~33 for the 2 x 4 tile.
-  - 1-3 rows, GEMV: vpmaddubsw(|w|, sign(w) x) + vpmaddwd(., 1), 32 MACs per 32 bytes of W without
-    widening, 64 columns per tile. 1 thread under load, 4096^2: 1.1-1.25x faster than the pmaddwd
-    tile when W comes from DRAM (as in ``bench kernels``), ~1.45x when it sits in L3.
-  Padding (N to 8, K to 4) is zeros on both sides, so results are bit-identical. Without AVX2
+* Packed path (AVX2, ``W_packed``): a Numba ``@intrinsic`` emits ``llvm.x86.avx2.pmadd.wd`` (vpmaddwd:
+  16 int16 products, pairs added into 8 int32 lanes, exact for int8 inputs); 4 rows x 24 columns
+  in 12 ymm accumulators, weights sign-extended in-register (vpmovsxbw from memory), the int16
+  pair (x[m, 2j], x[m, 2j+1]) broadcast as one int32 (vpbroadcastd); k blocked by 256 pairs so x
+  and W blocks stay in L1. 4x3 tile alone ~70 GMAC/s per thread against ~33 for the 2 x 4 tile.
+  Padding (N to 8, K to 2) is zeros on both sides, so results are bit-identical. Without AVX2
   (or with NUMBA_CPU_NAME set to another target) ``W_packed`` is ignored.
 * Dispatch in int8_linear: one thread below ``SERIAL_WORK`` multiply-adds, the parallel kernel up
   to ``fallback_batch`` rows (``FALLBACK_BATCH``; ``PACKED_FALLBACK_BATCH`` with ``W_packed``),
@@ -183,20 +179,12 @@ _linear_kernel = njit(parallel=True, cache=True)(_linear_body)
 _linear_kernel_serial = njit(cache=True)(_linear_body)  # small layers: no thread wake-up
 
 
-# ---- AVX2 microkernels on pre-packed weights ----------------------------------------------------
-# LLVM widens the int8 products of plain Numba loops to 8 int32 lanes (vpmovsxbd + vpmulld). Two x86
-# instructions do more per instruction, both exact here:
-#     pmaddwd(a, b)[c]   = a[2c] b[2c] + a[2c + 1] b[2c + 1]         int16 x int16 -> 8 int32 lanes
-#     pmaddubsw(u, s)[c] = u[2c] s[2c] + u[2c + 1] s[2c + 1]         uint8 x int8 -> 16 int16 lanes
-# pmaddubsw saturates to int16, but with u = |w| <= 128 and s = sign(w) x, |x| <= 127 (what
-# _quantize_rows_kernel produces), each sum is at most 2 * 128 * 127 = 32512 < 2^15: exact for every
-# int8 weight, -128 included (psign(w, w) = |w| reads as the byte 128 when unsigned). A second
-# pmaddwd with ones adds the int16 pairs into int32 lanes.
-# Layout (pack_weight): 32 bytes per (block b of 8 columns, quad j of k), Wp[b, j, 4c + i] = W_t[8b + c, 4j + i].
-# * GEMV (M < _MR rows): lane c of pmaddwd(pmaddubsw(|w|, sign(w) x4), 1) gains column 8b + c's
-#   4 products, x4 = (x[4j], ..., x[4j + 3]) broadcast: 32 MACs per 32 weight bytes loaded.
-# * GEMM: half a block (16 bytes, 4 columns x 4 k) widened to int16 times (x[4j], .., x[4j + 3]) as
-#   int16 broadcast: pmaddwd lanes (2c, 2c + 1) hold column c's two pair sums, added in the epilogue.
+# ---- AVX2 pmaddwd microkernel on pre-packed weights ---------------------------------------------
+# LLVM widens the int8 products of plain Numba loops to 8 int32 lanes (vpmovsxbd + vpmulld); the
+# x86 instruction vpmaddwd does 16 int16 products and adds neighbouring pairs into 8 int32 lanes:
+#     pmaddwd(a, b)[c] = a[2c] b[2c] + a[2c + 1] b[2c + 1]       (|each sum| <= 2^15: exact, no saturation)
+# With a = (x[m, 2j], x[m, 2j + 1]) broadcast to all 8 lanes and b = the packed weights below, lane c
+# gains x[m, 2j] W_t[n, 2j] + x[m, 2j + 1] W_t[n, 2j + 1] for column n = 8 b + c: one instruction, 16 MACs.
 
 
 def _cpu_has_avx2():
@@ -208,53 +196,38 @@ def _cpu_has_avx2():
 
 
 HAS_AVX2 = _cpu_has_avx2()
-_MR, _NR = 4, 3  # GEMM register tile: 4 rows x 3 half-blocks (12 columns) = 12 ymm accumulators (of 16)
-_GB = 8          # GEMV: 8 blocks (64 columns) per tile, 8 accumulators
-_KC = 128        # GEMM k-quads per cache block: 4 rows x 1 KB of x + 3 x 4 KB of weights stay in L1
-_V16I8, _V32I8, _V16I16, _V8I32, _V4I64 = (ir.VectorType(ir.IntType(b), n)
-                                          for b, n in ((8, 16), (8, 32), (16, 16), (32, 8), (64, 4)))
-
-
-def _ctx(context, builder, sig, args, n_arrays):
-    """Array structs of the first n_arrays arguments, the rest cast to intp, and an intp constant maker."""
-    arrays = [context.make_array(t)(context, builder, a) for t, a in zip(sig.args[:n_arrays], args[:n_arrays])]
-    ints = [context.cast(builder, a, t, types.intp) for t, a in zip(sig.args[n_arrays:], args[n_arrays:])]
-    intp = context.get_value_type(types.intp)
-    return arrays, ints, lambda i: ir.Constant(intp, i)
-
-
-def _broadcast(builder, value, vtype, out_type):
-    """``value`` (one lane of vtype) in every lane, reinterpreted as out_type."""
-    v = builder.insert_element(ir.Constant(vtype, ir.Undefined), value, ir.Constant(ir.IntType(32), 0))
-    mask = ir.Constant(ir.VectorType(ir.IntType(32), vtype.count), None)  # all lanes from lane 0
-    return builder.bitcast(builder.shuffle_vector(v, v, mask), out_type)
+_MR, _NR = 4, 3  # register tile: 4 rows x 3 blocks of 8 columns = 12 ymm accumulators (of 16)
+_KC = 256        # k-pairs per cache block: 4 rows x 1 KB of x + 3 x 4 KB of weights stay in L1
+_V16I8, _V16I16, _V8I32 = ir.VectorType(ir.IntType(8), 16), ir.VectorType(ir.IntType(16), 16), \
+    ir.VectorType(ir.IntType(32), 8)
 
 
 def _make_tile(MR, NR):
-    """GEMM intrinsic tile(xp, wp, acc, m0, h0, k0, k1): for r < MR, half-blocks h = h0 + c, c < NR,
-    acc[m0 + r, 8h : 8h + 8] (+)= sum_{j = k0}^{k1 - 1} pmaddwd(xp[m0 + r, j], widen(half h of wp[h // 2, j])),
-    starting from 0 when k0 == 0 (else from acc). xp (M, K4) int64 = 4 int16; accumulators in registers."""
+    """An intrinsic tile(xp, wp, acc, m0, b0, k0, k1): for r < MR, c < NR
+    acc[m0 + r, 8 (b0 + c) : 8 (b0 + c + 1)] (+)= sum_{j = k0}^{k1 - 1} pmaddwd(xp[m0 + r, j], wp[b0 + c, j]),
+    starting from 0 when k0 == 0 (else from acc). The accumulators are <8 x i32> registers."""
     @intrinsic
-    def tile(typingctx, xp, wp, acc, m0, h0, k0, k1):
-        if not (isinstance(xp, types.Array) and xp.dtype == types.int64 and wp.dtype == types.int8
+    def tile(typingctx, xp, wp, acc, m0, b0, k0, k1):
+        if not (isinstance(xp, types.Array) and xp.dtype == types.int32 and wp.dtype == types.int8
                 and acc.dtype == types.int32):
             return None
 
         def codegen(context, builder, sig, args):
-            (xa, wa, aa), (m0v, h0v, k0v, k1v), const = _ctx(context, builder, sig, args, 3)
-            K4 = cgutils.unpack_tuple(builder, xa.shape, 2)[1]
-            AW = cgutils.unpack_tuple(builder, aa.shape, 2)[1]
+            xa, wa, aa = (context.make_array(t)(context, builder, a) for t, a in zip(sig.args[:3], args[:3]))
+            m0v, b0v, k0v, k1v = (context.cast(builder, a, t, types.intp) for t, a in zip(sig.args[3:], args[3:]))
+            intp = context.get_value_type(types.intp)
+
+            def const(i):
+                return ir.Constant(intp, i)
+            K2 = cgutils.unpack_tuple(builder, xa.shape, 2)[1]
+            NP = cgutils.unpack_tuple(builder, aa.shape, 2)[1]
             pmaddwd = cgutils.get_or_insert_function(
                 builder.module, ir.FunctionType(_V8I32, [_V16I16, _V16I16]), "llvm.x86.avx2.pmadd.wd")
-            x_rows = [builder.gep(xa.data, [builder.mul(builder.add(m0v, const(r)), K4)]) for r in range(MR)]
-            w_halves = []                          # half h of block h // 2, as <16 x i8>, step 2 per j
-            for c in range(NR):
-                h = builder.add(h0v, const(c))
-                off = builder.add(builder.mul(builder.ashr(h, const(1)), builder.mul(K4, const(32))),
-                                  builder.mul(builder.and_(h, const(1)), const(16)))
-                w_halves.append(builder.bitcast(builder.gep(wa.data, [off]), _V16I8.as_pointer()))
-            out = [[builder.bitcast(builder.gep(aa.data, [builder.add(builder.mul(builder.add(m0v, const(r)), AW),
-                                                                      builder.mul(builder.add(h0v, const(c)), const(8)))]),
+            x_rows = [builder.gep(xa.data, [builder.mul(builder.add(m0v, const(r)), K2)]) for r in range(MR)]
+            w_base = builder.bitcast(wa.data, _V16I8.as_pointer())  # wp[b, j] is one <16 x i8>
+            w_blocks = [builder.gep(w_base, [builder.mul(builder.add(b0v, const(c)), K2)]) for c in range(NR)]
+            out = [[builder.bitcast(builder.gep(aa.data, [builder.add(builder.mul(builder.add(m0v, const(r)), NP),
+                                                                      builder.mul(builder.add(b0v, const(c)), const(8)))]),
                                     _V8I32.as_pointer()) for c in range(NR)] for r in range(MR)]
             first = builder.icmp_signed("==", k0v, const(0))
             accs = [[cgutils.alloca_once(builder, _V8I32) for c in range(NR)] for r in range(MR)]
@@ -263,10 +236,11 @@ def _make_tile(MR, NR):
                     start = builder.select(first, ir.Constant(_V8I32, None), builder.load(out[r][c], align=4))
                     builder.store(start, accs[r][c])
             with cgutils.for_range_slice(builder, k0v, k1v, const(1)) as (j, _):
-                j2 = builder.mul(j, const(2))
-                w = [builder.sext(builder.load(builder.gep(w_halves[c], [j2]), align=1), _V16I16) for c in range(NR)]
+                w = [builder.sext(builder.load(builder.gep(w_blocks[c], [j]), align=1), _V16I16) for c in range(NR)]
                 for r in range(MR):
-                    xv = _broadcast(builder, builder.load(builder.gep(x_rows[r], [j]), align=8), _V4I64, _V16I16)
+                    xj = builder.load(builder.gep(x_rows[r], [j]), align=4)  # (x[m, 2j], x[m, 2j + 1]) as int16
+                    xv = builder.insert_element(ir.Constant(_V8I32, ir.Undefined), xj, ir.Constant(ir.IntType(32), 0))
+                    xv = builder.bitcast(builder.shuffle_vector(xv, xv, ir.Constant(_V8I32, None)), _V16I16)
                     for c in range(NR):
                         builder.store(builder.add(builder.load(accs[r][c]), builder.call(pmaddwd, [xv, w[c]])),
                                       accs[r][c])
@@ -274,127 +248,64 @@ def _make_tile(MR, NR):
                 for c in range(NR):
                     builder.store(builder.load(accs[r][c]), out[r][c], align=4)
             return context.get_dummy_value()
-        return types.void(xp, wp, acc, m0, h0, k0, k1), codegen
+        return types.void(xp, wp, acc, m0, b0, k0, k1), codegen
     return tile
-
-
-def _make_gemv(NB):
-    """GEMV intrinsic gemv(x4, wp, acc, m, b0): acc[m, 8b : 8b + 8] = sum_j pmaddwd(pmaddubsw(|w|, sign(w) x4[m, j]), 1)
-    with w = wp[b, j], for the NB blocks b = b0 .. b0 + NB - 1. x4 (M, K4) int32 = 4 int8 in [-127, 127]."""
-    @intrinsic
-    def gemv(typingctx, x4, wp, acc, m, b0):
-        if not (isinstance(x4, types.Array) and x4.dtype == types.int32 and wp.dtype == types.int8
-                and acc.dtype == types.int32):
-            return None
-
-        def codegen(context, builder, sig, args):
-            (xa, wa, aa), (mv, b0v), const = _ctx(context, builder, sig, args, 3)
-            K4 = cgutils.unpack_tuple(builder, xa.shape, 2)[1]
-            AW = cgutils.unpack_tuple(builder, aa.shape, 2)[1]
-
-            def fn(name, ret, argtypes):
-                return cgutils.get_or_insert_function(builder.module, ir.FunctionType(ret, argtypes), name)
-            pmaddubsw = fn("llvm.x86.avx2.pmadd.ub.sw", _V16I16, [_V32I8, _V32I8])
-            pmaddwd = fn("llvm.x86.avx2.pmadd.wd", _V8I32, [_V16I16, _V16I16])
-            psign = fn("llvm.x86.avx2.psign.b", _V32I8, [_V32I8, _V32I8])  # psign(a, b) = a sign(b)
-            ones = ir.Constant(_V16I16, [1] * 16)
-            x_row = builder.gep(xa.data, [builder.mul(mv, K4)])
-            w_base = builder.bitcast(wa.data, _V32I8.as_pointer())  # wp[b, j] is one <32 x i8>
-            w_blocks = [builder.gep(w_base, [builder.mul(builder.add(b0v, const(c)), K4)]) for c in range(NB)]
-            out = [builder.bitcast(builder.gep(aa.data, [builder.add(builder.mul(mv, AW),
-                                                                     builder.mul(builder.add(b0v, const(c)), const(8)))]),
-                                   _V8I32.as_pointer()) for c in range(NB)]
-            accs = [cgutils.alloca_once(builder, _V8I32) for c in range(NB)]
-            for c in range(NB):
-                builder.store(ir.Constant(_V8I32, None), accs[c])
-            with cgutils.for_range_slice(builder, const(0), K4, const(1)) as (j, _):
-                xv = _broadcast(builder, builder.load(builder.gep(x_row, [j]), align=4), _V8I32, _V32I8)
-                for c in range(NB):
-                    w = builder.load(builder.gep(w_blocks[c], [j]), align=1)
-                    pairs = builder.call(pmaddubsw, [builder.call(psign, [w, w]), builder.call(psign, [xv, w])])
-                    builder.store(builder.add(builder.load(accs[c]), builder.call(pmaddwd, [pairs, ones])), accs[c])
-            for c in range(NB):
-                builder.store(builder.load(accs[c]), out[c], align=4)
-            return context.get_dummy_value()
-        return types.void(x4, wp, acc, m, b0), codegen
-    return gemv
 
 
 _tile_full, _tile_row, _tile_col, _tile_one = _make_tile(_MR, _NR), _make_tile(1, _NR), _make_tile(_MR, 1), \
     _make_tile(1, 1)
-_gemv_full, _gemv_one = _make_gemv(_GB), _make_gemv(1)
 
 
 @njit(cache=True)
-def _packed_group(xp, wp, acc, h0, kc):
-    """acc[:, 8 h0 : 8 (h0 + _NR)] = raw int32 pair sums of all rows with half-blocks h0.., kc k-quads
+def _packed_group(xp, wp, acc, b0, kc):
+    """acc[:, 8 b0 : 8 (b0 + _NR)] = raw int32 products of all rows with column blocks b0.., kc k-pairs
     at a time."""
-    M, K4 = xp.shape
-    nh = min(_NR, 2 * wp.shape[0] - h0)
-    for k0 in range(0, K4, kc):
-        k1 = min(K4, k0 + kc)
-        for h in range(h0, h0 + nh, nh if nh == _NR else 1):
+    M, K2 = xp.shape
+    nb = min(_NR, wp.shape[0] - b0)
+    for k0 in range(0, K2, kc):
+        k1 = min(K2, k0 + kc)
+        for b in range(b0, b0 + nb, nb if nb == _NR else 1):
             m = 0
             while m + _MR <= M:
-                if nh == _NR:
-                    _tile_full(xp, wp, acc, m, h, k0, k1)
+                if nb == _NR:
+                    _tile_full(xp, wp, acc, m, b, k0, k1)
                 else:
-                    _tile_col(xp, wp, acc, m, h, k0, k1)
+                    _tile_col(xp, wp, acc, m, b, k0, k1)
                 m += _MR
             while m < M:
-                if nh == _NR:
-                    _tile_row(xp, wp, acc, m, h, k0, k1)
+                if nb == _NR:
+                    _tile_row(xp, wp, acc, m, b, k0, k1)
                 else:
-                    _tile_one(xp, wp, acc, m, h, k0, k1)
+                    _tile_one(xp, wp, acc, m, b, k0, k1)
                 m += 1
 
 
 def _packed_linear_body(xp, wp, sx, sw, zw, rowsum, bias, acc, y):
-    """_linear_body on the packed layout (M >= _MR rows); acc is (M, 16 ceil(N / 8)) int32 scratch
-    holding two pair sums per column."""
+    """_linear_body on the packed layout; acc is (M, 8 ceil(N / 8)) int32 scratch."""
     M, N = y.shape
-    for g in prange((2 * wp.shape[0] + _NR - 1) // _NR):
-        h0 = g * _NR
-        _packed_group(xp, wp, acc, h0, _KC)
+    kc = _KC if M >= _MR else xp.shape[1]  # under _MR rows x is read once: stream W without breaks
+    for g in prange((wp.shape[0] + _NR - 1) // _NR):
+        b0 = g * _NR
+        _packed_group(xp, wp, acc, b0, kc)
         for m in range(M):
-            for n in range(4 * h0, min(N, 4 * (h0 + _NR))):
-                c = np.int32(np.int32(acc[m, 2 * n] + acc[m, 2 * n + 1]) - zw[n] * rowsum[m])
-                y[m, n] = np.float32((sx[m] * sw[n]) * np.float64(c) + bias[n])
-
-
-def _packed_gemv_body(x4, wp, sx, sw, zw, rowsum, bias, acc, y):
-    """_linear_body for M < _MR rows (each streams W once; a tile's 8 blocks stay in L2 for the
-    next row); acc is (M, 8 ceil(N / 8)) int32 scratch."""
-    M, N = y.shape
-    for g in prange((wp.shape[0] + _GB - 1) // _GB):
-        b0 = g * _GB
-        nb = min(_GB, wp.shape[0] - b0)
-        for m in range(M):
-            if nb == _GB:
-                _gemv_full(x4, wp, acc, m, b0)
-            else:
-                for b in range(b0, b0 + nb):
-                    _gemv_one(x4, wp, acc, m, b)
-            for n in range(8 * b0, min(N, 8 * (b0 + nb))):
+            for n in range(8 * b0, min(N, 8 * (b0 + _NR))):
                 c = np.int32(acc[m, n] - zw[n] * rowsum[m])
                 y[m, n] = np.float32((sx[m] * sw[n]) * np.float64(c) + bias[n])
 
 
 _packed_linear_kernel = njit(parallel=True, cache=True)(_packed_linear_body)
 _packed_linear_kernel_serial = njit(cache=True)(_packed_linear_body)
-_packed_gemv_kernel = njit(parallel=True, cache=True)(_packed_gemv_body)
-_packed_gemv_kernel_serial = njit(cache=True)(_packed_gemv_body)
 
 
 def pack_weight(W_t):
-    """The AVX2 layout: W_t (N, K) int8 -> Wp (ceil(N/8), ceil(K/4), 32) int8 with
-    Wp[b, j, 4c + i] = W_t[8b + c, 4j + i], zero where 8b + c >= N or 4j + i >= K (zeros add nothing)."""
+    """The AVX2 layout: W_t (N, K) int8 -> Wp (ceil(N/8), ceil(K/2), 16) int8 with
+    Wp[b, j, 2c + i] = W_t[8b + c, 2j + i], zero where 8b + c >= N or 2j + i >= K (zeros add nothing)."""
     _check_2d("W_t", W_t, np.int8)
     N, K = W_t.shape
-    NB, K4 = -(-N // 8), -(-K // 4)
-    padded = np.zeros((8 * NB, 4 * K4), np.int8)
+    NB, K2 = -(-N // 8), -(-K // 2)
+    padded = np.zeros((8 * NB, 2 * K2), np.int8)
     padded[:N, :K] = W_t
-    return np.ascontiguousarray(padded.reshape(NB, 8, K4, 4).transpose(0, 2, 1, 3)).reshape(NB, K4, 32)
+    return np.ascontiguousarray(padded.reshape(NB, 8, K2, 2).transpose(0, 2, 1, 3)).reshape(NB, K2, 16)
 
 
 @njit(parallel=True, cache=True)
@@ -517,7 +428,7 @@ def int8_linear(x, W_q, w_scale, bias=None, *, w_zero=None, layout="NK", fallbac
         y = x @ W_hat  # (M, N)
         return y if bias is None else y + b.astype(np.float32)
     _guard_overflow(K, 127, 128 + np.abs(zw.astype(np.int64)).max())
-    packed_shape = (-(-N // 8), -(-K // 4), 32)
+    packed_shape = (-(-N // 8), -(-K // 2), 16)
     if W_packed is not None and (not isinstance(W_packed, np.ndarray) or W_packed.dtype != np.int8
                                  or W_packed.shape != packed_shape or not W_packed.flags.c_contiguous):
         raise TypeError(f"W_packed must be pack_weight(W_t): a C-contiguous int8 {packed_shape} array, got "
@@ -525,19 +436,13 @@ def int8_linear(x, W_q, w_scale, bias=None, *, w_zero=None, layout="NK", fallbac
     parallel = M * N * K >= serial_work
     sx, rowsum, y = np.empty(M, np.float64), np.zeros(M, np.int32), np.empty((M, N), np.float32)
     if W_packed is not None and HAS_AVX2:
-        gemv = M < _MR
-        # (M, 4 ceil(K/4)) codes, zero-padded; a quad of k is read as one int32 (int8) or int64 (int16)
-        qx = np.zeros((M, 4 * packed_shape[1]), np.int8 if gemv else np.int16)
+        qx = np.zeros((M, 2 * packed_shape[1]), np.int16)  # (M, 2 ceil(K/2)): pairs of k read as one int32
         _quantize_rows_kernel(x, qx, sx)
         if np.any(zw):
             _rowsum_kernel(qx, rowsum)
-        acc = np.empty((M, (8 if gemv else 16) * packed_shape[0]), np.int32)
-        if gemv:
-            kernel = _packed_gemv_kernel if parallel else _packed_gemv_kernel_serial
-            kernel(qx.view(np.int32), W_packed, sx, sw, zw, rowsum, b, acc, y)
-        else:
-            kernel = _packed_linear_kernel if parallel else _packed_linear_kernel_serial
-            kernel(qx.view(np.int64), W_packed, sx, sw, zw, rowsum, b, acc, y)  # little-endian: x[4j] lowest
+        acc = np.empty((M, 8 * packed_shape[0]), np.int32)
+        kernel = _packed_linear_kernel if parallel else _packed_linear_kernel_serial
+        kernel(qx.view(np.int32), W_packed, sx, sw, zw, rowsum, b, acc, y)  # little-endian: x[2j] is the low half
         return y
     qx = np.empty((M, K), np.int8)
     _quantize_rows_kernel(x, qx, sx)
