@@ -5,7 +5,7 @@ import pytest
 from hypothesis import given, strategies as st
 
 from tinyzip import container
-from tinyzip.compress import binarization, binary_codes, fqt, huffman, kmeans, magnitude_pruning, uniform
+from tinyzip.compress import binarization, binary_codes, chung, fqt, huffman, kmeans, magnitude_pruning, uniform
 from tinyzip.compress.base import PackedTensor
 from tinyzip.compressed import dequantize_all, kernel_matmuls, pack_float, unpack
 from tinyzip.nn.transformer import Seq2Seq, Seq2SeqConfig
@@ -61,8 +61,8 @@ def test_frequency_aware_embedding_reads_back_row_by_row():
     group's codes, so reading back equals coding each bit group on its own."""
     rng = np.random.default_rng(2)
     E = rng.normal(size=(20, 8)).astype(np.float32)
-    token_bits = binary_codes.embedding_bits(rng.integers(1, 100, 20).astype(float), max_bits=3, ratio=0.5)
-    packed = binary_codes.pack_embedding_codes(E, token_bits)
+    token_bits = chung.embedding_bits(rng.integers(1, 100, 20).astype(float), max_bits=3, ratio=0.5)
+    packed = chung.pack_embedding_codes(E, token_bits)
     E_hat = unpack(packed)
     for q in np.unique(token_bits):
         ids = np.flatnonzero(token_bits == q)

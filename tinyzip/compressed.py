@@ -27,7 +27,7 @@ kernel's per-output-column scales cannot express: it fake-quantizes its input wi
 """
 import numpy as np
 
-from tinyzip.compress import binarization, binary_codes, huffman, kmeans, magnitude_pruning, uniform
+from tinyzip.compress import binarization, binary_codes, chung, huffman, kmeans, magnitude_pruning, uniform
 from tinyzip.compress.base import PackedTensor
 from tinyzip.packing import unpack_uint
 
@@ -59,7 +59,7 @@ UNPACK = {
     "uniform": uniform.unpack_uniform,
     "binary": binarization.unpack_binary,
     "binary_codes": binary_codes.unpack_binary_codes,
-    "binary_codes_mixed": binary_codes.unpack_embedding_codes,   # frequency-aware embeddings
+    "binary_codes_mixed": chung.unpack_embedding_codes,   # frequency-aware embeddings
 }
 
 

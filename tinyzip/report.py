@@ -26,7 +26,7 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 
 from tinyzip import container, viz
-from tinyzip.compress import binarization, binary_codes, fqt, huffman, kmeans, magnitude_pruning, uniform
+from tinyzip.compress import binarization, chung, fqt, huffman, kmeans, magnitude_pruning, uniform
 from tinyzip.compress.base import Chain, Method
 from tinyzip.compressed import pack_float
 from tinyzip.data import load_task, make_batches
@@ -194,17 +194,17 @@ def row_binary_codes(ctx, params, q=2, steps=300, fit="alternating", emb_ratio=8
     b = 4, r = ``emb_ratio``; r = 8 averages 1.14 bits per row; r = 0: every row q bits, the
     uniform baseline); QAT through the STE, optionally in the paper's three stages (embedding,
     decoder, encoder), each ``steps / 3``. Runs on BiQGEMM."""
-    bits = binary_codes.ChungBits(emb_max_bits=q if emb_ratio == 0 else 4, emb_ratio=emb_ratio,
+    bits = chung.ChungBits(emb_max_bits=q if emb_ratio == 0 else 4, emb_ratio=emb_ratio,
                                   enc_attn=q, enc_ffn=q, dec_self_attn=q,
                                   cross_attn=q, dec_ffn=q, out=q)
-    freqs = binary_codes.token_frequencies(ctx.train_ids, ctx.translator.model.config.src_vocab)
-    stages = binary_codes.staged_blocks(params) if staged else [None]
+    freqs = chung.token_frequencies(ctx.train_ids, ctx.translator.model.config.src_vocab)
+    stages = chung.staged_blocks(params) if staged else [None]
     for s in range(len(stages)):
         names = None if not staged else {n for block in stages[:s + 1] for n in block}
-        method = binary_codes.chung_method(params, bits, freqs, names=names, method=fit, alpha_dtype=np.float16)
+        method = chung.chung_method(params, bits, freqs, names=names, method=fit, alpha_dtype=np.float16)
         params = finetune(ctx, params, method, steps // len(stages),
                           f"binary_codes{q}-{fit}-r{emb_ratio:g}-{steps}{'-staged' if staged else ''}-stage{s}")
-    packed = binary_codes.chung_pack(params, bits, freqs, method=fit, alpha_dtype=np.float16)
+    packed = chung.chung_pack(params, bits, freqs, method=fit, alpha_dtype=np.float16)
     packed.update({n: pack_float(W) for n, W in params.items() if n not in packed})
     return f"binary_codes-{q}bit-{fit}{'-staged' if staged else ''}", q, packed
 

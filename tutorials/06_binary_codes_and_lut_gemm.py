@@ -24,7 +24,7 @@ import tempfile
 
 import numpy as np
 
-from tinyzip.compress import binary_codes as bc
+from tinyzip.compress import binary_codes as bc, chung
 from tinyzip.compress.base import Method
 from tinyzip.compressed import dequantize_all, pack_float
 from tinyzip.container import load_tz, save_tz
@@ -206,10 +206,10 @@ freqs = np.zeros(V, np.int64)
 for _, _, tgt_out in batches(0):
     freqs += np.bincount(tgt_out.ravel(), minlength=V)
 freqs[0] = 0                                                         # PAD is never looked up as a word
-token_bits = bc.embedding_bits(freqs, max_bits=3, ratio=2.0)
+token_bits = chung.embedding_bits(freqs, max_bits=3, ratio=2.0)
 order = np.argsort(-freqs, kind="stable")
 E = params["emb"]                                                    # (V, D)
-E_hat = bc.FrequencyAwareEmbeddingSTE(token_bits).forward(E)[0]
+E_hat = chung.FrequencyAwareEmbeddingSTE(token_bits).forward(E)[0]
 alone = np.stack([bc.dequantize(*bc.binary_codes(np.ascontiguousarray(E[v][:, None]), int(token_bits[v])))[:, 0]
                   for v in range(V)])                                # (V, D) each row coded alone
 print("tokens by frequency:", order.tolist(), "\nbits               :", token_bits[order].tolist(),

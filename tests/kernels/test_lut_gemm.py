@@ -8,7 +8,7 @@ from hypothesis import given, strategies as st
 from hypothesis.extra import numpy as hynp
 
 from tests.strategies import floats_st
-from tinyzip.compress import binary_codes as bc
+from tinyzip.compress import binary_codes as bc, chung
 from tinyzip.kernels import lut_gemm as lg
 
 EPS32 = float(np.finfo(np.float32).eps)
@@ -152,10 +152,10 @@ def test_lut_matmuls_hook_equals_dense_matmul_of_the_unpacked_weights():
     rng = np.random.default_rng(0)
     W = rng.normal(size=(40, 24)).astype(np.float32)
     packed = {"enc.0.ffn.W_1": bc.pack_binary_codes(*bc.greedy_codes(W, 2)),
-              "emb": bc.pack_embedding_codes(W.T.copy(), np.ones(24, np.int64))}
+              "emb": chung.pack_embedding_codes(W.T.copy(), np.ones(24, np.int64))}
     hooks = lg.lut_matmuls(packed)
     assert set(hooks) == {"enc.0.ffn.W_1"}
     x = rng.normal(size=(5, 40))                                           # float64 in, cast to float32
-    W_hat = bc.unpack(packed["enc.0.ffn.W_1"])
+    W_hat = bc.unpack_binary_codes(packed["enc.0.ffn.W_1"])
     bound = _bound(x.astype(np.float32), packed["enc.0.ffn.W_1"].arrays["alphas"], 8)
     assert np.all(np.abs(hooks["enc.0.ffn.W_1"](x) - x.astype(np.float32) @ W_hat) <= 2 * bound)
