@@ -195,8 +195,7 @@ def row_binary_codes(ctx, params, q=2, steps=300, fit="alternating", emb_ratio=8
     uniform baseline); QAT through the STE, optionally in the paper's three stages (embedding,
     decoder, encoder), each ``steps / 3``. Runs on BiQGEMM."""
     bits = chung.ChungBits(emb_max_bits=q if emb_ratio == 0 else 4, emb_ratio=emb_ratio,
-                                  enc_attn=q, enc_ffn=q, dec_self_attn=q,
-                                  cross_attn=q, dec_ffn=q, out=q)
+                           enc_attn=q, enc_ffn=q, dec_self_attn=q, cross_attn=q, dec_ffn=q, out=q)
     freqs = chung.token_frequencies(ctx.train_ids, ctx.translator.model.config.src_vocab)
     stages = chung.staged_blocks(params) if staged else [None]
     for s in range(len(stages)):

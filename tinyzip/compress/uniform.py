@@ -352,7 +352,6 @@ def int8_linear_reference(x, W_q, w_scale, w_zero=None, bias=None):
     return y.astype(np.float32)
 
 
-
 def quantize_static_reference(x, scale, zero_point, bits, unsigned=False):
     """Static per-tensor activation codes for the int8 GEMM: q = clamp(round(x / S_x + Z_x)) on the
     point's grid, as int8; an unsigned 8-bit grid is shifted by -128 (and Z_x with it).
@@ -368,6 +367,7 @@ def int8_linear_static_reference(x, W_q, w_scale, w_zero, x_scale, x_zero, bits,
     qx, zx = quantize_static_reference(x, x_scale, x_zero, bits, unsigned)
     acc = int8_matmul_reference(qx, W_q, zx, 0 if w_zero is None else w_zero)  # (M, N)
     return ((np.float64(x_scale) * np.asarray(w_scale, np.float64)) * acc).astype(np.float32)
+
 
 # ----------------------------------------------------------------------------- export
 def pack_uniform(W, bits, granularity="channel", symmetric=True, bucket_size=None) -> PackedTensor:

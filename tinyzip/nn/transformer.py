@@ -267,11 +267,11 @@ class Seq2Seq:
         ops = self._ops(params, matmuls=matmuls, act_hooks=act_hooks)
         src_pad = src == PAD
         enc_out, _ = _encoder_stack(ops, self._embed(ops, self.src_emb, src)[0], src_pad, c.enc_layers)
-        cross_kv = []
+        cross_kv, src_valid = [], ~src_pad
         for i in range(c.dec_layers):
             p = f"dec.{i}.cross_attn"
-            k = split_heads(ops.linear(p + ".W_k", enc_out, valid=~src_pad)[0], c.H)  # (B, H, S, Dh)
-            v = split_heads(ops.linear(p + ".W_v", enc_out, valid=~src_pad)[0], c.H)
+            k = split_heads(ops.linear(p + ".W_k", enc_out, valid=src_valid)[0], c.H)  # (B, H, S, Dh)
+            v = split_heads(ops.linear(p + ".W_v", enc_out, valid=src_valid)[0], c.H)
             cross_kv.append((k, v))
         return EncoderState(enc_out, src_pad, cross_kv)
 
