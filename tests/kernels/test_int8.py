@@ -192,3 +192,55 @@ def test_int8_linear_rejects_a_packed_weight_of_another_shape():
         I.int8_linear(x, W_t, np.ones(4), W_packed=np.ones((1, 1, 16), np.int8))
     with pytest.raises(TypeError, match="W_packed"):
         I.int8_linear(x, W_t, np.ones(4), W_packed=I.pack_weight(W_t).astype(np.int16))
+
+
+@st.composite
+def static_st(draw, max_side=53):
+    M, K, N = draw(st.integers(1, 9)), draw(st.integers(1, max_side)), draw(st.integers(1, max_side))
+    rng = np.random.default_rng(draw(st.integers(0, 2 ** 32 - 1)))
+    bits, unsigned = draw(st.integers(2, 8)), draw(st.booleans())
+    x = (rng.standard_normal((M, K)) * draw(st.sampled_from([0.01, 1.0, 30.0]))).astype(np.float32)
+    lo, hi = sorted(rng.standard_normal(2) * 2)                      # a range that clips some of x
+    scale, zero = U.quant_params(0.0 if unsigned else lo, abs(hi), bits, unsigned=unsigned)
+    W = rng.integers(-128, 128, (K, N)).astype(np.int8)
+    w_scale = rng.uniform(0.01, 1.0, N)
+    w_zero = draw(st.none() | st.just(rng.integers(-20, 21, N).astype(np.int32)))
+    return x, W, w_scale, w_zero, float(scale), int(zero), bits, unsigned
+
+
+@given(static_st(), st.booleans(), st.sampled_from([0, I.SERIAL_WORK]))
+def test_eq4_int8_linear_static_equals_reference_bit_for_bit(case, packed, serial_work):
+    """Jacob Eq. (4) with one static (S_x, Z_x) on every 2..8-bit grid, signed or unsigned (ReLU
+    outputs, shifted by -128 into int8): the packed pmaddwd path (int16 qx - Z_x) and the portable
+    int8_gemm path both equal the NumPy integer reference exactly; K, N cross the 4 x 24 tile."""
+    x, W, w_scale, w_zero, scale, zero, bits, unsigned = case
+    W_t = I.prepare_weight(W)
+    y = I.int8_linear_static(x, W_t, w_scale, scale, zero, bits, unsigned, w_zero=w_zero,
+                             W_packed=I.pack_weight(W_t) if packed else None, serial_work=serial_work)
+    ref = U.int8_linear_static_reference(x, W, w_scale, w_zero, scale, zero, bits, unsigned)
+    np.testing.assert_array_equal(y, ref)
+
+
+def test_int8_linear_static_at_the_largest_k_does_not_overflow():
+    """|qx - Z_x| = 255 (unsigned 8-bit grid, x at its top, Z_x = 0), W all -128: K = 65793 is the
+    largest K with K * 255 * 128 <= 2^31 - 1; the packed path still equals the reference."""
+    K, M, N = 65793, 2, 9
+    x, W = np.full((M, K), 255.0, np.float32), np.full((K, N), -128, np.int8)
+    W_t = I.prepare_weight(W)
+    y = I.int8_linear_static(x, W_t, np.ones(N), 1.0, 0, 8, True, W_packed=I.pack_weight(W_t))
+    np.testing.assert_array_equal(y, U.int8_linear_static_reference(x, W, np.ones(N), None, 1.0, 0, 8, True))
+    assert np.all(y == np.float32(-K * 255 * 128))
+
+
+def test_int8_linear_static_rejects_bad_input():
+    x, W_t = np.ones((2, 3), np.float32), np.ones((4, 3), np.int8)
+    with pytest.raises(ValueError, match="x_scale"):
+        I.int8_linear_static(x, W_t, np.ones(4), 0.0, 0, 8)
+    with pytest.raises(ValueError, match="NaN"):
+        I.int8_linear_static(np.full((2, 3), np.nan, np.float32), W_t, np.ones(4), 1.0, 0, 8)
+    with pytest.raises(ValueError, match="differ in K"):
+        I.int8_linear_static(np.ones((2, 5), np.float32), W_t, np.ones(4), 1.0, 0, 8)
+    with pytest.raises(TypeError, match="W_packed"):
+        I.int8_linear_static(x, W_t, np.ones(4), 1.0, 0, 8, W_packed=np.ones((1, 1, 16), np.int8))
+    with pytest.raises(ValueError, match="bits"):
+        I.int8_linear_static(x, W_t, np.ones(4), 1.0, 0, 9)

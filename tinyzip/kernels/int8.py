@@ -7,6 +7,8 @@ Computes (Jacob et al. 2018, arXiv:1712.05877, Eq. (4) and (7); references in
     requantize:   q3 = clamp(Z3 + RDivPOT(SRDHM(acc, M0_q[n]), shift[n]), -128, 127)  == requantize_reference
     int8_linear:  y = (S_x[m] S_W[n]) acc[m, n] + b[n], with qx the per-row symmetric int8
                   quantization of x (dynamic, per token)                              == int8_linear_reference
+    int8_linear_static: y = (S_x S_W[n]) sum_k (qx - Z_x)(W_t[n, k] - Z_W[n]), x quantized with one
+                  static (S_x, Z_x) (weights+activations files)               == int8_linear_static_reference
 
 Layout: the weight is stored transposed, ``W_t = W.T`` of shape (N, K) = (D_out, D_in), C-contiguous,
 so both operands of every dot product are contiguous along k. ``prepare_weight(W_q)`` makes it once.
@@ -50,8 +52,8 @@ from numba.core import cgutils, config
 from numba.extending import intrinsic
 
 from tinyzip.compress.uniform import (  # noqa: F401  (the references this file must equal)
-    INT32_MAX, int8_linear_reference, int8_matmul_reference, quantize_rows_reference,
-    requantize_reference,
+    INT32_MAX, int8_linear_reference, int8_linear_static_reference, int8_matmul_reference,
+    quantize_rows_reference, quantize_static_reference, requantize_reference,
 )
 
 # Batch size from which int8_linear hands over to dequantize + BLAS sgemm: the 2 x 4 int32 tile
@@ -388,6 +390,45 @@ def requantize(acc, M0_q, shift, z_out=0):
     out = np.empty(acc.shape, np.int8)
     _requantize_kernel(acc, M0, sh, int(z_out), -128, 127, out)
     return out
+
+
+def int8_linear_static(x, W_t, w_scale, x_scale, x_zero, bits, unsigned=False, *, w_zero=None, W_packed=None,
+                       serial_work=SERIAL_WORK):
+    """y = (S_x S_W[n]) sum_k (qx - Z_x)(W_t[n, k] - Z_W[n]) as float32 (no bias): Jacob Eq. (4) with one
+    static activation (S_x, Z_x) on a 2..8-bit grid (signed, or ``unsigned`` for ReLU outputs), for
+    weights+activations files. Equals ``int8_linear_static_reference(x, W_t.T, ...)`` bit for bit.
+
+    With ``W_packed`` (AVX2) the packed pmaddwd kernel multiplies the int16 differences qx - Z_x
+    (|qx - Z_x| <= 255, so every pmaddwd pair sum is exact) and Eq. (7)'s weight zero point is the
+    row-sum correction it already applies; otherwise the portable ``int8_gemm``. Every batch size
+    stays on the integer path (no float fallback): the result is the quantized model's, exactly.
+    """
+    _check_2d("x", x, np.float32)
+    _check_2d("W_t", W_t, np.int8)
+    (M, K), N = x.shape, W_t.shape[0]
+    if W_t.shape[1] != K:
+        raise ValueError(f"x {x.shape} and W_t {W_t.shape} differ in K")
+    if not np.all(np.isfinite(x)):
+        raise ValueError("x contains NaN or inf")
+    if not (np.isfinite(x_scale) and x_scale > 0):
+        raise ValueError(f"x_scale must be finite and > 0, got {x_scale}")
+    qx, zx = quantize_static_reference(x, x_scale, x_zero, bits, unsigned)  # (M, K) int8, qx - zx = q - Z_x
+    sw, zw = _vector("w_scale", w_scale, N, np.float64), _vector("w_zero", w_zero, N, np.int32)
+    packed_shape = (-(-N // 8), -(-K // 2), 16)
+    if W_packed is None or not HAS_AVX2:
+        acc = int8_gemm(qx, W_t, zx=zx, zw=zw)                                # Eq. (4), (M, N) int32
+        return ((np.float64(x_scale) * sw) * acc).astype(np.float32)
+    if (not isinstance(W_packed, np.ndarray) or W_packed.dtype != np.int8 or W_packed.shape != packed_shape
+            or not W_packed.flags.c_contiguous):
+        raise TypeError(f"W_packed must be pack_weight(W_t): a C-contiguous int8 {packed_shape} array")
+    _guard_overflow(K, 255, 128 + np.abs(zw.astype(np.int64)).max())
+    xd = np.zeros((M, 2 * packed_shape[1]), np.int16)                        # (M, 2 ceil(K/2)), pad 0 adds 0
+    xd[:, :K] = qx.astype(np.int16) - np.int16(zx)                            # qx - Z_x in [-255, 255]
+    rowsum = xd.sum(axis=1, dtype=np.int64).astype(np.int32)                  # sum_k (qx - Z_x), for Z_W
+    acc, y = np.empty((M, 8 * packed_shape[0]), np.int32), np.empty((M, N), np.float32)
+    kernel = _packed_linear_kernel if M * N * K >= serial_work else _packed_linear_kernel_serial
+    kernel(xd.view(np.int32), W_packed, np.full(M, np.float64(x_scale)), sw, zw, rowsum, np.zeros(N), acc, y)
+    return y
 
 
 def int8_linear(x, W_q, w_scale, bias=None, *, w_zero=None, layout="NK", fallback_batch=FALLBACK_BATCH,
