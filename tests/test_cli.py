@@ -49,6 +49,7 @@ def _assert_one_line_error(run, words):
     (("train", "--steps", "0"), "--steps"),
     (("bench",), "required: BENCH"),
     (("bench", "train", "--presets", "huge"), "unknown preset 'huge'"),
+    (("bench", "kernels", "--passes", "0"), "--passes must be positive"),
 ])
 def test_bad_arguments_give_one_line_and_status_2(args, words):
     _assert_one_line_error(_tinyzip(*args), words)
@@ -168,10 +169,12 @@ def test_bench_kernels_json_has_every_kernel_and_the_lut_layer_path(tmp_path):
     """Correctness is checked before timing (bench raises otherwise); the LUT rows also time the
     dispatching layer path that a model runs."""
     path = tmp_path / "kernels.json"
-    run = _tinyzip("bench", "kernels", "--shapes", "64x48", "--batches", "1,8", "--repeats", "1", "--json", str(path))
+    run = _tinyzip("bench", "kernels", "--shapes", "64x48", "--batches", "1,8", "--repeats", "1", "--passes", "3",
+                   "--json", str(path))
     assert run.returncode == 0, run.stderr
     rows = json.loads(path.read_text())["results"]
     assert {r["kernel"] for r in rows} == {"int8", "lut-q1", "lut-q2", "lut-q3", "codebook-4bit", "sparse-90"}
     for r in rows:
         assert np.isclose(r["ratio_vs_numpy"], r["numpy_fp32_seconds"] / r["seconds"])
         assert ("auto_ratio_vs_numpy" in r) == r["kernel"].startswith("lut")
+        assert len(r["ratio_vs_numpy_passes"]) == 3   # one ratio per pass; the row's seconds are the median pass

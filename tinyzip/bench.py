@@ -142,12 +142,19 @@ def _paired_seconds(fns, repeats: int) -> list[float]:
 
 
 def bench_kernels(kernels=KERNELS, shapes=KERNEL_SHAPES, batches=KERNEL_BATCHES, *, repeats: int = 15,
-                  seed: int = 0) -> list[dict]:
+                  passes: int = 1, seed: int = 0) -> list[dict]:
     """Each kernel against NumPy float32 ``x @ W`` (and, for LUT, against dequantize-then-matmul),
     validated first: the kernel must equal ``x @ W_hat`` (W_hat its dequantized weight) within 1e-3
-    relative (int8 quantizes x too: 2e-2). ``ratio_vs_numpy`` > 1 means faster than NumPy float32."""
+    relative (int8 quantizes x too: 2e-2). ``ratio_vs_numpy`` > 1 means faster than NumPy float32.
+
+    ``passes`` > 1 times every configuration that many times, the passes one after the other over the
+    whole grid (so each pass catches the machine at another moment): seconds are the median over the
+    passes of each pass's median, and ``ratio_vs_numpy_passes`` lists the ratio of every pass. On a
+    shared machine a ratio drifts by 10-30% from minute to minute; one pass is one sample."""
+    if passes < 1:
+        raise ValueError(f"passes must be >= 1, got {passes}")
     rng = np.random.default_rng(seed)
-    rows = []
+    cases = []                                               # (row, timed callables), validated
     for K, N in shapes:
         W = (rng.standard_normal((K, N)) / np.sqrt(K)).astype(np.float32)    # (K, N)
         for kind in kernels:
@@ -158,16 +165,24 @@ def bench_kernels(kernels=KERNELS, shapes=KERNEL_SHAPES, batches=KERNEL_BATCHES,
                 err = float(np.abs(y - y_ref).max() / max(np.abs(y_ref).max(), 1e-30))
                 if err > (2e-2 if kind == "int8" else 1e-3):
                     raise RuntimeError(f"{kind} {K}x{N} batch {M}: relative error {err:.2e}; not timing it")
-                fns = [lambda: x @ W, lambda: fn(x)] + ([lambda: dequant_fn(x), lambda: auto_fn(x)] if dequant_fn else [])
-                secs = _paired_seconds(fns, repeats)
-                row = {"kernel": kind, "bits": bits, "K": K, "N": N, "batch": M, "seconds": secs[1],
-                       "numpy_fp32_seconds": secs[0], "ratio_vs_numpy": secs[0] / secs[1], "max_rel_error": err}
+                fns = [lambda x=x, W=W: x @ W, lambda x=x, fn=fn: fn(x)]
                 if dequant_fn:
-                    row["dequant_matmul_seconds"] = secs[2]
-                    row["ratio_vs_dequant_matmul"] = secs[2] / secs[1]
-                    row["auto_seconds"] = secs[3]                       # what a model layer runs
-                    row["auto_ratio_vs_numpy"] = secs[0] / secs[3]
-                rows.append(row)
+                    fns += [lambda x=x, f=dequant_fn: f(x), lambda x=x, f=auto_fn: f(x)]
+                cases.append(({"kernel": kind, "bits": bits, "K": K, "N": N, "batch": M, "max_rel_error": err}, fns))
+    per_pass = [[_paired_seconds(fns, repeats) for _, fns in cases] for _ in range(passes)]
+    rows = []
+    for c, (row, fns) in enumerate(cases):
+        secs = np.median([per_pass[p][c] for p in range(passes)], axis=0)   # (n_fns,)
+        row = dict(row, seconds=float(secs[1]), numpy_fp32_seconds=float(secs[0]),
+                   ratio_vs_numpy=float(secs[0] / secs[1]))
+        if passes > 1:
+            row["ratio_vs_numpy_passes"] = [per_pass[p][c][0] / per_pass[p][c][1] for p in range(passes)]
+        if len(fns) > 2:
+            row["dequant_matmul_seconds"] = float(secs[2])
+            row["ratio_vs_dequant_matmul"] = float(secs[2] / secs[1])
+            row["auto_seconds"] = float(secs[3])                           # what a model layer runs
+            row["auto_ratio_vs_numpy"] = float(secs[0] / secs[3])
+        rows.append(row)
     return rows
 
 
@@ -177,7 +192,9 @@ def format_kernel_table(rows: list[dict]) -> str:
     for r in rows:
         deq = f"{r['ratio_vs_dequant_matmul']:.2f}x" if "ratio_vs_dequant_matmul" in r else "-"
         auto = f"{r['auto_ratio_vs_numpy']:.2f}x" if "auto_ratio_vs_numpy" in r else "-"
+        spread = r.get("ratio_vs_numpy_passes")
+        spread = f"  (passes {min(spread):.2f}-{max(spread):.2f}x)" if spread else ""
         lines.append(f"{r['kernel']:<14} {str(r['K']) + 'x' + str(r['N']):>11} {r['batch']:>5} "
                      f"{r['seconds']:>10.6f} {r['numpy_fp32_seconds']:>12.6f} {r['ratio_vs_numpy']:>7.2f}x "
-                     f"{deq:>12} {auto:>20}")
+                     f"{deq:>12} {auto:>20}{spread}")
     return "\n".join(lines)

@@ -319,6 +319,8 @@ def _add_bench_kernels(bsub):
     p.add_argument("--shapes", default="1024x1024,4096x4096,4096x1024", help="W shapes KxN (default: the issue's three)")
     p.add_argument("--batches", default="1,8,32,128", help="comma-separated batch sizes")
     p.add_argument("--repeats", type=int, default=15, help="timed runs per configuration (default: 15)")
+    p.add_argument("--passes", type=int, default=1,
+                   help="time the whole grid this many times, report the median pass (default: 1)")
     p.add_argument("--json", metavar="PATH", help="also write {'machine', 'results'} as JSON")
     p.set_defaults(func=_cmd_bench_kernels)
 
@@ -334,10 +336,10 @@ def _cmd_bench_kernels(args) -> int:
         batches = [int(b) for b in args.batches.split(",")]
     except ValueError:
         raise ValueError(f"--shapes wants KxN,KxN and --batches integers; got {args.shapes!r}, {args.batches!r}") from None
-    if any(len(s) != 2 or min(s) < 1 for s in shapes) or min(batches) < 1 or args.repeats < 1:
-        raise ValueError("shapes, batches and --repeats must be positive")
+    if any(len(s) != 2 or min(s) < 1 for s in shapes) or min(batches) < 1 or min(args.repeats, args.passes) < 1:
+        raise ValueError("shapes, batches, --repeats and --passes must be positive")
     rows = bench_kernels([k.strip() for k in args.kernels.split(",") if k.strip()], shapes, batches,
-                         repeats=args.repeats)
+                         repeats=args.repeats, passes=args.passes)
     print(format_kernel_table(rows))
     from numba import get_num_threads
     blas = os.environ.get("OPENBLAS_NUM_THREADS")
