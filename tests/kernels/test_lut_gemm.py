@@ -102,6 +102,7 @@ def test_dispatch_rule_keeps_lut_where_it_wins_and_falls_back_where_it_loses():
     assert not lg.use_lut(128, 3, 1024, 1024) and not lg.use_lut(128, 3, 4096, 4096)
     assert not lg.use_lut(1, 1, 64, 64) and not lg.use_lut(1, 2, 1024, 1024)
     assert not lg.use_lut(8, 1, 1024, 256) and not lg.use_lut(8, 4, 4096, 4096)
+    assert not lg.use_lut(128, 2, 4096, 1024) and lg.use_lut(128, 1, 4096, 1024)
 
 
 def test_generated_kernel_module_is_up_to_date():

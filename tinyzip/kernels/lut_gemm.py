@@ -51,8 +51,8 @@ Optimisations (perf-notes sections 3, 7, 8):
 
 Dispatch (``lut_linear``, rule in ``use_lut``): where the LUT path measured slower than numpy
 float32 (M = 1 on layers under 4M weights, 1M at q = 1; N q < 1024 at any batch; q = 3 above
-batch 32; q = 2 above 128; q > 3), dequantize once, cache the float32 W in
-the prepared weights, and use x @ W: never slower than float32.
+batch 32; q = 2 above 128, or above 32 under 16M weights; q > 3), dequantize once, cache the
+float32 W in the prepared weights, and use x @ W: never slower than float32.
 """
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -264,7 +264,8 @@ def use_lut(M: int, q: int, K: int, N: int) -> bool:
     W 256x1024:    q=1 0.76 / 1.84 / 1.35 / 1.22x; q=2 0.53 / 1.56 / 1.20 / 1.03x; q=3 0.43 / 1.44 / 1.15 / 0.74x
     W 1024x256:    at most 1.00x (M = 8), 0.36-0.92x elsewhere; W 256^2: 0.21-0.91x.
     q = 3 at M = 128 on 4096^2 measured 0.99-1.44x across runs (noise of a loaded machine): dense,
-    so that it is never slower.
+    so that it is never slower. q = 2 above M = 32 wins only on the largest layers (2 threads, quiet:
+    4096^2 1.33x at M = 128; 4096x1024 0.92-1.09x, 1024^2 1.01-1.06x): LUT from 16M weights up.
     """
     if q > 3:
         return False
@@ -274,7 +275,7 @@ def use_lut(M: int, q: int, K: int, N: int) -> bool:
         return False
     if M <= 32:
         return True
-    return q <= (2 if M <= 128 else 1)
+    return q == 1 or (q == 2 and M <= 128 and K * N >= 1 << 24)
 
 
 def lut_linear(x: np.ndarray, prepared: LutWeights, bias: np.ndarray | None = None, *,
