@@ -32,29 +32,22 @@ Optimisations:
 * Row remainders use a 1 x 4 tile, column remainders a scalar dot product.
 * int8_linear quantizes activations symmetrically per row, so Eq. (7) needs no column sums of W
   (a second pass over W) on any call; only asymmetric weights add the cheap row sums of qx.
-* Packed path (AVX2, ``W_packed``): a Numba ``@intrinsic`` emits ``llvm.x86.avx2.pmadd.wd`` (vpmaddwd:
-  16 int16 products, pairs added into 8 int32 lanes, exact for int8 inputs); 4 rows x 24 columns
-  in 12 ymm accumulators, weights sign-extended in-register (vpmovsxbw from memory), the int16
-  pair (x[m, 2j], x[m, 2j+1]) broadcast as one int32 (vpbroadcastd); k blocked by 256 pairs so x
-  and W blocks stay in L1. 4x3 tile alone ~70 GMAC/s per thread against ~33 for the 2 x 4 tile.
-  Padding (N to 8, K to 2) is zeros on both sides, so results are bit-identical. Without AVX2
-  (or with NUMBA_CPU_NAME set to another target) ``W_packed`` is ignored.
+* Packed path (AVX2, ``W_packed``): the vpmaddwd microkernel of ``int8_avx2.py`` (a Numba
+  ``@intrinsic``, 4 x 24 register tile, ~70 GMAC/s per thread against ~33 for the 2 x 4 tile), on
+  the layout ``pack_weight`` makes. Without AVX2 ``W_packed`` is ignored.
 * Dispatch in int8_linear: one thread below ``SERIAL_WORK`` multiply-adds, the parallel kernel up
   to ``fallback_batch`` rows (``FALLBACK_BATCH``; ``PACKED_FALLBACK_BATCH`` with ``W_packed``),
   OpenBLAS sgemm on the dequantized weight from there on.
 * No fastmath: the float epilogue is the reference's float64 expression, bit for bit.
 """
-import llvmlite.binding as llvm_binding
 import numpy as np
-from llvmlite import ir
-from numba import njit, prange, types
-from numba.core import cgutils, config
-from numba.extending import intrinsic
+from numba import njit, prange
 
 from tinyzip.compress.uniform import (  # noqa: F401  (the references this file must equal)
     INT32_MAX, int8_linear_reference, int8_linear_static_reference, int8_matmul_reference,
     quantize_rows_reference, quantize_static_reference, requantize_reference,
 )
+from tinyzip.kernels.int8_avx2 import HAS_AVX2, packed_linear_kernel, packed_linear_kernel_serial
 
 # Batch size from which int8_linear hands over to dequantize + BLAS sgemm: the 2 x 4 int32 tile
 # (8-lane vpmaddwd, about 16 GMAC/s per thread) loses to OpenBLAS's FMA kernel once W stops being
@@ -181,122 +174,6 @@ _linear_kernel = njit(parallel=True, cache=True)(_linear_body)
 _linear_kernel_serial = njit(cache=True)(_linear_body)  # small layers: no thread wake-up
 
 
-# ---- AVX2 pmaddwd microkernel on pre-packed weights ---------------------------------------------
-# LLVM widens the int8 products of plain Numba loops to 8 int32 lanes (vpmovsxbd + vpmulld); the
-# x86 instruction vpmaddwd does 16 int16 products and adds neighbouring pairs into 8 int32 lanes:
-#     pmaddwd(a, b)[c] = a[2c] b[2c] + a[2c + 1] b[2c + 1]       (|each sum| <= 2^15: exact, no saturation)
-# With a = (x[m, 2j], x[m, 2j + 1]) broadcast to all 8 lanes and b = the packed weights below, lane c
-# gains x[m, 2j] W_t[n, 2j] + x[m, 2j + 1] W_t[n, 2j + 1] for column n = 8 b + c: one instruction, 16 MACs.
-
-
-def _cpu_has_avx2():
-    """Numba compiles for the host CPU unless NUMBA_CPU_NAME names another target; only then
-    can the AVX2 intrinsic be used (otherwise int8_linear keeps the portable kernel)."""
-    if config.CPU_NAME not in (None, "host"):
-        return False
-    return "+avx2" in llvm_binding.get_host_cpu_features().flatten().split(",")
-
-
-HAS_AVX2 = _cpu_has_avx2()
-_MR, _NR = 4, 3  # register tile: 4 rows x 3 blocks of 8 columns = 12 ymm accumulators (of 16)
-_KC = 256        # k-pairs per cache block: 4 rows x 1 KB of x + 3 x 4 KB of weights stay in L1
-_V16I8, _V16I16, _V8I32 = ir.VectorType(ir.IntType(8), 16), ir.VectorType(ir.IntType(16), 16), \
-    ir.VectorType(ir.IntType(32), 8)
-
-
-def _make_tile(MR, NR):
-    """An intrinsic tile(xp, wp, acc, m0, b0, k0, k1): for r < MR, c < NR
-    acc[m0 + r, 8 (b0 + c) : 8 (b0 + c + 1)] (+)= sum_{j = k0}^{k1 - 1} pmaddwd(xp[m0 + r, j], wp[b0 + c, j]),
-    starting from 0 when k0 == 0 (else from acc). The accumulators are <8 x i32> registers."""
-    @intrinsic
-    def tile(typingctx, xp, wp, acc, m0, b0, k0, k1):
-        if not (isinstance(xp, types.Array) and xp.dtype == types.int32 and wp.dtype == types.int8
-                and acc.dtype == types.int32):
-            return None
-
-        def codegen(context, builder, sig, args):
-            xa, wa, aa = (context.make_array(t)(context, builder, a) for t, a in zip(sig.args[:3], args[:3]))
-            m0v, b0v, k0v, k1v = (context.cast(builder, a, t, types.intp) for t, a in zip(sig.args[3:], args[3:]))
-            intp = context.get_value_type(types.intp)
-
-            def const(i):
-                return ir.Constant(intp, i)
-            K2 = cgutils.unpack_tuple(builder, xa.shape, 2)[1]
-            NP = cgutils.unpack_tuple(builder, aa.shape, 2)[1]
-            pmaddwd = cgutils.get_or_insert_function(
-                builder.module, ir.FunctionType(_V8I32, [_V16I16, _V16I16]), "llvm.x86.avx2.pmadd.wd")
-            x_rows = [builder.gep(xa.data, [builder.mul(builder.add(m0v, const(r)), K2)]) for r in range(MR)]
-            w_base = builder.bitcast(wa.data, _V16I8.as_pointer())  # wp[b, j] is one <16 x i8>
-            w_blocks = [builder.gep(w_base, [builder.mul(builder.add(b0v, const(c)), K2)]) for c in range(NR)]
-            out = [[builder.bitcast(builder.gep(aa.data, [builder.add(builder.mul(builder.add(m0v, const(r)), NP),
-                                                                      builder.mul(builder.add(b0v, const(c)), const(8)))]),
-                                    _V8I32.as_pointer()) for c in range(NR)] for r in range(MR)]
-            first = builder.icmp_signed("==", k0v, const(0))
-            accs = [[cgutils.alloca_once(builder, _V8I32) for c in range(NR)] for r in range(MR)]
-            for r in range(MR):
-                for c in range(NR):
-                    start = builder.select(first, ir.Constant(_V8I32, None), builder.load(out[r][c], align=4))
-                    builder.store(start, accs[r][c])
-            with cgutils.for_range_slice(builder, k0v, k1v, const(1)) as (j, _):
-                w = [builder.sext(builder.load(builder.gep(w_blocks[c], [j]), align=1), _V16I16) for c in range(NR)]
-                for r in range(MR):
-                    xj = builder.load(builder.gep(x_rows[r], [j]), align=4)  # (x[m, 2j], x[m, 2j + 1]) as int16
-                    xv = builder.insert_element(ir.Constant(_V8I32, ir.Undefined), xj, ir.Constant(ir.IntType(32), 0))
-                    xv = builder.bitcast(builder.shuffle_vector(xv, xv, ir.Constant(_V8I32, None)), _V16I16)
-                    for c in range(NR):
-                        builder.store(builder.add(builder.load(accs[r][c]), builder.call(pmaddwd, [xv, w[c]])),
-                                      accs[r][c])
-            for r in range(MR):
-                for c in range(NR):
-                    builder.store(builder.load(accs[r][c]), out[r][c], align=4)
-            return context.get_dummy_value()
-        return types.void(xp, wp, acc, m0, b0, k0, k1), codegen
-    return tile
-
-
-_tile_full, _tile_row, _tile_col, _tile_one = _make_tile(_MR, _NR), _make_tile(1, _NR), _make_tile(_MR, 1), \
-    _make_tile(1, 1)
-
-
-@njit(cache=True)
-def _packed_group(xp, wp, acc, b0, kc):
-    """acc[:, 8 b0 : 8 (b0 + _NR)] = raw int32 products of all rows with column blocks b0.., kc k-pairs
-    at a time."""
-    M, K2 = xp.shape
-    nb = min(_NR, wp.shape[0] - b0)
-    for k0 in range(0, K2, kc):
-        k1 = min(K2, k0 + kc)
-        for b in range(b0, b0 + nb, nb if nb == _NR else 1):
-            m = 0
-            while m + _MR <= M:
-                if nb == _NR:
-                    _tile_full(xp, wp, acc, m, b, k0, k1)
-                else:
-                    _tile_col(xp, wp, acc, m, b, k0, k1)
-                m += _MR
-            while m < M:
-                if nb == _NR:
-                    _tile_row(xp, wp, acc, m, b, k0, k1)
-                else:
-                    _tile_one(xp, wp, acc, m, b, k0, k1)
-                m += 1
-
-
-def _packed_linear_body(xp, wp, sx, sw, zw, rowsum, bias, acc, y):
-    """_linear_body on the packed layout; acc is (M, 8 ceil(N / 8)) int32 scratch."""
-    M, N = y.shape
-    kc = _KC if M >= _MR else xp.shape[1]  # under _MR rows x is read once: stream W without breaks
-    for g in prange((wp.shape[0] + _NR - 1) // _NR):
-        b0 = g * _NR
-        _packed_group(xp, wp, acc, b0, kc)
-        for m in range(M):
-            for n in range(8 * b0, min(N, 8 * (b0 + _NR))):
-                c = np.int32(acc[m, n] - zw[n] * rowsum[m])
-                y[m, n] = np.float32((sx[m] * sw[n]) * np.float64(c) + bias[n])
-
-
-_packed_linear_kernel = njit(parallel=True, cache=True)(_packed_linear_body)
-_packed_linear_kernel_serial = njit(cache=True)(_packed_linear_body)
 
 
 def pack_weight(W_t):
@@ -426,7 +303,7 @@ def int8_linear_static(x, W_t, w_scale, x_scale, x_zero, bits, unsigned=False, *
     xd[:, :K] = qx.astype(np.int16) - np.int16(zx)                            # qx - Z_x in [-255, 255]
     rowsum = xd.sum(axis=1, dtype=np.int64).astype(np.int32)                  # sum_k (qx - Z_x), for Z_W
     acc, y = np.empty((M, 8 * packed_shape[0]), np.int32), np.empty((M, N), np.float32)
-    kernel = _packed_linear_kernel if M * N * K >= serial_work else _packed_linear_kernel_serial
+    kernel = packed_linear_kernel if M * N * K >= serial_work else packed_linear_kernel_serial
     kernel(xd.view(np.int32), W_packed, np.full(M, np.float64(x_scale)), sw, zw, rowsum, np.zeros(N), acc, y)
     return y
 
@@ -482,7 +359,7 @@ def int8_linear(x, W_q, w_scale, bias=None, *, w_zero=None, layout="NK", fallbac
         if np.any(zw):
             _rowsum_kernel(qx, rowsum)
         acc = np.empty((M, 8 * packed_shape[0]), np.int32)
-        kernel = _packed_linear_kernel if parallel else _packed_linear_kernel_serial
+        kernel = packed_linear_kernel if parallel else packed_linear_kernel_serial
         kernel(qx.view(np.int32), W_packed, sx, sw, zw, rowsum, b, acc, y)  # little-endian: x[2j] is the low half
         return y
     qx = np.empty((M, K), np.int8)
