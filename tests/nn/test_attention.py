@@ -86,15 +86,50 @@ def test_backward_matches_central_differences_incl_head_mask_and_state_grads(pad
     check_backward(forward, backward, [x_q, x_kv, *weights(6, 3), xi])
 
 
-def test_probs_hook_and_dropout_are_in_the_backward():
-    """A hook scaling the probabilities by 2 and dropout with a fixed rng are differentiated."""
+def smooth_hook(c):
+    """An identity-like smooth hook x -> c x + 0.05 x^2 (its backward needs its own cache: x)."""
+    return (lambda x: (c * x + 0.05 * x * x, x), lambda d, x: d * (c + 0.1 * x))
+
+
+HOOKS = {"q": smooth_hook(2.0), "k": smooth_hook(0.5), "v": smooth_hook(1.5), "probs": smooth_hook(2.0)}
+
+
+@pytest.mark.parametrize("points", [["probs"], ["q", "k", "v", "probs"]])
+def test_hooks_on_q_k_v_probs_and_dropout_are_in_the_backward(points):
+    """Hooks on Q, K, V (the operands of Q K^T and P V) and on P, with dropout on a fixed rng:
+    every input and weight gradient matches central differences."""
     x_q, x_kv = inputs(seed=4)
-    hook = (lambda p: (2 * p, None), lambda dp, c: 2 * dp)
+    hooks = {n: HOOKS[n] for n in points}
 
     def forward(*args):
-        return mha_forward(*args, n_heads=3, probs_hook=hook, dropout_p=0.3,
+        return mha_forward(*args, n_heads=3, key_pad=KEY_PAD, hooks=hooks, dropout_p=0.3,
                            rng=np.random.default_rng(0))
-    check_backward(forward, lambda d, c: mha_backward(d, c), [x_q, x_kv, *weights(6, 4)])
+    check_backward(forward, lambda d, c: mha_backward(d, c)[:-1], [x_q, x_kv, *weights(6, 4)])
+
+
+@given(st.integers(0, 99), st.booleans())
+def test_eq1_with_hooks_is_eq1_on_the_hooked_q_k_v_and_probs(seed, causal):
+    """softmax(h_q(Q) h_k(K)^T / sqrt(Dh) + mask) -> h_p -> times h_v(V): the loop reference with
+    each hook applied to its operand (Q before the 1/sqrt(Dh) factor)."""
+    x_q, x_kv = inputs(seed=seed)
+    W = weights(6, seed)
+    h = {n: (lambda x, f=f: f(x)[0]) for n, (f, _) in HOOKS.items()}
+    out, _ = mha_forward(x_q, x_kv, *W, n_heads=2, key_pad=KEY_PAD, causal=causal, hooks=HOOKS)
+    W_q, b_q, W_k, b_k, W_v, b_v, W_o, b_o = W
+    B, T, D = x_q.shape
+    S, Dh = x_kv.shape[1], D // 2
+    ref = np.zeros((B, T, D))
+    for b in range(B):
+        Q, K, V = h["q"](x_q[b] @ W_q + b_q), h["k"](x_kv[b] @ W_k + b_k), h["v"](x_kv[b] @ W_v + b_v)
+        for hd in range(2):
+            cols = slice(hd * Dh, (hd + 1) * Dh)
+            for t in range(T):
+                allowed = [s for s in range(S) if not KEY_PAD[b, s] and not (causal and s > t + S - T)]
+                logits = np.array([Q[t, cols] @ K[s, cols] / math.sqrt(Dh) for s in allowed])
+                p = h["probs"](np.exp(logits - logits.max()) / np.exp(logits - logits.max()).sum())
+                ref[b, t, cols] = sum(pi * V[s, cols] for pi, s in zip(p, allowed))
+        ref[b] = ref[b] @ W_o + b_o
+    np.testing.assert_allclose(out, ref, rtol=1e-10, atol=1e-12)
 
 
 def test_causal_outputs_before_t_ignore_tokens_from_t_on():
@@ -120,6 +155,19 @@ def test_cached_keys_values_give_the_full_causal_result_one_query_at_a_time():
         np.testing.assert_allclose(step[:, 0], full[:, t], rtol=1e-12, atol=1e-13)
     with pytest.raises(ValueError, match="inference"):
         mha_backward(step, cache)
+
+
+def test_cached_keys_values_with_hooks_give_the_full_result_when_the_hooks_are_elementwise():
+    """past_kv: the k/v hooks act on each call's new rows only, the past ones were hooked already."""
+    x, _ = inputs(T=5, seed=8)
+    W = weights(6, 8)
+    full, _ = mha_forward(x, x, *W, n_heads=3, causal=True, hooks=HOOKS)
+    past = None
+    for t in range(5):
+        step, cache = mha_forward(x[:, t:t + 1], x[:, t:t + 1], *W, n_heads=3, causal=True,
+                                  past_kv=past, hooks=HOOKS)
+        past = (cache.k, cache.v)
+        np.testing.assert_allclose(step[:, 0], full[:, t], rtol=1e-12, atol=1e-13)
 
 
 def test_static_kv_equals_projecting_the_memory():

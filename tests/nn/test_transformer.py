@@ -193,7 +193,8 @@ def test_act_hooks_run_forward_and_backward_at_every_point():
     params = params64(model, seed=8)
     names = list(params)
     points = [n + ":in" for n, v in params.items() if v.ndim == 2]
-    points += [p + ".probs" for p in model.attention_prefixes()] + ["enc.0.ffn.act", "dec.0.ffn.act"]
+    points += [f"{p}.{n}" for p in model.attention_prefixes() for n in ("q", "k", "v", "probs")]
+    points += ["enc.0.ffn.act", "dec.0.ffn.act"]
     seen = set()
 
     def hook(point, c):
@@ -203,9 +204,28 @@ def test_act_hooks_run_forward_and_backward_at_every_point():
     def forward(*arrays):
         return model.forward(dict(zip(names, arrays)), SRC, TGT_IN, act_hooks=hooks)
 
+    wrt = ["emb", "enc.0.attn.W_v", "enc.0.attn.W_q", "dec.0.cross_attn.W_k", "dec.0.self_attn.b_q"]
     check_backward(forward, lambda d, c: tuple(model.backward(d, c)[n] for n in names),
-                   [params[n] for n in names], wrt=[names.index("emb"), names.index("enc.0.attn.W_v")])
+                   [params[n] for n in names], wrt=[names.index(n) for n in wrt])
     assert seen == set(points)
+
+
+def test_decode_step_with_hooks_on_q_k_v_probs_equals_the_hooked_forward():
+    """encode hooks the cross-attention K, V it caches, decode_step each new self-attention row:
+    with elementwise hooks, incremental decoding = the full forward under the same hooks."""
+    model = tiny(layers=2)
+    params = params64(model, seed=10)
+    hooks = {f"{p}.{n}": (lambda x, c=1.0 + 0.1 * i: (c * x + 0.05 * x * x, None), None)
+             for i, (p, n) in enumerate((p, n) for p in model.attention_prefixes() for n in ("q", "k", "v", "probs"))}
+    tgt = np.array([[1, 4, 5, 6, 3], [1, 6, 3, 5, 5]])
+    full, _ = model.forward(params, SRC, tgt, act_hooks=hooks)
+    ref, _ = log_softmax_forward(full)
+    plain, _ = model.forward(params, SRC, tgt)
+    assert not np.allclose(full, plain)
+    enc, state = model.encode(params, SRC, act_hooks=hooks), None
+    for t in range(tgt.shape[1]):
+        logp, state = model.decode_step(params, enc, tgt[:, t], state, act_hooks=hooks)
+        np.testing.assert_allclose(logp, ref[:, t], rtol=1e-12, atol=1e-12)
 
 
 def test_dropout_only_with_rng_and_its_backward_is_exact():

@@ -23,9 +23,18 @@ every key masked stays finite. ``scores`` returned for distillation are **before
 The gradient w.r.t. the head mask is dL/dxi_h = sum_{b,t,d} dL/d(xi_h heads_h) * heads_h, the
 head-importance signal of Michel et al. (their Eq. (2) takes its absolute value, averaged over data).
 
+Hooks (``hooks={point: (fwd, bwd)}``, ``fwd(x) -> (x_hat, hcache)``, ``bwd(dx_hat, hcache) -> dx``;
+activation quantizers, Prato et al. 2020 quantize every matmul input, Q K^T and P V included):
+
+    "q"      on Q = x_q @ W_q + b_q (B, T, D), before the 1/sqrt(Dh) scaling and Q K^T
+    "k", "v" on K, V (B, S, D), before Q K^T and P V
+    "probs"  on the softmax output P, before dropout and P V
+
 Incremental decoding: ``past_kv=(K, V)`` from earlier steps is prepended to this call's keys and
-values; ``static_kv=(K, V)`` replaces the key/value projections entirely (cross-attention over a
-fixed encoder output). Those two paths are for inference: backward refuses them.
+values (the hooks act on this call's new rows only: the past rows were hooked when they were new);
+``static_kv=(K, V)`` replaces the key/value projections entirely (cross-attention over a fixed
+encoder output; its maker applies the "k"/"v" hooks). Those two paths are for inference: backward
+refuses them.
 """
 import math
 from typing import NamedTuple
@@ -37,6 +46,7 @@ from tinyzip.nn.layers import _check_float, dropout_backward, dropout_forward, l
 
 NEG = -1e30
 WEIGHTS = ("W_q", "b_q", "W_k", "b_k", "W_v", "b_v", "W_o", "b_o")
+HOOK_POINTS = ("q", "k", "v", "probs")
 
 
 class AttentionCache(NamedTuple):
@@ -47,7 +57,7 @@ class AttentionCache(NamedTuple):
     scores: np.ndarray | None  # (B, H, T, S) before the mask, kept when asked for
     probs: np.ndarray  # (B, H, T, S) after the probs hook: what multiplies V
     softmax: tuple  # softmax cache
-    hook: tuple | None  # (bwd, hcache) of the probs hook
+    hooked: dict  # point -> (bwd, hcache) of each hook that ran
     drop: np.ndarray | None  # dropout cache of the probabilities
     heads: np.ndarray  # (B, H, T, Dh) before the head mask
     head_mask: np.ndarray | None  # (H,)
@@ -73,6 +83,23 @@ def attention_bias(key_pad, T, S, causal, dtype):
     return bias
 
 
+def _hook(hooks, point, x, hooked):
+    """x through ``hooks[point]`` (its backward half recorded in ``hooked``); x itself without one."""
+    if hooks is None or point not in hooks:
+        return x
+    fwd, bwd = hooks[point]
+    x_hat, hcache = fwd(x)
+    hooked[point] = (bwd, hcache)
+    return x_hat
+
+
+def _hook_bwd(hooked, point, dx_hat):
+    if point not in hooked:
+        return dx_hat
+    bwd, hcache = hooked[point]
+    return bwd(dx_hat, hcache)
+
+
 def split_heads(x, H):
     """(B, T, D) -> (B, H, T, Dh), a view."""
     B, T, D = x.shape
@@ -81,15 +108,15 @@ def split_heads(x, H):
 
 def mha_forward(x_q, x_kv, W_q, b_q, W_k, b_k, W_v, b_v, W_o, b_o, *, n_heads, key_pad=None,
                 causal=False, head_mask=None, past_kv=None, static_kv=None, return_scores=False,
-                linear=None, probs_hook=None, dropout_p=0.0, rng=None):
+                linear=None, hooks=None, dropout_p=0.0, rng=None):
     """Multi-head attention.  x_q: (B, T, D), x_kv: (B, S, D) -> out (B, T, D), cache.
 
     ``key_pad``: (B, S_total) bool, True at PAD keys. ``head_mask``: (H,) float. ``linear``: an
     optional pair ``(fwd(name, x, W, b) -> (y, cache), bwd(name, dy, cache) -> (dx, dW, db))``
     used for the four projections (the model plugs in weight overrides and input hooks here).
-    ``probs_hook``: optional ``(fwd, bwd)`` applied to the softmax output. With ``rng`` given,
-    dropout ``dropout_p`` is applied to the probabilities after the hook (``cache.probs`` is the
-    value before dropout).
+    ``hooks``: optional ``{point: (fwd, bwd)}`` for points in ``HOOK_POINTS`` (module docstring).
+    With ``rng`` given, dropout ``dropout_p`` is applied to the probabilities after the hook
+    (``cache.probs`` is the value before dropout).
     """
     _check_float("x_q", x_q)
     if x_q.ndim != 3 or x_q.shape[-1] != W_q.shape[0] or W_q.shape != W_o.shape:
@@ -103,10 +130,13 @@ def mha_forward(x_q, x_kv, W_q, b_q, W_k, b_k, W_v, b_v, W_o, b_o, *, n_heads, k
         if head_mask.shape != (n_heads,):
             raise ValueError(f"head_mask must have shape ({n_heads},), got {head_mask.shape}")
     fwd, _ = linear or (_plain_linear, _plain_linear_backward)
-    lin = {}
+    lin, hooked = {}, {}
     q, lin["W_q"] = fwd("W_q", x_q, W_q, b_q)  # (B, T, D)
-    q = split_heads(q, n_heads)  # (B, H, T, Dh)
-    q *= 1.0 / math.sqrt(D // n_heads)
+    q = split_heads(_hook(hooks, "q", q, hooked), n_heads)  # (B, H, T, Dh)
+    if "q" in hooked:
+        q = q * (1.0 / math.sqrt(D // n_heads))  # the hook's output may be in its cache: no in-place
+    else:
+        q *= 1.0 / math.sqrt(D // n_heads)
     if static_kv is not None:
         k, v = static_kv
     else:
@@ -115,6 +145,7 @@ def mha_forward(x_q, x_kv, W_q, b_q, W_k, b_k, W_v, b_v, W_o, b_o, *, n_heads, k
                              f"{x_q.shape}")
         k, lin["W_k"] = fwd("W_k", x_kv, W_k, b_k)
         v, lin["W_v"] = fwd("W_v", x_kv, W_v, b_v)
+        k, v = _hook(hooks, "k", k, hooked), _hook(hooks, "v", v, hooked)  # new rows only
         k, v = split_heads(k, n_heads), split_heads(v, n_heads)  # (B, H, S, Dh)
         if past_kv is not None:
             k = np.concatenate([past_kv[0], k], axis=2)  # (B, H, S_past + S, Dh)
@@ -127,10 +158,7 @@ def mha_forward(x_q, x_kv, W_q, b_q, W_k, b_k, W_v, b_v, W_o, b_o, *, n_heads, k
     if key_pad is not None or causal:
         scores += attention_bias(key_pad, T, S, causal, scores.dtype)
     probs, sm_cache = softmax_forward(scores)  # Eq. (1)
-    hook = None
-    if probs_hook is not None:
-        probs, hcache = probs_hook[0](probs)
-        hook = (probs_hook[1], hcache)
+    probs = _hook(hooks, "probs", probs, hooked)
     drop = None
     if rng is not None and dropout_p > 0:
         probs_used, drop = dropout_forward(probs, dropout_p, rng)
@@ -140,7 +168,7 @@ def mha_forward(x_q, x_kv, W_q, b_q, W_k, b_k, W_v, b_v, W_o, b_o, *, n_heads, k
     masked = heads if head_mask is None else heads * head_mask.reshape(H, 1, 1).astype(heads.dtype)
     merged = masked.transpose(0, 2, 1, 3).reshape(B, T, D)  # (B, T, D)
     out, lin["W_o"] = fwd("W_o", merged, W_o, b_o)
-    cache = AttentionCache(lin, q, k, v, kept_scores, probs, sm_cache, hook, drop, heads, head_mask,
+    cache = AttentionCache(lin, q, k, v, kept_scores, probs, sm_cache, hooked, drop, heads, head_mask,
                            past_kv is not None or static_kv is not None)
     return out, cache
 
@@ -151,7 +179,7 @@ def mha_backward(dout, cache, dprobs=None, dscores=None, linear=None):
     ``dprobs``/``dscores``: optional upstream gradients for the returned probabilities and
     scores (distillation losses on attention). ``dhead_mask`` is None when no head mask was given.
     """
-    lin, q, k, v, _, probs, sm_cache, hook, drop, heads, head_mask, inference_only = cache
+    lin, q, k, v, _, probs, sm_cache, hooked, drop, heads, head_mask, inference_only = cache
     if inference_only:
         raise ValueError("attention backward is not available after past_kv/static_kv (inference)")
     _, bwd = linear or (_plain_linear, _plain_linear_backward)
@@ -171,8 +199,7 @@ def mha_backward(dout, cache, dprobs=None, dscores=None, linear=None):
         dP = dropout_backward(dP, drop)
     if dprobs is not None:
         dP += dprobs
-    if hook is not None:
-        dP = hook[0](dP, hook[1])
+    dP = _hook_bwd(hooked, "probs", dP)
     ds = softmax_backward(dP, sm_cache)
     if dscores is not None:
         ds += dscores
@@ -183,8 +210,8 @@ def mha_backward(dout, cache, dprobs=None, dscores=None, linear=None):
     def merge(x):
         return x.transpose(0, 2, 1, 3).reshape(B, -1, H * Dh)  # (B, ., D)
 
-    dx_q, dW_q, db_q = bwd("W_q", merge(dq), lin["W_q"])
-    dx_kv, dW_k, db_k = bwd("W_k", merge(dk), lin["W_k"])
-    dx_v, dW_v, db_v = bwd("W_v", merge(dv), lin["W_v"])
+    dx_q, dW_q, db_q = bwd("W_q", _hook_bwd(hooked, "q", merge(dq)), lin["W_q"])
+    dx_kv, dW_k, db_k = bwd("W_k", _hook_bwd(hooked, "k", merge(dk)), lin["W_k"])
+    dx_v, dW_v, db_v = bwd("W_v", _hook_bwd(hooked, "v", merge(dv)), lin["W_v"])
     dx_kv += dx_v
     return dx_q, dx_kv, dW_q, db_q, dW_k, db_k, dW_v, db_v, dW_o, db_o, dhead_mask

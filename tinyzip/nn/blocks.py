@@ -14,12 +14,13 @@ Per sub-layer (attention or FFN), with Dropout only when an ``rng`` is given:
 
 ``_Ops`` holds the options of one model call and applies them at every layer: ``matmuls[name](x2d)``
 replaces ``x @ W`` for that weight (inference only); ``act_hooks[point] = (fwd, bwd)`` wraps the
-input of a matmul (``"<weight>:in"``), the attention probabilities (``"<attn>.probs"``) and the FFN
+input of a matmul (``"<weight>:in"``), the attention's Q, K, V projections and probabilities
+(``"<attn>.q"``, ``".k"``, ``".v"``, ``".probs"``: the operands of Q K^T and P V) and the FFN
 activation (``"<ffn>.act"``); ``head_mask`` maps an attention prefix (``"enc.0.attn"``) to xi: (H,).
 The ops know which positions are real (not PAD): ``valid`` (B, L) bool, True at real rows (None:
-all real), the source mask for encoder rows and cross-attention K/V inputs, the target mask for
-decoder rows; attention probabilities get ``valid[b, 0, t, s]`` = real query t and real key s
-(``_probs_valid``). A hook ``fwd`` with the attribute ``takes_valid = True`` is called as
+all real), the source mask for encoder rows and cross-attention K/V inputs (and K, V), the target
+mask for decoder rows (and their Q, K, V); attention probabilities get ``valid[b, 0, t, s]`` = real
+query t and real key s (``_probs_valid``). A hook ``fwd`` with the attribute ``takes_valid = True`` is called as
 ``fwd(x, valid)`` (valid broadcastable to x's leading axes, or None), so range statistics can skip
 padding (``tinyzip.compress.fqt``); any other hook is called as ``fwd(x)``, unchanged.
 Backward methods accumulate parameter gradients into ``ops.grads`` (same keys as the params).
@@ -30,7 +31,7 @@ accepts upstream gradients for them in ``dstates`` (same keys, lists with arrays
 import numpy as np
 
 from tinyzip.nn import layers as L
-from tinyzip.nn.attention import WEIGHTS, mha_backward, mha_forward
+from tinyzip.nn.attention import HOOK_POINTS, WEIGHTS, mha_backward, mha_forward
 
 
 def _check_ids(name, ids, vocab, max_len):
@@ -160,22 +161,29 @@ class _Ops:
         dh = L.relu_backward(da, ca) if self.activation == "relu" else L.gelu_backward(da, ca)
         return self.linear_bwd(prefix + ".W_1", dh, c1)
 
+    def attention_hooks(self, prefix, q_valid, kv_valid):
+        """``mha_forward``'s hooks of the attention block ``prefix`` ("q", "k", "v", "probs"), each
+        given the pad mask of its rows: Q the query rows', K and V the key rows'; None without any."""
+        points = [n for n in HOOK_POINTS if f"{prefix}.{n}" in self.hooks]
+        if not points:
+            return None
+        valid = {"q": q_valid, "k": kv_valid, "v": kv_valid}
+        if "probs" in points:
+            valid["probs"] = _probs_valid(q_valid, kv_valid)
+        return {n: (lambda x, n=n: self.hook(f"{prefix}.{n}", x, valid[n]), self.hook_bwd) for n in points}
+
     def attention(self, prefix, x_q, x_kv, key_pad, causal, kind, past_kv=None, static_kv=None,
                   q_valid=None, kv_valid=None):
         """``q_valid``: real rows of x_q (W_q, W_o inputs), ``kv_valid``: of x_kv (W_k, W_v inputs)."""
         pair = (lambda n, x, W, b: self.linear(f"{prefix}.{n}", x, W, b,
                                                kv_valid if n in ("W_k", "W_v") else q_valid),
                 lambda n, dy, c: (self.linear_bwd(f"{prefix}.{n}", dy, c), None, None))
-        probs_hook = None
-        if prefix + ".probs" in self.hooks:
-            valid = _probs_valid(q_valid, kv_valid)
-            probs_hook = (lambda p: self.hook(prefix + ".probs", p, valid), self.hook_bwd)
         out, cache = mha_forward(
             x_q, x_kv, *(self.params[f"{prefix}.{n}"] for n in WEIGHTS),
             n_heads=self.n_heads, key_pad=key_pad, causal=causal,
             head_mask=self.head_mask.get(prefix), past_kv=past_kv, static_kv=static_kv,
             return_scores=self.states is not None, linear=pair,
-            probs_hook=probs_hook, dropout_p=self.p_drop, rng=self.rng)
+            hooks=self.attention_hooks(prefix, q_valid, kv_valid), dropout_p=self.p_drop, rng=self.rng)
         self.keep(kind + "scores", cache.scores)
         self.keep(kind + "probs", cache.probs)
         return out, (prefix, cache, pair)

@@ -12,10 +12,13 @@ arXiv:2002.04745. The sub-layers, FFN (Eq. (2)), attention hooks and the encoder
 Parameters are a flat dict (``enc.0.attn.W_q``...; see ``Seq2Seq.init_params``); gradients come
 back in a dict with the same keys. ``matmuls[name](x2d)`` replaces ``x @ W`` for that weight
 (inference only); ``act_hooks[point] = (fwd, bwd)`` wraps the input of a matmul
-(``"<weight>:in"``), the attention probabilities (``"<attn>.probs"``) and the FFN activation
-(``"<ffn>.act"``); a hook may ask for the pad mask of its input (``takes_valid``, see ``blocks.py``):
-encoder rows and cross-attention K/V inputs get the source mask, decoder rows the target mask
-(``decode_step``: one row per hypothesis, masked where beam search feeds PAD to a dead one).
+(``"<weight>:in"``), the attention's Q, K, V and probabilities (``"<attn>.q"``, ``".k"``, ``".v"``,
+``".probs"``) and the FFN activation (``"<ffn>.act"``); a hook may ask for the pad mask of its
+input (``takes_valid``, see ``blocks.py``): encoder rows and cross-attention K/V get the source
+mask, decoder rows the target mask (``decode_step``: one row per hypothesis, masked where beam
+search feeds PAD to a dead one). ``encode`` applies the cross-attention "k"/"v" hooks to the K, V
+it caches and ``decode_step`` the self-attention ones to each new row, so incremental decoding
+computes what ``forward`` computes under the same (frozen) hooks.
 ``head_mask`` maps an attention prefix (``"dec.0.cross_attn"``) to xi: (H,).
 
 ``forward(..., return_states=True)`` keeps ``cache.states``, a dict of lists, one entry per layer:
@@ -270,9 +273,9 @@ class Seq2Seq:
         cross_kv, src_valid = [], ~src_pad
         for i in range(c.dec_layers):
             p = f"dec.{i}.cross_attn"
-            k = split_heads(ops.linear(p + ".W_k", enc_out, valid=src_valid)[0], c.H)  # (B, H, S, Dh)
-            v = split_heads(ops.linear(p + ".W_v", enc_out, valid=src_valid)[0], c.H)
-            cross_kv.append((k, v))
+            k = ops.hook(p + ".k", ops.linear(p + ".W_k", enc_out, valid=src_valid)[0], src_valid)[0]
+            v = ops.hook(p + ".v", ops.linear(p + ".W_v", enc_out, valid=src_valid)[0], src_valid)[0]
+            cross_kv.append((split_heads(k, c.H), split_heads(v, c.H)))  # (B, H, S, Dh) each
         return EncoderState(enc_out, src_pad, cross_kv)
 
     def decode_step(self, params, enc_state, prev_tokens, dec_state=None, matmuls=None,
