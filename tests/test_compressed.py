@@ -7,7 +7,8 @@ from hypothesis import given, strategies as st
 from tinyzip import container
 from tinyzip.compress import binarization, binary_codes, chung, fqt, huffman, kmeans, magnitude_pruning, uniform
 from tinyzip.compress.base import PackedTensor
-from tinyzip.compressed import dequantize_all, kernel_matmuls, pack_float, unpack
+from tinyzip.compressed import dequantize_all, kernel_matmuls, pack_float, static_act_hooks, unpack
+from tinyzip.decode import greedy_decode
 from tinyzip.nn.transformer import Seq2Seq, Seq2SeqConfig
 
 FORMATS = {
@@ -119,7 +120,7 @@ def _calibrated(tiny, bits):
         for _ in range(3):
             model.forward(eff, rng.integers(4, 40, (2, 6)), rng.integers(4, 40, (2, 5)), act_hooks=hooks)
 
-    params_hat, hooks, _ = fqt.ptq(params, calibrate, bits, calibration="ema", probs=False)
+    params_hat, hooks, _ = fqt.ptq(params, calibrate, bits, calibration="ema")
     packed = {n: uniform.pack_uniform(W, bits) if W.ndim == 2 else pack_float(W) for n, W in params.items()}
     return params_hat, hooks, fqt.attach_act_ranges(packed, hooks)
 
@@ -149,6 +150,49 @@ def test_wa_file_round_trips_and_each_kernel_matmul_equals_fake_quant_within_flo
         y = matmul(x).astype(np.float64)
         bound = (x.shape[1] + 4) * 2.0 ** -24 * (np.abs(x_hat.astype(np.float64)) @ np.abs(W_hat.astype(np.float64)))
         assert np.all(np.abs(y - (x_hat @ W_hat)) <= bound), name
+
+
+@pytest.mark.parametrize("bits", [8, 6])
+def test_wa_file_computes_what_the_frozen_quantized_model_computes(tiny, tmp_path, bits):
+    """save_tz -> load_tz: the kernel path (int8 matmuls with meta["act"], frozen Q/K/V/P hooks from
+    meta["act_points"]) gives the in-memory frozen PTQ model's greedy translations and its logits
+    up to float32 rounding (a code at a rounding boundary may flip: one step S of that point);
+    the dequantized path with every stored range as a hook is that model up to the weights'
+    float32 storage."""
+    model, params, src, tgt = tiny
+    params_hat, hooks, packed = _calibrated(tiny, bits)
+    assert {p for p in hooks if not p.endswith((":in", ".act"))} == {
+        f"{a}.{n}" for a in model.attention_prefixes() for n in fqt.ATTENTION_POINTS}
+    container.save_tz(tmp_path / "wa.tz", packed, model.config.to_dict())
+    tz = container.load_tz(tmp_path / "wa.tz")
+    params_deq, matmuls = dequantize_all(tz.packed), kernel_matmuls(tz.packed)
+    kernel_hooks, all_hooks = static_act_hooks(tz.packed), static_act_hooks(tz.packed, matmul_inputs=True)
+    assert set(kernel_hooks) == set(hooks) - {p for p in hooks if p.endswith((":in", ".act"))}
+    assert set(all_hooks) == set(hooks)
+    ref, _ = model.forward(params_hat, src, tgt, act_hooks=hooks)
+    deq, _ = model.forward(params_deq, src, tgt, act_hooks=all_hooks)
+    out, _ = model.forward(params_deq, src, tgt, matmuls=matmuls, act_hooks=kernel_hooks)
+    scale = float(np.abs(ref).max())
+    np.testing.assert_allclose(deq, ref, rtol=0, atol=1e-5 * scale)
+    np.testing.assert_allclose(out, ref, rtol=0, atol=0.02 * scale)
+    assert np.mean(np.abs(out - ref) <= 1e-5 * scale) > 0.9
+    limit = 8
+    assert (greedy_decode(model, params_deq, src, limit, matmuls=matmuls, act_hooks=kernel_hooks)
+            == greedy_decode(model, params_hat, src, limit, act_hooks=hooks))
+
+
+@pytest.mark.parametrize("points, match", [({"q": {"bits": 9, "unsigned": False, "scale": 0.1, "zero_point": 0}}, "malformed"),
+                                           ({"k": {"bits": 8, "unsigned": True, "scale": 0.0, "zero_point": 0}}, "scale > 0"),
+                                           ({"probs": {"scale": 0.1}}, "malformed"),
+                                           ({"o": {"bits": 8, "unsigned": False, "scale": 0.1, "zero_point": 0}}, "keys in"),
+                                           ([1, 2], "must be a dict")])
+def test_malformed_act_points_are_a_clear_error(points, match):
+    packed = uniform.pack_uniform(np.ones((4, 4), np.float32), 8)
+    with pytest.raises(ValueError, match=match):
+        static_act_hooks({"enc.0.attn.W_q": PackedTensor("uniform", (4, 4), packed.arrays, dict(packed.meta, act_points=points))})
+    good = {"v": {"bits": 8, "unsigned": False, "scale": 0.1, "zero_point": 0}}
+    with pytest.raises(ValueError, match="attention W_q"):
+        static_act_hooks({"enc.0.ffn.W_1": PackedTensor("uniform", (4, 4), packed.arrays, dict(packed.meta, act_points=good))})
 
 
 def test_weights_only_files_keep_dynamic_activations(tiny):

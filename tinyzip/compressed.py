@@ -9,6 +9,10 @@ which method file reads which packed format back (an explicit table, no registry
   format has a real kernel (int8 GEMM, BiQGEMM LUT, codebook, CSC sparse): the model forward takes this
   dict as its ``matmuls`` argument, so compressed weights are multiplied in their packed form.
 
+* ``static_act_hooks(packed)`` -> the frozen activation quantizers of a weights+activations file
+  that no kernel applies (Q, K, V and softmax outputs, FQT's operands of Q K^T and P V): the model
+  forward, ``encode`` and ``decode_step`` take them as ``act_hooks`` next to ``matmuls``.
+
 Embeddings are always dequantized: a lookup reads V rows, it is not a matmul.
 
 Weights+activations files (``tinyzip.compress.fqt.attach_act_ranges``): a uniform weight whose
@@ -16,8 +20,9 @@ Weights+activations files (``tinyzip.compress.fqt.attach_act_ranges``): a unifor
 (S_x, Z_x) (Jacob et al. 2018, Eq. (4)), then y = S_x S_W acc in float64 -> float32; the input codes
 equal those of the fake-quant forward, so the two differ only by float32 rounding. The output stays
 float, not requantized to int8 (Jacob's output stage): every Linear output here goes to a float
-consumer first (bias, residual add and LayerNorm, attention scores and softmax, ReLU then W_2's own
-input quantizer), none of which our model runs on integers. The one output that is requantized
+consumer first (bias, then residual add and LayerNorm, or the Q/K/V quantizers followed by Q K^T,
+softmax and P V in float on the fake-quantized operands, or ReLU then W_2's own input quantizer),
+none of which our model runs on integers. The one output that is requantized
 at once, W_1 -> ReLU -> W_2's input, could use Jacob's integer output stage (int32 bias, M = S_x S_W
 / S_act, ReLU as the clamp at Z = 0), but a ``matmuls`` entry returns x @ W without the bias (the
 model adds b in float), so it too stays float here. The shared output projection (``emb``,
@@ -27,7 +32,7 @@ kernel's per-output-column scales cannot express: it fake-quantizes its input wi
 """
 import numpy as np
 
-from tinyzip.compress import binarization, binary_codes, chung, huffman, kmeans, magnitude_pruning, uniform
+from tinyzip.compress import binarization, binary_codes, chung, fqt, huffman, kmeans, magnitude_pruning, uniform
 from tinyzip.compress.base import PackedTensor
 from tinyzip.packing import unpack_uint
 
@@ -77,19 +82,53 @@ def dequantize_all(packed: dict) -> dict:
 
 # ---- the kernel path -------------------------------------------------------------------------
 
-def act_qparams(packed):
-    """The static input (S_x, Z_x, bits, unsigned) of a w+a weight, validated; None when absent."""
-    act = packed.meta.get("act")
-    if act is None:
-        return None
+def _static_qparams(act, where):
+    """One stored activation range ``{"bits", "unsigned", "scale", "zero_point"}`` -> (S, Z, bits,
+    unsigned), validated; ``where`` names it in the error."""
     try:
         scale, zero, bits, unsigned = float(act["scale"]), int(act["zero_point"]), act["bits"], bool(act["unsigned"])
         qmin, qmax = uniform.qrange(bits, unsigned=unsigned)
     except (KeyError, TypeError, ValueError) as e:
-        raise ValueError(f"meta['act'] of a {packed.method!r} tensor is malformed: {act!r} ({e})") from None
+        raise ValueError(f"{where} is malformed: {act!r} ({e})") from None
     if not (np.isfinite(scale) and scale > 0) or not qmin <= zero <= qmax:
-        raise ValueError(f"meta['act'] needs a finite scale > 0 and a zero point in [{qmin}, {qmax}], got {act!r}")
+        raise ValueError(f"{where} needs a finite scale > 0 and a zero point in [{qmin}, {qmax}], got {act!r}")
     return scale, zero, bits, unsigned
+
+
+def act_qparams(packed):
+    """The static input (S_x, Z_x, bits, unsigned) of a w+a weight, validated; None when absent."""
+    act = packed.meta.get("act")
+    return None if act is None else _static_qparams(act, f"meta['act'] of a {packed.method!r} tensor")
+
+
+def _frozen_hook(qparams):
+    """A frozen fake-quant act hook ``(fwd, bwd)`` with a static (S, Z): what
+    ``fqt.ActivationQuantizer`` in mode "frozen" computes with the same (S, Z)."""
+    scale, zero, bits, unsigned = qparams
+    return (lambda x: uniform.fake_quant_forward(x, scale, zero, bits, unsigned=unsigned),
+            uniform.fake_quant_backward)
+
+
+def static_act_hooks(packed: dict, matmul_inputs: bool = False) -> dict:
+    """The frozen activation quantizers of a weights+activations file, ``{point: (fwd, bwd)}``, for
+    the model's ``act_hooks``: Q, K, V and softmax output of every attention block stored in its
+    W_q's ``meta["act_points"]`` (``fqt.attach_act_ranges``): no kernel covers them, so the kernel
+    path needs these hooks to compute what the frozen quantized model computes. With
+    ``matmul_inputs`` also every weight's input point from its ``meta["act"]``: the dequantized path
+    (the kernel matmuls quantize their inputs themselves)."""
+    hooks = {}
+    for name, p in packed.items():
+        if matmul_inputs and "act" in p.meta:
+            hooks[fqt.input_point(name)] = _frozen_hook(act_qparams(p))
+        points = p.meta.get("act_points")
+        if points is None:
+            continue
+        if not name.endswith(".W_q") or not isinstance(points, dict) or not set(points) <= set(fqt.ATTENTION_POINTS):
+            raise ValueError(f"meta['act_points'] of {name} must be a dict on an attention W_q with keys in "
+                             f"{fqt.ATTENTION_POINTS}, got {points!r}")
+        for n, act in points.items():
+            hooks[f"{name[:-4]}.{n}"] = _frozen_hook(_static_qparams(act, f"meta['act_points'][{n!r}] of {name}"))
+    return hooks
 
 
 def _int8_matmul(packed):

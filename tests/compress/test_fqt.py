@@ -1,8 +1,8 @@
-"""compress/fqt.py at model level: FQT (Prato et al. 2020, arXiv 1910.10485) quantizes every matmul
-input, ReLU and softmax output with a range from min/max or an EMA of min/max (Jacob et al. 2018,
-arXiv 1712.05877, Sec. 3). Padding is excluded from those statistics, so the ranges recorded on a
-padded batch are those of its real tokens: the same as on the sentences without padding, whatever
-the PAD positions hold.
+"""compress/fqt.py at model level: FQT (Prato et al. 2020, arXiv 1910.10485) quantizes the inputs of
+every matmul (Q, K, softmax output P and V of Q K^T and P V included) and the ReLU output, with a
+range from min/max or an EMA of min/max (Jacob et al. 2018, arXiv 1712.05877, Sec. 3). Padding is
+excluded from those statistics, so the ranges recorded on a padded batch are those of its real
+tokens: the same as on the sentences without padding, whatever the PAD positions hold.
 """
 import numpy as np
 import pytest
@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 
 from tinyzip.compress import fqt
 from tinyzip.decode import beam_search, greedy_decode
+from tinyzip.nn.layers import log_softmax_forward
 from tinyzip.nn.losses import PAD
 from tinyzip.nn.transformer import Seq2Seq, Seq2SeqConfig
 from tinyzip.train import evaluate_teacher_forced
@@ -46,10 +47,26 @@ def _batch(pairs, extra_src=0, extra_tgt=0):
 
 
 def _hooks(mode, bits=8):
-    """Fresh FQT activation quantizers at every point (softmax outputs included), in ``mode``."""
+    """Fresh FQT activation quantizers at every point (Q, K, V, softmax outputs included), in ``mode``."""
     hooks = fqt.qat_method(PARAMS, bits).act_hooks
     fqt.set_act_mode(hooks, mode)
     return hooks
+
+
+ATTENTION = MODEL.attention_prefixes()
+
+
+def test_fqt_placement_quantizes_both_operands_of_every_matmul():
+    """FQT: the inputs of all matmuls, weights' (x @ W) and activations' (Q K^T, P V): signed grids,
+    but the softmax output P and the ReLU output (W_2's input) on unsigned grids."""
+    points = fqt.activation_points(PARAMS)
+    weights = [n for n, W in PARAMS.items() if W.ndim == 2]
+    assert set(points) == ({fqt.input_point(n) for n in weights}
+                           | {f"{a}.{n}" for a in ATTENTION for n in ("q", "k", "v", "probs")})
+    assert {p for p, unsigned in points.items() if unsigned} == (
+        {f"{a}.probs" for a in ATTENTION} | {p for p in points if p.endswith(".ffn.act")})
+    linear_only = fqt.activation_points(PARAMS, attention_operands=False)
+    assert set(points) - set(linear_only) == {f"{a}.{n}" for a in ATTENTION for n in fqt.ATTENTION_POINTS}
 
 
 def _without_mask(hooks):
@@ -185,3 +202,40 @@ def test_decoding_a_padded_batch_records_the_ranges_of_each_sentence_decoded_alo
     out = decode(src, padded)
     assert out == [decode(_batch([(s, [1])])[0], alone)[0] for s in sources]
     _assert_same_ranges(_ranges(padded), _ranges(alone))
+
+
+@pytest.mark.parametrize("bits", [8, 4])
+def test_decode_step_equals_the_forward_under_frozen_quantizers_at_every_point(bits):
+    """Frozen FQT quantizers are elementwise with a fixed range, so encode (cross-attention K, V
+    hooked once) + decode_step (each new self-attention K, V row hooked) = the full forward."""
+    hooks = _hooks("ema", bits)
+    src, tgt_in, tgt_out = _batch([([4, 5, 6], [1, 4, 7]), ([7, 3], [1, 8, 9, 5]), ([9], [1, 2])])
+    _train(PARAMS, (src, tgt_in, tgt_out), hooks)
+    fqt.set_act_mode(hooks, "frozen")
+    ref, _ = log_softmax_forward(MODEL.forward(PARAMS, src, tgt_in, act_hooks=hooks)[0])
+    assert not np.allclose(ref, log_softmax_forward(MODEL.forward(PARAMS, src, tgt_in)[0])[0])
+    real = tgt_in != PAD
+    enc, state = MODEL.encode(PARAMS, src, act_hooks=hooks), None
+    for t in range(tgt_in.shape[1]):
+        logp, state = MODEL.decode_step(PARAMS, enc, tgt_in[:, t], state, act_hooks=hooks)
+        np.testing.assert_allclose(logp[real[:, t]], ref[real[:, t], t], rtol=1e-9, atol=1e-9)
+
+
+def test_attach_act_ranges_puts_each_attention_blocks_q_k_v_probs_ranges_on_its_w_q():
+    """Every frozen quantizer's (S, Z) is in the file: matmul inputs in meta["act"] of their weight,
+    Q, K, V, P of an attention block in meta["act_points"] of its W_q."""
+    from tinyzip.compress import uniform
+    hooks = _hooks("ema")
+    _train(PARAMS, _batch([([4, 5, 6], [1, 4]), ([7], [1, 8, 9])]), hooks)
+    fqt.set_act_mode(hooks, "frozen")
+    packed = {n: uniform.pack_uniform(W.astype(np.float32), 8) for n, W in PARAMS.items() if W.ndim == 2}
+    out = fqt.attach_act_ranges(packed, hooks)
+    stored = {}
+    for name, p in out.items():
+        stored[fqt.input_point(name)] = p.meta["act"]
+        for n, meta in p.meta.get("act_points", {}).items():
+            stored[f"{name[:-4]}.{n}"] = meta
+    assert stored == {p: fqt.act_meta(fwd.__self__) for p, (fwd, _) in hooks.items()}
+    assert {n for n, p in out.items() if "act_points" in p.meta} == {a + ".W_q" for a in ATTENTION}
+    with pytest.raises(ValueError, match="W_q"):
+        fqt.attach_act_ranges({n: p for n, p in packed.items() if n != "dec.0.self_attn.W_q"}, hooks)

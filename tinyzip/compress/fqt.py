@@ -14,27 +14,34 @@ Papers
 
 The quantizers themselves (grids, Eq. (1), STE, range estimators) are in ``uniform.py``.
 
-Placement (``activation_points``): point name -> unsigned grid?
+Placement (``activation_points``): point name -> unsigned grid? FQT quantizes the inputs of every
+matmul, the activation-by-activation ones Q K^T and P V included:
   "<W>:in"        the input of the matmul with weight W (every 2-D param; ``emb:in`` is the shared
                   output projection's input, lookups never fire it), signed affine grid;
   "<ffn>.act"     ReLU output, unsigned grid [0, 2^b - 1] (it is W_2's input: "<ffn>.W_2:in" is
                   left out);
-  "<attn>.probs"  softmax output, unsigned grid (``probs=False`` leaves it float).
+  "<attn>.q", "<attn>.k", "<attn>.v"
+                  the projections Q, K, V (before Q's 1/sqrt(Dh), a constant factor), the operands
+                  of Q K^T and of P V, signed affine grid;
+  "<attn>.probs"  the softmax output P, unsigned grid.
+``attention_operands=False`` leaves the last four float (only Linear inputs are then quantized).
 
 Padding is excluded from the range statistics (min/max, EMA of min/max, in calibration and QAT):
 ``ActivationQuantizer.forward`` has ``takes_valid``, so the model passes it the pad mask of each
 point's input (``tinyzip.nn.blocks``): the source mask for encoder rows and cross-attention K/V
-inputs, the target mask for decoder rows, and real query rows x real key columns for attention
-probabilities. The range is taken over ``x[valid]`` only; the fake quantization still applies to
-every position (PAD rows are quantized with the range of the real ones).
+inputs, the target mask for decoder rows, the query rows' mask for Q and the key rows' for K and V,
+and real query rows x real key columns for attention probabilities. The range is taken over
+``x[valid]`` only; the fake quantization still applies to every position (PAD rows are quantized
+with the range of the real ones).
 
-Static activation ranges in a file (``attach_act_ranges``): the PackedTensor of every quantized
-weight W gets ``meta["act"] = {"bits", "unsigned", "scale", "zero_point"}``: the per-tensor
-(S, Z) = ``quant_params(x_min, x_max, bits, unsigned)`` of the quantizer at W's input point (its
-``input_point``), exactly the (S, Z) the frozen fake-quant forward uses. ``tinyzip.compressed``
-quantizes the input with it and runs the int8 kernel. Softmax outputs multiply V, an
-activation-by-activation product, not a Linear: a file has no place for their range, so w+a models
-meant for export are built with ``probs=False`` (a deviation from FQT, which quantizes them).
+Static activation ranges in a file (``attach_act_ranges``): every point gets the per-tensor
+(S, Z) = ``quant_params(x_min, x_max, bits, unsigned)`` of its frozen quantizer, as
+``{"bits", "unsigned", "scale", "zero_point"}``, exactly the (S, Z) the frozen fake-quant forward
+uses. A matmul input (and the ReLU output, W_2's input) goes to ``meta["act"]`` of that weight's
+PackedTensor (its ``input_point``): ``tinyzip.compressed`` quantizes the input with it and runs the
+int8 kernel. Q, K, V and P feed no weight, so an attention block's four go to
+``meta["act_points"] = {"q": ..., "k": ..., "v": ..., "probs": ...}`` of its W_q PackedTensor;
+``tinyzip.compressed.static_act_hooks`` turns them back into frozen fake-quant hooks.
 """
 import numpy as np
 
@@ -43,6 +50,7 @@ from tinyzip.compress.uniform import (UniformWeightQuantizer, _check_bits, ema_m
                                       fake_quant_forward, quant_params)
 
 MODES = ("observe", "calibrate", "ema", "frozen")
+ATTENTION_POINTS = ("q", "k", "v", "probs")  # the operands of Q K^T and P V, per attention block
 
 
 def real_entries(x, valid):
@@ -103,7 +111,7 @@ class ActivationQuantizer:
         return fake_quant_backward(dx_hat, cache)
 
 
-def activation_points(params, act_unsigned=True, probs=True) -> dict:
+def activation_points(params, act_unsigned=True, attention_operands=True) -> dict:
     """FQT placement: point -> unsigned? (see the module docstring). Dropout acts after the probs
     hook (attention dropout) and after whole sublayers, so every quantizer sits before dropout."""
     points = {}
@@ -112,8 +120,8 @@ def activation_points(params, act_unsigned=True, probs=True) -> dict:
             continue
         if name.endswith(".W_1"):
             points[name[:-4] + ".act"] = act_unsigned  # ReLU >= 0; pass False for GELU
-        elif name.endswith(".W_q") and probs:
-            points[name[:-4] + ".probs"] = True
+        elif name.endswith(".W_q") and attention_operands:
+            points.update({f"{name[:-4]}.{n}": n == "probs" for n in ATTENTION_POINTS})  # P >= 0
         if not name.endswith(".W_2"):
             points[name + ":in"] = False
     return points
@@ -137,24 +145,26 @@ def _weight_transforms(params, bits, granularity, symmetric, bucket_size, ste):
             for name, W in params.items() if np.ndim(W) == 2}
 
 
-def _act_hooks(params, bits, act_unsigned, probs, momentum, mode):
+def _act_hooks(params, bits, act_unsigned, attention_operands, momentum, mode):
     quantizers = {point: ActivationQuantizer(bits, unsigned, momentum, mode)
-                  for point, unsigned in activation_points(params, act_unsigned, probs).items()}
+                  for point, unsigned in activation_points(params, act_unsigned, attention_operands).items()}
     return {point: (q.forward, q.backward) for point, q in quantizers.items()}
 
 
 def qat_method(params, bits, weights_only=False, granularity="channel", symmetric=True, bucket_size=None,
-               act_bits=None, momentum=0.9, act_unsigned=True, ste="clipped", probs=True) -> Method:
+               act_bits=None, momentum=0.9, act_unsigned=True, ste="clipped", attention_operands=True) -> Method:
     """Quantization-aware training (FQT): every 2-D weight fake-quantized from its own min/max each
     step; activations (unless ``weights_only``) fake-quantized with EMA ranges (momentum 0.9).
     Call ``set_act_mode(method.act_hooks, "frozen")`` before evaluation or export."""
-    hooks = {} if weights_only else _act_hooks(params, act_bits or bits, act_unsigned, probs, momentum, "ema")
+    hooks = {} if weights_only else _act_hooks(params, act_bits or bits, act_unsigned, attention_operands,
+                                               momentum, "ema")
     return Method("uniform-qat", _weight_transforms(params, bits, granularity, symmetric, bucket_size, ste),
                   act_hooks=hooks)
 
 
 def ptq(params, calibration_fn=None, bits=8, granularity="channel", symmetric=True, bucket_size=None,
-        act_bits=None, act_unsigned=True, weights_only=False, calibration="minmax", momentum=0.9, probs=True):
+        act_bits=None, act_unsigned=True, weights_only=False, calibration="minmax", momentum=0.9,
+        attention_operands=True):
     """Post-training quantization -> (params_hat, act_hooks, report).
 
     Weights: fake-quantized once (dequantized float32). Activations (unless ``weights_only``):
@@ -175,7 +185,7 @@ def ptq(params, calibration_fn=None, bits=8, granularity="channel", symmetric=Tr
     hooks = {}
     if not weights_only:
         mode = "observe" if calibration == "minmax" else "calibrate"
-        hooks = _act_hooks(params, act_bits or bits, act_unsigned, probs, momentum, mode)
+        hooks = _act_hooks(params, act_bits or bits, act_unsigned, attention_operands, momentum, mode)
         calibration_fn(params_hat, hooks)
         hooks = {p: h for p, h in hooks.items() if h[0].__self__.range is not None}
         set_act_mode(hooks, "frozen")
@@ -193,9 +203,10 @@ def act_meta(quantizer: ActivationQuantizer) -> dict:
 
 
 def attach_act_ranges(packed: dict, act_hooks: dict) -> dict:
-    """``{name: PackedTensor}`` -> the same with ``meta["act"]`` on every uniform weight whose input
-    point has a quantizer in ``act_hooks`` (see the module docstring). Other methods have no
-    static-activation kernel: a hook at their input raises."""
+    """``{name: PackedTensor}`` -> the same with every quantizer's static (S, Z) attached (see the
+    module docstring): ``meta["act"]`` on each uniform weight whose input point has a quantizer in
+    ``act_hooks`` (other methods have no static-activation kernel: a hook at their input raises),
+    ``meta["act_points"]`` on W_q for the Q, K, V and softmax points of its attention block."""
     out = dict(packed)
     for name, p in packed.items():
         hook = act_hooks.get(input_point(name))
@@ -204,4 +215,14 @@ def attach_act_ranges(packed: dict, act_hooks: dict) -> dict:
         if p.method != "uniform":
             raise ValueError(f"{name}: static activation ranges need a 'uniform' weight, got {p.method!r}")
         out[name] = PackedTensor(p.method, p.shape, p.arrays, dict(p.meta, act=act_meta(hook[0].__self__)))
+    blocks = {}
+    for point, (fwd, _) in act_hooks.items():
+        attn, _, n = point.rpartition(".")
+        if n in ATTENTION_POINTS:
+            blocks.setdefault(attn, {})[n] = act_meta(fwd.__self__)
+    for attn, metas in blocks.items():
+        p = out.get(attn + ".W_q")
+        if p is None:
+            raise ValueError(f"{attn}: its {sorted(metas)} ranges go with {attn}.W_q, which is not in the packed dict")
+        out[attn + ".W_q"] = PackedTensor(p.method, p.shape, p.arrays, dict(p.meta, act_points=metas))
     return out
