@@ -158,12 +158,13 @@ def row_binarization(ctx, params, steps=300):
 def row_uniform(ctx, params, bits=8, steps=0, activations=False, calib_batches=8):
     """Per-channel symmetric uniform weights (Jacob 2018 / FQT); PTQ when steps = 0, else QAT.
 
-    ``activations``: weights+activations (FQT placement, ``fqt.activation_points`` without the
-    softmax outputs, which a file cannot carry): PTQ calibrates the EMA of min/max of every matmul
-    input on ``calib_batches`` training batches; QAT fake-quantizes them with EMA ranges while it
-    trains (a run resumed after its last step has no ranges: they are then re-estimated the same
-    way on the calibration batches, weights frozen). The frozen (S, Z) go into the file
-    (``fqt.attach_act_ranges``) and the int8 kernel quantizes with them."""
+    ``activations``: weights+activations (FQT placement, ``fqt.activation_points``: every matmul
+    input, Q, K, V and softmax outputs included): PTQ calibrates the EMA of min/max of each point
+    on ``calib_batches`` training batches; QAT fake-quantizes them with EMA ranges while it trains
+    (a run resumed after its last step has no ranges: they are then re-estimated the same way on
+    the calibration batches, weights frozen). The frozen (S, Z) go into the file
+    (``fqt.attach_act_ranges``): the int8 kernel quantizes the Linear inputs with them, and
+    Q, K, V, P are fake-quantized with theirs (``compressed.static_act_hooks``)."""
     names, model = matrices(params), ctx.translator.model
     tag = f"uniform{'-wa' if activations else ''}{bits}-{steps}"
 
@@ -175,15 +176,14 @@ def row_uniform(ctx, params, bits=8, steps=0, activations=False, calib_batches=8
 
     hooks = {}
     if steps:
-        method = fqt.qat_method(params, bits, weights_only=not activations, probs=False)
+        method = fqt.qat_method(params, bits, weights_only=not activations)
         params = finetune(ctx, params, method, steps, tag)
         hooks = method.act_hooks
         if any(h[0].__self__.range is None for h in hooks.values()):
             calibrate(method.forward(params)[0], hooks, "ema")
         fqt.set_act_mode(hooks, "frozen")
     elif activations:
-        _, hooks, _ = fqt.ptq(params, lambda eff, h: calibrate(eff, h, "calibrate"), bits, calibration="ema",
-                              probs=False)
+        _, hooks, _ = fqt.ptq(params, lambda eff, h: calibrate(eff, h, "calibrate"), bits, calibration="ema")
     packed = fqt.attach_act_ranges(pack_model(params, lambda n, W: uniform.pack_uniform(W, bits), names), hooks)
     return f"uniform-{'qat' if steps else 'ptq'}{'-w+a' if activations else ''}-{bits}bit", bits, packed
 

@@ -24,7 +24,7 @@ import numpy as np
 
 from tinyzip.compress import fqt
 from tinyzip.compress import uniform as uq
-from tinyzip.compressed import dequantize_all, kernel_matmuls, pack_float
+from tinyzip.compressed import dequantize_all, kernel_matmuls, pack_float, static_act_hooks
 from tinyzip.container import load_tz, save_tz
 from tinyzip.data import copy_task
 from tinyzip.kernels import int8
@@ -270,11 +270,15 @@ assert files["float32"][0] > files["int8"][0] > files["int4"][0]
 #
 # With activations quantized too (FQT), every matmul input gets one (S_x, Z_x) per tensor, frozen
 # after calibration: PTQ runs a few training batches through the model while each quantizer keeps
-# FQT's EMA of min/max (momentum 0.9), passing x through. `fqt.attach_act_ranges` writes each
-# weight's input (S_x, Z_x) into its packed tensor's `meta["act"]`; at load time the int8 GEMM
-# takes x quantized with that stored scale (Jacob Eq. (4)), the very codes the fake-quant forward
-# used, so the file and the fake-quant model differ only by float32 rounding. Softmax outputs are
-# left float (`probs=False`): probs @ V is not a Linear, and the file has no place for its range.
+# FQT's EMA of min/max (momentum 0.9), passing x through. FQT quantizes the inputs of *all* matrix
+# multiplications, so besides each Linear's input this covers both operands of the two
+# activation-by-activation products of attention: Q and K of Q K^T, the softmax output P (on an
+# unsigned grid, P >= 0) and V of P V. `fqt.attach_act_ranges` writes each weight's input
+# (S_x, Z_x) into its packed tensor's `meta["act"]`, and an attention block's Q, K, V, P ranges
+# into `meta["act_points"]` of its W_q. At load time the int8 GEMM takes x quantized with the
+# stored scale (Jacob Eq. (4)), the very codes the fake-quant forward used, and
+# `static_act_hooks` fake-quantizes Q, K, V, P with theirs, so the file computes what the
+# fake-quant model computes up to float32 rounding.
 
 # %%
 def calibrate(eff, hooks):
@@ -282,7 +286,7 @@ def calibrate(eff, hooks):
         model.forward(eff, src, tgt_in, act_hooks=hooks)
 
 
-params_wa, hooks, report = fqt.ptq(params, calibrate, 8, calibration="ema", probs=False)
+params_wa, hooks, report = fqt.ptq(params, calibrate, 8, calibration="ema")
 packed = {k: pack_float(v) for k, v in params.items()}
 packed.update({k: uq.pack_uniform(params[k], 8) for k in names})
 packed = fqt.attach_act_ranges(packed, hooks)
@@ -293,9 +297,11 @@ matmuls = kernel_matmuls(tz.packed)
 acc_fake = evaluate_teacher_forced(model, params_wa, dev, act_hooks=hooks)["accuracy"]
 src, tgt_in, tgt_out = dev[0]
 logits_fake, _ = model.forward(params_wa, src, tgt_in, act_hooks=hooks)
-logits_file, _ = model.forward(dequantize_all(tz.packed), src, tgt_in, matmuls=matmuls)
+logits_file, _ = model.forward(dequantize_all(tz.packed), src, tgt_in, matmuls=matmuls,
+                               act_hooks=static_act_hooks(tz.packed))
 print(f"w8a8: {len(report['ranges'])} activation ranges, e.g. {names[0]} input "
       f"S_x = {tz.packed[names[0]].meta['act']['scale']:.4f}; dev accuracy (fake-quant) {acc_fake:.3f}; "
       f"file on the int8 kernel vs fake-quant logits: max |diff| {np.abs(logits_file - logits_fake).max():.1e}")
 assert all("act" in tz.packed[k].meta for k in names)
+assert {k for k in names if "act_points" in tz.packed[k].meta} == {k for k in names if k.endswith(".W_q")}
 assert np.abs(logits_file - logits_fake).max() <= 1e-3 * np.abs(logits_fake).max()
