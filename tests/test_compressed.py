@@ -181,18 +181,26 @@ def test_wa_file_computes_what_the_frozen_quantized_model_computes(tiny, tmp_pat
             == greedy_decode(model, params_hat, src, limit, act_hooks=hooks))
 
 
-@pytest.mark.parametrize("points, match", [({"q": {"bits": 9, "unsigned": False, "scale": 0.1, "zero_point": 0}}, "malformed"),
-                                           ({"k": {"bits": 8, "unsigned": True, "scale": 0.0, "zero_point": 0}}, "scale > 0"),
+def _range(bits=8, unsigned=False, scale=0.1, zero_point=0):
+    return {"bits": bits, "unsigned": unsigned, "scale": scale, "zero_point": zero_point}
+
+
+def _with_points(name, points):
+    packed = uniform.pack_uniform(np.ones((4, 4), np.float32), 8)
+    return {name: PackedTensor("uniform", (4, 4), packed.arrays, dict(packed.meta, act_points=points))}
+
+
+@pytest.mark.parametrize("points, match", [({"q": _range(bits=9)}, "malformed"),
+                                           ({"k": _range(unsigned=True, scale=0.0)}, "scale > 0"),
+                                           ({"v": _range(zero_point=200)}, "zero point"),
                                            ({"probs": {"scale": 0.1}}, "malformed"),
-                                           ({"o": {"bits": 8, "unsigned": False, "scale": 0.1, "zero_point": 0}}, "keys in"),
+                                           ({"o": _range()}, "keys in"),
                                            ([1, 2], "must be a dict")])
 def test_malformed_act_points_are_a_clear_error(points, match):
-    packed = uniform.pack_uniform(np.ones((4, 4), np.float32), 8)
     with pytest.raises(ValueError, match=match):
-        static_act_hooks({"enc.0.attn.W_q": PackedTensor("uniform", (4, 4), packed.arrays, dict(packed.meta, act_points=points))})
-    good = {"v": {"bits": 8, "unsigned": False, "scale": 0.1, "zero_point": 0}}
+        static_act_hooks(_with_points("enc.0.attn.W_q", points))
     with pytest.raises(ValueError, match="attention W_q"):
-        static_act_hooks({"enc.0.ffn.W_1": PackedTensor("uniform", (4, 4), packed.arrays, dict(packed.meta, act_points=good))})
+        static_act_hooks(_with_points("enc.0.ffn.W_1", {"v": _range()}))
 
 
 def test_weights_only_files_keep_dynamic_activations(tiny):
