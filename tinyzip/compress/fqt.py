@@ -25,6 +25,9 @@ matmul, the activation-by-activation ones Q K^T and P V included:
                   of Q K^T and of P V, signed affine grid;
   "<attn>.probs"  the softmax output P, unsigned grid.
 ``attention_operands=False`` leaves the last four float (only Linear inputs are then quantized).
+Not done here (FQT quantizes them too, for integer-only inference, not as matmul inputs): the
+softmax's numerator and denominator, the LayerNorm's internals (x - mu, sqrt(var + eps), their
+quotient) and gamma; the LayerNorm output itself is quantized wherever it feeds a matmul.
 
 Padding is excluded from the range statistics (min/max, EMA of min/max, in calibration and QAT):
 ``ActivationQuantizer.forward`` has ``takes_valid``, so the model passes it the pad mask of each
