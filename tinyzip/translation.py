@@ -66,13 +66,16 @@ SHIPPED_MODEL = os.path.join(os.path.dirname(os.path.abspath(__file__)), "models
 class Translator:
     """A trained model ready to translate: ``model`` (config only), float32 ``params``, ``tokenizer``.
 
-    ``matmuls`` (optional) maps weight names to kernel matmuls of a compressed model.
+    ``matmuls`` (optional) maps weight names to kernel matmuls of a compressed model; ``act_hooks``
+    (optional) are the frozen activation quantizers of a weights+activations file that no kernel
+    applies (``tinyzip.compressed.static_act_hooks``: Q, K, V and softmax outputs).
     """
 
     model: Seq2Seq
     params: dict
     tokenizer: Tokenizer
     matmuls: dict = field(default_factory=dict)
+    act_hooks: dict = field(default_factory=dict)
 
     def translate(self, texts, beam: int = 1, batch_size: int = 64) -> list:
         """Translate a list of source sentences (greedy, or beam search with ``beam > 1``)."""
@@ -102,9 +105,10 @@ class Translator:
             limit = min(max_len, self.max_output(S))
             if beam > 1:
                 hyps = beam_search(self.model, self.params, src, beam_size=beam, max_len=limit,
-                                   matmuls=self.matmuls or None)
+                                   matmuls=self.matmuls or None, act_hooks=self.act_hooks or None)
             else:
-                hyps = greedy_decode(self.model, self.params, src, max_len=limit, matmuls=self.matmuls or None)
+                hyps = greedy_decode(self.model, self.params, src, max_len=limit, matmuls=self.matmuls or None,
+                                     act_hooks=self.act_hooks or None)
             for i, hyp in zip(chunk, hyps):            # each sentence's own limit: batch-independent
                 out[i] = list(hyp)[:self.max_output(len(src_ids[i]))]
         return out
@@ -168,23 +172,25 @@ def save_translator(path, translator: Translator, extra: dict | None = None) -> 
 
 def load_translator(path, kernels: bool = False) -> Translator:
     """A Translator from a model file (``.npz``) or a compressed ``.tz`` (dequantized, or on the
-    real kernels with ``kernels=True``)."""
+    real kernels with ``kernels=True``). A weights+activations ``.tz`` brings its frozen activation
+    quantizers: on the kernels those the kernels do not apply, dequantized all of them."""
     from tinyzip import container
-    from tinyzip.compressed import dequantize_all, kernel_matmuls
+    from tinyzip.compressed import dequantize_all, kernel_matmuls, static_act_hooks
     path = str(path)
     if path.endswith(".tz"):
         tz = container.load_tz(path)
         params, config, extra = dequantize_all(tz.packed), tz.config, tz.extra
         matmuls = kernel_matmuls(tz.packed) if kernels else {}
+        act_hooks = static_act_hooks(tz.packed, matmul_inputs=not kernels)
     else:
         params, config, extra = io.load_model(path)
-        matmuls = {}
+        matmuls, act_hooks = {}, {}
     try:
         model = Seq2Seq(Seq2SeqConfig.from_dict(config))
         tokenizer = Tokenizer.from_dict(extra["tokenizer"])
     except (KeyError, TypeError, ValueError) as e:
         raise FileFormatError(f"{path}: not a translation model ({e})") from None
-    return Translator(model, params, tokenizer, matmuls)
+    return Translator(model, params, tokenizer, matmuls, act_hooks)
 
 
 def evaluate(translator: Translator, pairs, beam: int = 1, batch_size: int = 64) -> dict:
@@ -204,6 +210,7 @@ def evaluate(translator: Translator, pairs, beam: int = 1, batch_size: int = 64)
             "decode_tokens_per_s": generated / max(seconds, 1e-9), "hyps": hyps}
 
 
-def with_params(translator: Translator, params: dict, matmuls: dict | None = None) -> Translator:
+def with_params(translator: Translator, params: dict, matmuls: dict | None = None,
+                act_hooks: dict | None = None) -> Translator:
     """The same model and tokenizer with other (e.g. compressed) params."""
-    return replace(translator, params=params, matmuls=matmuls or {})
+    return replace(translator, params=params, matmuls=matmuls or {}, act_hooks=act_hooks or {})

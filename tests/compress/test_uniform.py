@@ -331,8 +331,8 @@ def test_fqt_placement_quantizes_2d_weights_and_matmul_inputs_only():
     method = F.qat_method(params, 4)
     assert isinstance(method, Method)
     assert sorted(method.transforms) == ["emb", "enc.0.attn.W_q", "enc.0.ffn.W_1", "enc.0.ffn.W_2"]
-    assert sorted(method.act_hooks) == ["emb:in", "enc.0.attn.W_q:in", "enc.0.attn.probs",
-                                       "enc.0.ffn.W_1:in", "enc.0.ffn.act"]
+    assert sorted(method.act_hooks) == ["emb:in", "enc.0.attn.W_q:in", "enc.0.attn.k", "enc.0.attn.probs",
+                                       "enc.0.attn.q", "enc.0.attn.v", "enc.0.ffn.W_1:in", "enc.0.ffn.act"]
     eff, caches = method.forward(params)
     for name in ("enc.0.attn.b_q", "enc.0.ffn.b_1", "enc.0.ln1.gamma", "enc.0.ln1.beta"):
         assert eff[name] is params[name]
@@ -394,7 +394,7 @@ def test_fqt_ema_calibration_range_is_the_ema_of_batch_minmax_and_the_file_store
         for x in batches:
             assert np.array_equal(hooks["enc.0.attn.W_q:in"][0](x)[0], x)
 
-    _, hooks, report = F.ptq(params, calibrate, bits, calibration="ema", momentum=m, probs=False)
+    _, hooks, report = F.ptq(params, calibrate, bits, calibration="ema", momentum=m, attention_operands=False)
     lo, hi = batches[0].min(), batches[0].max()
     for x in batches[1:]:
         lo, hi = m * lo + (1 - m) * x.min(), m * hi + (1 - m) * x.max()
@@ -405,9 +405,9 @@ def test_fqt_ema_calibration_range_is_the_ema_of_batch_minmax_and_the_file_store
                                                     "zero_point": int(zero)}
 
 
-def test_fqt_placement_without_probs_and_the_input_point_of_each_weight():
+def test_fqt_placement_without_attention_operands_and_the_input_point_of_each_weight():
     params = _fake_params(np.random.default_rng(0))
-    points = F.activation_points(params, probs=False)
+    points = F.activation_points(params, attention_operands=False)
     assert sorted(points) == ["emb:in", "enc.0.attn.W_q:in", "enc.0.ffn.W_1:in", "enc.0.ffn.act"]
     assert points["enc.0.ffn.act"] is True and points["emb:in"] is False
     assert {F.input_point(n) for n in ("emb", "enc.0.attn.W_q", "enc.0.ffn.W_1", "enc.0.ffn.W_2")} == set(points)
