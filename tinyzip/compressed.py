@@ -16,8 +16,9 @@ which method file reads which packed format back (an explicit table, no registry
 Embeddings are always dequantized: a lookup reads V rows, it is not a matmul.
 
 Weights+activations files (``tinyzip.compress.fqt.attach_act_ranges``): a uniform weight whose
-``meta["act"]`` holds the static (S_x, Z_x) of its input runs ``int8_gemm`` on x quantized with that
-(S_x, Z_x) (Jacob et al. 2018, Eq. (4)), then y = S_x S_W acc in float64 -> float32; the input codes
+``meta["act"]`` holds the static (S_x, Z_x) of its input runs ``int8_linear_static`` (the packed
+AVX2 kernel on qx - Z_x where available) on x quantized with that (S_x, Z_x) (Jacob et al. 2018,
+Eq. (4)), then y = S_x S_W acc in float64 -> float32; the input codes
 equal those of the fake-quant forward, so the two differ only by float32 rounding. The output stays
 float, not requantized to int8 (Jacob's output stage): every Linear output here goes to a float
 consumer first (bias, then residual add and LayerNorm, or the Q/K/V quantizers followed by Q K^T,
@@ -135,8 +136,8 @@ def _int8_matmul(packed):
     """Per-tensor or per-channel uniform codes (symmetric or affine, 2-8 bits) on the int8 kernel:
     y = S_x S_W (qx (q - Z_W)), Jacob Eq. (7) with the zero point of each output column; x
     quantized per row on the fly, or with the static (S_x, Z_x) of ``meta["act"]`` (see above)."""
-    from tinyzip.kernels.int8 import (FALLBACK_BATCH, HAS_AVX2, PACKED_FALLBACK_BATCH, int8_gemm, int8_linear,
-                                      pack_weight, prepare_weight)
+    from tinyzip.kernels.int8 import (FALLBACK_BATCH, HAS_AVX2, PACKED_FALLBACK_BATCH, int8_linear,
+                                      int8_linear_static, pack_weight, prepare_weight)
     meta = packed.meta
     act = act_qparams(packed)
     if meta["granularity"] == "bucket":
@@ -154,12 +155,11 @@ def _int8_matmul(packed):
     zero = None if zero is None else np.broadcast_to(zero.reshape(-1), (D_out,)).astype(np.int32)
     if act is not None:
         x_scale, x_zero, bits, unsigned = act
-        out_scale = np.float64(x_scale) * scale      # S_x S_W[n], (N,)
+        W_packed = pack_weight(W_t) if HAS_AVX2 else None
 
-        def static_matmul(x):
-            qx, zx = uniform.quantize_static_reference(x, x_scale, x_zero, bits, unsigned)  # (M, K) int8
-            acc = int8_gemm(np.ascontiguousarray(qx), W_t, zx=zx, zw=zero)  # Eq. (4), (M, N) int32
-            return (out_scale * acc).astype(np.float32)
+        def static_matmul(x):                        # Eq. (4) with (S_x, Z_x): (M, K) -> (M, N)
+            return int8_linear_static(np.ascontiguousarray(x, dtype=np.float32), W_t, scale, x_scale, x_zero, bits,
+                                      unsigned, w_zero=zero, W_packed=W_packed)
 
         return static_matmul
     W_packed = pack_weight(W_t) if HAS_AVX2 else None  # the pmaddwd layout: int8 wins up to larger batches

@@ -291,9 +291,11 @@ def pair_arrays(translator, pairs):
 
 
 def attention_entropy(translator, pairs, n=64) -> float:
-    """Mean entropy (nats) of the decoder's cross-attention rows, teacher forced on ``n`` pairs."""
+    """Mean entropy (nats) of the decoder's cross-attention rows, teacher forced on ``n`` pairs, on
+    the model as loaded (its kernel matmuls and, for weights+activations files, its quantizers)."""
     src, tgt_in = pair_arrays(translator, pairs[:n])
-    _, cache = translator.model.forward(translator.params, src, tgt_in, return_states=True)
+    _, cache = translator.model.forward(translator.params, src, tgt_in, return_states=True,
+                                        matmuls=translator.matmuls or None, act_hooks=translator.act_hooks or None)
     ent = viz.attention_entropy(cache.states["dec.cross_probs"], mask=src != 0, query_mask=tgt_in != 0)
     return float(np.mean(ent))
 
