@@ -338,6 +338,11 @@ def _cmd_bench_kernels(args) -> int:
         raise ValueError(f"--shapes wants KxN,KxN and --batches integers; got {args.shapes!r}, {args.batches!r}") from None
     if any(len(s) != 2 or min(s) < 1 for s in shapes) or min(batches) < 1 or min(args.repeats, args.passes) < 1:
         raise ValueError("shapes, batches, --repeats and --passes must be positive")
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
+    if load >= 1.0:
+        print(f"note: load average {load:.1f}: with another process busy, NumPy's multi-threaded sgemm can run "
+              f"10-50x slower (its threads wait on each other), which inflates the ratios; measure on an idle "
+              f"machine", file=sys.stderr)
     rows = bench_kernels([k.strip() for k in args.kernels.split(",") if k.strip()], shapes, batches,
                          repeats=args.repeats, passes=args.passes)
     print(format_kernel_table(rows))
