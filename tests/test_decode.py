@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from tinyzip.decode import BOS, EOS, beam_search, greedy_decode, length_penalty
+from tinyzip.decode import BOS, EOS, beam_search, greedy_decode, length_penalty, top_candidates
 from tinyzip.nn.layers import log_softmax_forward
 from tinyzip.nn.transformer import Seq2Seq, Seq2SeqConfig
 
@@ -52,6 +52,14 @@ def brute_force(model, sentence, max_len, alpha):
                 score = logp / length_penalty(n, alpha)
             best = max(best, (score, list(toks)))
     return best[1]
+
+
+@given(st.integers(0, 10_000), st.integers(1, 5), st.integers(1, 40), st.integers(1, 50))
+def test_top_candidates_equal_the_first_n_of_a_stable_descending_sort(seed, B, M, n):
+    """Ties (values drawn from 4 levels, -inf included) go to the lower index, as in the full sort."""
+    levels = np.array([-np.inf, -3.0, -1.5, 0.0])
+    cand = levels[np.random.default_rng(seed).integers(0, 4, size=(B, M))]
+    np.testing.assert_array_equal(top_candidates(cand, n), np.argsort(-cand, axis=1, kind="stable")[:, :n])
 
 
 @given(st.integers(0, 10_000), st.sampled_from([0.0, 0.6, 1.5]))

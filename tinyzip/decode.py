@@ -54,6 +54,20 @@ def greedy_decode(model, params, src, max_len, matmuls=None, act_hooks=None):
     return out
 
 
+def top_candidates(cand, n):
+    """Per row, the indices of the ``n`` largest entries, best first, ties by lower index:
+    ``np.argsort(-cand, axis=1, kind="stable")[:, :n]`` without sorting all K * V entries (the
+    full sort was 80% of beam search's time at V = 8k). cand: (B, M) float, n <= M."""
+    B, M = cand.shape
+    n = min(n, M)
+    nth = np.partition(cand, M - n, axis=1)[:, M - n]  # the n-th largest value of each row
+    rows, cols = np.nonzero(cand >= nth[:, None])  # at least n per row (more on ties)
+    order = np.lexsort((cols, -cand[rows, cols], rows))  # by row, value descending, index
+    rows, cols = rows[order], cols[order]
+    rank = np.arange(rows.size) - np.searchsorted(rows, rows)  # position within its row
+    return cols[rank < n].reshape(B, n)
+
+
 def length_penalty(length, alpha):
     """GNMT lp(Y) = ((5 + |Y|) / 6) ** alpha."""
     return ((5.0 + length) / 6.0) ** alpha
@@ -79,7 +93,7 @@ def beam_search(model, params, src, beam_size=4, max_len=50, alpha=0.6, matmuls=
                                          act_hooks=act_hooks)
         V = logp.shape[1]
         cand = (scores[:, :, None] + logp.reshape(len(alive), K, V)).reshape(len(alive), K * V)
-        top = np.argsort(-cand, axis=1, kind="stable")[:, : 2 * K]  # (B_alive, 2K)
+        top = top_candidates(cand, 2 * K)  # (B_alive, 2K)
         lp = length_penalty(step + 1, alpha)
         rows, toks, new_scores, still = [], [], [], []
         for g, b in enumerate(alive):
