@@ -159,6 +159,9 @@ def test_demo_resume_keeps_measured_rows_and_finishes(tmp_path):
     assert second[:2] == first["rows"][:2]                  # kept as measured, not re-measured
     assert [r["key"] for r in second] == [r["key"] for r in first["rows"]]
     assert "training the float32 baseline" not in run.stderr and "(resumed run)" in run.stderr
+    segments = json.loads(path.read_text())["segments"]     # wall time: the cut run's segment + this one
+    assert [s["rows_measured"] for s in segments] == [len(first["rows"]), len(first["rows"]) - 2]
+    assert json.loads(path.read_text())["wall_seconds"] == pytest.approx(sum(s["seconds"] for s in segments))
 
 
 def test_demo_resume_needs_json():

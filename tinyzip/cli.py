@@ -162,7 +162,8 @@ def _cmd_demo(args) -> int:
                       finetune_steps=args.finetune_steps, seed=args.seed, n_test=n_test,
                       json_path=args.json, resume=args.resume)
     print(f"\n{report['task']}: {report['n_test']} test sentences, greedy decoding, sacreBLEU 13a; "
-          f"'tune' = fine-tuning steps; files in {args.out}")
+          f"'tune' = fine-tuning steps; files in {args.out}; wall time {report['wall_seconds'] / 60:.1f} min"
+          + (f" over {len(report['segments'])} resumed runs" if len(report["segments"]) > 1 else ""))
     print(format_table(report["rows"]))
     return 0
 

@@ -369,10 +369,15 @@ def run_demo(*, task="bible-es", out_dir="runs/demo", full=False, steps=None, fi
     preset = PRESETS[task] if steps is None else replace(PRESETS[task], steps=steps)
     data = load_task(task, seed=seed)
     test_pairs = evenly_spaced(data.test, n_test)
-    done = {}
+    earlier = {"rows": [], "segments": []}
     if resume and json_path and os.path.exists(json_path):
         with open(json_path) as f:
-            done = {r["key"]: r for r in json.load(f)["rows"] if "key" in r}
+            earlier = json.load(f)
+    done = {r["key"]: r for r in earlier["rows"] if "key" in r}
+    # Wall time: one segment per invocation (a resumed run adds one); each is updated after every
+    # row and when the run stops, so the JSON's wall_seconds is the run's total however often resumed.
+    segment = {"started": time.strftime("%Y-%m-%d %H:%M:%S"), "seconds": 0.0, "rows_measured": 0}
+    segments, started = earlier.get("segments", []) + [segment], time.perf_counter()
     translator, float_path = baseline(data, out_dir, preset, steps, seed, log, resume)
     ctx = Context(translator, encode_pairs(translator.tokenizer, data.train, preset.max_len), test_pairs,
                   out_dir, preset, seed, log=log, checkpoint_dir=os.path.join(out_dir, "checkpoints"),
@@ -382,31 +387,40 @@ def run_demo(*, task="bible-es", out_dir="runs/demo", full=False, steps=None, fi
         for name in os.listdir(ctx.checkpoint_dir):
             if name.endswith(".ckpt.npz"):
                 os.remove(os.path.join(ctx.checkpoint_dir, name))
-    report = {"task": task, "n_test": len(test_pairs), "full": full, "rows": []}
+    report = {"task": task, "n_test": len(test_pairs), "full": full, "rows": [], "segments": segments}
 
-    def emit(row):
-        report["rows"].append(row)
-        print(format_table(report["rows"]).splitlines()[-1], file=log)
+    def save():
+        segment["seconds"] = time.perf_counter() - started
+        report["wall_seconds"] = sum(s["seconds"] for s in segments)
         if json_path:
             _write_json(json_path, report)             # an interrupted run keeps what it measured
 
-    base = done.get("baseline") or dict(measure(ctx, "float32", 32, float_path, 0.0), key="baseline")
-    ctx.float_bytes, ctx.baseline_bleu = base["file_bytes"], base["bleu"]
-    emit(dict(base, ratio=1.0, bleu_pct=100.0))
-    write_attention(translator, test_pairs[0], out_dir)
-    for fn, kwargs in plan(task, full):
-        if finetune_steps is not None:
-            kwargs = {k: min(v, finetune_steps) if k.endswith("steps") else v for k, v in kwargs.items()}
-        key = row_name(fn, kwargs)
-        if key in done:
-            emit(done[key])
-            continue
-        start = time.perf_counter()
-        name, bits, packed = fn(ctx, dict(translator.params), **kwargs)
-        path = os.path.join(out_dir, key_to_filename(key))
-        container.save_tz(path, packed, translator.model.config.to_dict(),
-                          {"tokenizer": translator.tokenizer.to_dict(), "method": name, "settings": kwargs})
-        emit(dict(measure(ctx, name, bits, path, time.perf_counter() - start), key=key, settings=kwargs))
+    def emit(row, measured=True):
+        report["rows"].append(row)
+        segment["rows_measured"] += measured
+        print(format_table(report["rows"]).splitlines()[-1], file=log)
+        save()
+
+    try:
+        base = done.get("baseline") or dict(measure(ctx, "float32", 32, float_path, 0.0), key="baseline")
+        ctx.float_bytes, ctx.baseline_bleu = base["file_bytes"], base["bleu"]
+        emit(dict(base, ratio=1.0, bleu_pct=100.0), measured="baseline" not in done)
+        write_attention(translator, test_pairs[0], out_dir)
+        for fn, kwargs in plan(task, full):
+            if finetune_steps is not None:
+                kwargs = {k: min(v, finetune_steps) if k.endswith("steps") else v for k, v in kwargs.items()}
+            key = row_name(fn, kwargs)
+            if key in done:
+                emit(done[key], measured=False)
+                continue
+            start = time.perf_counter()
+            name, bits, packed = fn(ctx, dict(translator.params), **kwargs)
+            path = os.path.join(out_dir, key_to_filename(key))
+            container.save_tz(path, packed, translator.model.config.to_dict(),
+                              {"tokenizer": translator.tokenizer.to_dict(), "method": name, "settings": kwargs})
+            emit(dict(measure(ctx, name, bits, path, time.perf_counter() - start), key=key, settings=kwargs))
+    finally:
+        save()                                         # also on Ctrl-C: the segment's time is kept
     return report
 
 
