@@ -1,4 +1,5 @@
-"""report.py's pieces that are not the demo run itself (that runs in tests/test_cli.py)."""
+"""rows.py (the demo's row recipes) and report.py's pieces that are not the demo run itself (that runs in
+tests/test_cli.py)."""
 from types import SimpleNamespace
 
 import numpy as np
@@ -6,7 +7,8 @@ import pytest
 from hypothesis import given, strategies as st
 
 from tinyzip.nn.transformer import Seq2Seq, Seq2SeqConfig
-from tinyzip.report import Context, evenly_spaced, plan, row_name, row_uniform
+from tinyzip.report import evenly_spaced
+from tinyzip.rows import Context, plan, row_name, row_uniform
 from tinyzip.translation import PRESETS
 
 

@@ -1,0 +1,254 @@
+"""The rows of the demo table: one small function per method setting, and the plan that lists them.
+
+Each ``row_<method>(ctx, params, **settings)`` compresses the float32 baseline's ``params`` by
+calling the method files in ``tinyzip/compress`` in pipeline order (fine-tuning through
+:func:`finetune` where the setting asks for steps) and returns ``(name, bits, {param name:
+PackedTensor})``, which ``report.run_demo`` writes to a ``.tz`` file and measures. ``plan(task,
+full)`` is the explicit list of rows (no registry): the demo's representative settings, the quick
+task's grids, and the Bible model's ``--full`` recipes (the reference runs' budgets).
+"""
+import os
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from tinyzip.compress import binarization, chung, fqt, huffman, kmeans, magnitude_pruning, uniform
+from tinyzip.compress.base import Method
+from tinyzip.compressed import pack_float
+from tinyzip.data import make_batches
+from tinyzip.nn.optim import adam
+from tinyzip.train import train
+
+
+@dataclass
+class Context:
+    """What every row needs: the baseline, data for fine-tuning and for evaluation."""
+
+    translator: object              # the float32 baseline Translator
+    train_ids: list                 # encoded training pairs, for short fine-tuning
+    test_pairs: list                # (src, ref) texts the table is measured on
+    out_dir: str
+    preset: object
+    seed: int
+    float_bytes: int = 0
+    baseline_bleu: float = 0.0
+    log: object = None
+    pruned: dict = field(default_factory=dict)   # (sparsity, steps) -> pruned params, shared by rows
+    checkpoint_dir: str | None = None            # fine-tuning checkpoints (resumable runs)
+    beam: int = 1                                # > 1: also measure BLEU with beam search
+
+
+def finetune_peak_lr(preset) -> float:
+    """Fine-tuning continues training: the preset's lr at its last step, at most half its peak."""
+    return min(0.5 * preset.peak_lr, preset.schedule(preset.steps))
+
+
+def finetune(ctx: Context, params: dict, method: Method, steps: int, tag: str) -> dict:
+    """``steps`` of training through ``method`` (lr: :func:`finetune_peak_lr`, warmup steps/10).
+
+    With ``ctx.checkpoint_dir`` the run checkpoints as ``<tag>.ckpt.npz`` every 50 steps and a
+    rerun resumes there (a finished one returns its params at once). The method is rebuilt by
+    the caller from the same inputs, so its state (masks, assignments) is the same on resume."""
+    if steps <= 0:
+        return params
+    model, preset = ctx.translator.model, ctx.preset
+    peak, warmup = finetune_peak_lr(preset), max(steps // 10, 1)
+
+    def batches(epoch):
+        return make_batches(ctx.train_ids, preset.max_tokens, np.random.default_rng([ctx.seed, 99, epoch]))
+
+    ckpt = None if ctx.checkpoint_dir is None else os.path.join(ctx.checkpoint_dir, f"{tag}.ckpt.npz")
+    if ctx.log is not None:
+        print(f"fine-tuning {tag}: {steps} steps", file=ctx.log)
+    result = train(model, params, batches, steps=steps, optimizer=adam(), rng=np.random.default_rng(ctx.seed),
+                   schedule=lambda s: peak * min(1.0, s / warmup), method=method, log=ctx.log,
+                   checkpoint_path=ckpt, checkpoint_every=50 if ckpt else 0,
+                   resume=ckpt is not None and os.path.exists(ckpt))
+    if result.interrupted:
+        raise KeyboardInterrupt
+    return result.params
+
+
+def pack_model(params: dict, pack_matrix, names) -> dict:
+    """``pack_matrix(name, W)`` for the named matrices, float32 for everything else (biases, LN)."""
+    return {n: pack_matrix(n, W) if n in names else pack_float(W) for n, W in params.items()}
+
+
+def matrices(params: dict) -> list:
+    """Every 2-D parameter: the attention, FFN and (shared) embedding/output matrices."""
+    return [n for n, W in params.items() if W.ndim == 2]
+
+
+# ---- one function per row ---------------------------------------------------------------------
+
+def pruned_model(ctx, params, sparsity, steps, rounds=4):
+    """Zhu & Gupta gradual magnitude pruning to ``sparsity`` in ``rounds`` rounds, retrained in
+    between. Memoized in ``ctx``, so the Deep Compression row builds on the pruning row's model."""
+    key = (sparsity, steps, rounds)
+    if key not in ctx.pruned:
+        names, masks = magnitude_pruning.prunable_names(params), None
+        for r, target in enumerate(magnitude_pruning.iterative_targets(sparsity, rounds)):
+            params, masks = magnitude_pruning.prune_params(params, target, names=names, masks=masks)
+            params = finetune(ctx, params, magnitude_pruning.pruning_method(masks), steps // rounds,
+                              f"prune{int(sparsity * 100)}-{steps}x{rounds}-round{r}")
+        ctx.pruned[key] = params
+    return ctx.pruned[key]
+
+
+def row_pruning(ctx, params, sparsity=0.8, steps=300, rounds=4):
+    """Gradual magnitude pruning, exported in Deep Compression's sparse format (CSC kernel at run time)."""
+    params = pruned_model(ctx, params, sparsity, steps, rounds)
+    names = magnitude_pruning.prunable_names(params)
+    packed = pack_model(params, lambda n, W: magnitude_pruning.pack_sparse(W), names)
+    return f"magnitude_pruning-{int(sparsity * 100)}", None, packed
+
+
+def row_kmeans(ctx, params, bits=4, steps=100):
+    """Deep Compression weight sharing: k = 2^bits centroids per matrix, centroids fine-tuned (Eq. 3)."""
+    names = matrices(params)
+    params, method = kmeans.kmeans_method(params, names, 1 << bits)
+    params = finetune(ctx, params, method, steps, f"kmeans{bits}-{steps}")
+    packed = pack_model(params, lambda n, W: kmeans.pack_kmeans(W, 1 << bits), names)
+    return f"kmeans-{bits}bit", bits, packed
+
+
+def row_deep_compression(ctx, params, sparsity=0.8, bits=4, steps=300, share_steps=100, gap_bits=4, rounds=4):
+    """Prune -> share (k = 2^bits - 1 plus the zero slot) -> Huffman: the full Deep Compression pipeline."""
+    pruned = pruned_model(ctx, params, sparsity, steps, rounds)
+    names = magnitude_pruning.prunable_names(pruned)
+    k = (1 << bits) - 1
+    shared, method = kmeans.kmeans_method(pruned, names, k)
+    shared = finetune(ctx, shared, method, share_steps, f"dc{int(sparsity * 100)}-{steps}x{rounds}-{bits}-{share_steps}")
+
+    def pack(name, W):
+        return huffman.pack_kmeans_huffman(kmeans.pack_kmeans(W, k, gap_bits=gap_bits))
+
+    packed = pack_model(shared, pack, names)
+    others = [n for n in matrices(shared) if n not in names]      # e.g. the embedding: shared, not pruned
+    packed.update({n: kmeans.pack_kmeans(shared[n], 1 << bits) for n in others})
+    return f"magnitude_pruning-{int(sparsity * 100)}+kmeans+huffman", bits, packed
+
+
+def row_binarization(ctx, params, steps=300):
+    """BinaryNet signs with XNOR per-output scales, latent weights trained through the clipped STE."""
+    names = [n for n in matrices(params) if n != "emb"]            # the lookup table stays float
+    method = binarization.binarization_method(names)
+    latent = binarization.clip_latent(params, names)
+    latent = finetune(ctx, latent, method, steps, f"binarization-{steps}")
+    packed = pack_model(latent, lambda n, W: binarization.pack_binary(W), names)
+    return "binarization", 1, packed
+
+
+def row_uniform(ctx, params, bits=8, steps=0, activations=False, calib_batches=8):
+    """Per-channel symmetric uniform weights (Jacob 2018 / FQT); PTQ when steps = 0, else QAT.
+
+    ``activations``: weights+activations (FQT placement, ``fqt.activation_points``: every matmul
+    input, Q, K, V and softmax outputs included): PTQ calibrates the EMA of min/max of each point
+    on ``calib_batches`` training batches; QAT fake-quantizes them with EMA ranges while it trains
+    (a run resumed after its last step has no ranges: they are then re-estimated the same way on
+    the calibration batches, weights frozen). The frozen (S, Z) go into the file
+    (``fqt.attach_act_ranges``): the int8 kernel quantizes the Linear inputs with them, and
+    Q, K, V, P are fake-quantized with theirs (``compressed.static_act_hooks``)."""
+    names, model = matrices(params), ctx.translator.model
+    tag = f"uniform{'-wa' if activations else ''}{bits}-{steps}"
+
+    def calibrate(eff, hooks, mode):
+        fqt.set_act_mode(hooks, mode)
+        batches = make_batches(ctx.train_ids, ctx.preset.max_tokens, np.random.default_rng([ctx.seed, 98]))
+        for _, (src, tgt_in, _) in zip(range(calib_batches), batches):
+            model.forward(eff, src, tgt_in, act_hooks=hooks)
+
+    hooks = {}
+    if steps:
+        method = fqt.qat_method(params, bits, weights_only=not activations)
+        params = finetune(ctx, params, method, steps, tag)
+        hooks = method.act_hooks
+        if any(h[0].__self__.range is None for h in hooks.values()):
+            calibrate(method.forward(params)[0], hooks, "ema")
+        fqt.set_act_mode(hooks, "frozen")
+    elif activations:
+        _, hooks, _ = fqt.ptq(params, lambda eff, h: calibrate(eff, h, "calibrate"), bits, calibration="ema")
+    packed = fqt.attach_act_ranges(pack_model(params, lambda n, W: uniform.pack_uniform(W, bits), names), hooks)
+    return f"uniform-{'qat' if steps else 'ptq'}{'-w+a' if activations else ''}-{bits}bit", bits, packed
+
+
+def row_binary_codes(ctx, params, q=2, steps=300, fit="alternating", emb_ratio=8.0, staged=False):
+    """Chung et al. 2020: every matrix in ``q``-bit binary codes (``fit``: Guo et al. greedy or
+    Xu et al. alternating), float16 alphas; the embedding with frequency-aware widths (Algorithm 1,
+    b = 4, r = ``emb_ratio``; r = 8 averages 1.14 bits per row; r = 0: every row q bits, the
+    uniform baseline); QAT through the STE, optionally in the paper's three stages (embedding,
+    decoder, encoder), each ``steps / 3``. Runs on BiQGEMM."""
+    bits = chung.ChungBits(emb_max_bits=q if emb_ratio == 0 else 4, emb_ratio=emb_ratio,
+                           enc_attn=q, enc_ffn=q, dec_self_attn=q, cross_attn=q, dec_ffn=q, out=q)
+    freqs = chung.token_frequencies(ctx.train_ids, ctx.translator.model.config.src_vocab)
+    stages = chung.staged_blocks(params) if staged else [None]
+    for s in range(len(stages)):
+        names = None if not staged else {n for block in stages[:s + 1] for n in block}
+        method = chung.chung_method(params, bits, freqs, names=names, method=fit, alpha_dtype=np.float16)
+        params = finetune(ctx, params, method, steps // len(stages),
+                          f"binary_codes{q}-{fit}-r{emb_ratio:g}-{steps}{'-staged' if staged else ''}-stage{s}")
+    packed = chung.chung_pack(params, bits, freqs, method=fit, alpha_dtype=np.float16)
+    packed.update({n: pack_float(W) for n, W in params.items() if n not in packed})
+    return f"binary_codes-{q}bit-{fit}{'-staged' if staged else ''}", q, packed
+
+
+def plan(task: str, full: bool):
+    """The rows, in the order of the table (an explicit list: no registry). ``steps`` is each
+    row's fine-tuning budget; 0 means post-training only.
+
+    On the real model (bible-es) the quick plan is post-training or very short fine-tuning, to
+    stay under 5 minutes; ``full`` runs post-training rows first (their results come in
+    minutes), then the fine-tuned ones with the reference runs' budgets (hours)."""
+    if task == "bible-es" and not full:
+        return [
+            (row_pruning, {"sparsity": 0.5, "steps": 60, "rounds": 1}),
+            (row_kmeans, {"bits": 4, "steps": 0}),
+            (row_deep_compression, {"sparsity": 0.5, "steps": 60, "rounds": 1, "share_steps": 0}),
+            (row_binarization, {"steps": 40}),
+            (row_uniform, {"bits": 8, "steps": 0}),
+            (row_uniform, {"bits": 4, "steps": 0}),
+            (row_binary_codes, {"q": 2, "steps": 60, "fit": "alternating"}),
+        ]
+    if task == "bible-es":
+        return ([(row_kmeans, {"bits": b, "steps": 0}) for b in (8, 5, 4, 3, 2)]
+                + [(row_uniform, {"bits": b, "steps": 0}) for b in (8, 6, 4)]
+                + [(row_binary_codes, {"q": q, "steps": 0, "fit": fit}) for q in (2, 3, 4)
+                   for fit in ("greedy", "alternating")]
+                + [(row_uniform, {"bits": b, "steps": 400}) for b in (8, 6, 4)]
+                + [(row_kmeans, {"bits": b, "steps": 400}) for b in (4, 3)]
+                + [(row_binary_codes, {"q": q, "steps": 1000, "fit": "alternating"}) for q in (1, 2, 3)]
+                + [(row_binary_codes, {"q": 2, "steps": 1000, "fit": "alternating", "emb_ratio": r}) for r in (0.0, 1.0)]
+                + [(row_binary_codes, {"q": 2, "steps": 1000, "fit": "alternating", "staged": True})]
+                + [(row_pruning, {"sparsity": 0.5, "steps": 1000, "rounds": 1}),
+                   (row_pruning, {"sparsity": 0.8, "steps": 4000}),
+                   (row_deep_compression, {"sparsity": 0.8, "steps": 4000, "share_steps": 400}),
+                   (row_pruning, {"sparsity": 0.9, "steps": 4000}),
+                   (row_binarization, {"steps": 2000})])
+    if not full:
+        return [
+            (row_pruning, {"sparsity": 0.8, "steps": 100}),
+            (row_kmeans, {"bits": 4, "steps": 30}),
+            (row_deep_compression, {"sparsity": 0.9, "bits": 3, "steps": 100, "share_steps": 30}),
+            (row_binarization, {"steps": 60}),
+            (row_uniform, {"bits": 8, "steps": 0}),
+            (row_uniform, {"bits": 4, "steps": 40}),
+            (row_binary_codes, {"q": 2, "steps": 60, "fit": "greedy"}),
+        ]
+    return ([(row_pruning, {"sparsity": s, "steps": 600}) for s in (0.5, 0.8, 0.9)]
+            + [(row_kmeans, {"bits": b, "steps": 200}) for b in (8, 5, 4, 3, 2)]
+            + [(row_deep_compression, {"steps": 600}),
+               (row_deep_compression, {"sparsity": 0.9, "bits": 3, "steps": 600, "share_steps": 200}),
+               (row_binarization, {"steps": 600})]
+            + [(row_uniform, {"bits": b, "steps": 0}) for b in (8, 6, 4)]
+            + [(row_uniform, {"bits": b, "steps": 400}) for b in (8, 6, 4)]
+            + [(row_uniform, {"bits": b, "steps": s, "activations": True}) for s in (0, 400) for b in (8, 6, 4)]
+            + [(row_binary_codes, {"q": q, "steps": 300, "fit": "alternating", "emb_ratio": r})
+               for r in (8.0, 0.0) for q in (1, 2, 3, 4)]             # frequency-aware vs uniform embedding
+            + [(row_binary_codes, {"q": 2, "steps": 300, "fit": "alternating", "emb_ratio": 8.0, "staged": True}),
+               (row_binary_codes, {"q": 2, "steps": 300, "fit": "alternating", "emb_ratio": 1.0}),
+               (row_binary_codes, {"q": 2, "steps": 300, "fit": "greedy", "emb_ratio": 8.0})])
+
+
+def row_name(fn, kwargs) -> str:
+    """A row's key in the JSON (resumed runs skip rows already measured)."""
+    return fn.__name__[4:] + "(" + ", ".join(f"{k}={v}" for k, v in sorted(kwargs.items())) + ")"
