@@ -88,7 +88,9 @@ def _interactive_sigint():
     signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
-def test_ctrl_c_writes_checkpoint_and_exits_with_one_line(tmp_path):
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
+def test_ctrl_c_or_sigterm_writes_checkpoint_and_exits_with_one_line(tmp_path, signum):
+    """SIGTERM (``kill PID``) stops a run as Ctrl-C does, so a background run can be stopped and resumed."""
     out = tmp_path / "m.npz"
     proc = subprocess.Popen([sys.executable, "-m", "tinyzip.cli", "train", "--task", "copy", "--preset", "tiny",
                              "--steps", "100000", "--out", str(out)], stderr=subprocess.PIPE, text=True, env=ENV,
@@ -96,7 +98,7 @@ def test_ctrl_c_writes_checkpoint_and_exits_with_one_line(tmp_path):
     try:
         first = proc.stderr.readline()  # the progress line of step 1: training is under way
         assert first.startswith("step"), first
-        proc.send_signal(signal.SIGINT)
+        proc.send_signal(signum)
         _, rest = proc.communicate(timeout=60)
     finally:
         if proc.poll() is None:

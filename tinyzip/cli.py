@@ -14,7 +14,9 @@ Errors are one line on stderr and exit status 2, never a traceback: argparse mis
 import argparse
 import json
 import os
+import signal
 import sys
+import threading
 
 from tinyzip import __version__
 from tinyzip.errors import TinyzipError
@@ -387,9 +389,19 @@ def _one_line(error: BaseException) -> str:
     return text or type(error).__name__
 
 
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt
+
+
 def main(argv=None) -> int:
-    """Entry point of the ``tinyzip`` console script; returns the exit status."""
+    """Entry point of the ``tinyzip`` console script; returns the exit status.
+
+    SIGTERM (``kill PID``, a job scheduler's stop) is handled like Ctrl-C: training writes its
+    checkpoint and ``demo --json`` its rows and wall time, so the same command plus ``--resume``
+    continues (a background job started by a non-interactive shell ignores SIGINT)."""
     args = build_parser().parse_args(argv)
+    main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _interrupt) if main_thread else None
     try:
         return args.func(args)
     except KeyboardInterrupt:
@@ -398,6 +410,9 @@ def main(argv=None) -> int:
     except (TinyzipError, ValueError, TypeError, OSError) as e:
         print(f"tinyzip {args.command}: error: {_one_line(e)}", file=sys.stderr)
         return 2
+    finally:
+        if main_thread:
+            signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":  # python -m tinyzip.cli
