@@ -27,17 +27,23 @@ def test_evenly_spaced_rejects_nonpositive_n():
         evenly_spaced([("a", "b")] * 3, 0)
 
 
-def test_quick_task_full_plan_adds_wa_uniform_rows_after_the_weight_only_ones_and_keeps_their_keys():
-    """FQT's grid: PTQ and QAT at 8, 6, 4 bits, weights only and weights+activations; resumed
-    --full runs find their measured rows under the same keys as before."""
-    keys = [row_name(fn, kw) for fn, kw in plan("numbers-de", True)]
+def test_full_plans_hold_fqt_grid_and_keep_their_keys():
+    """FQT's grid in both --full plans: PTQ and QAT at 8, 6, 4 bits, weights only and
+    weights+activations (the quick task's w+a rows after the weight-only ones; the Bible model's
+    post-training rows before its fine-tuned ones); resumed --full runs find their measured rows
+    under the same keys as before. The short demo plans have no w+a rows."""
     weight_only = [row_name(row_uniform, {"bits": b, "steps": s}) for s in (0, 400) for b in (8, 6, 4)]
     wa = [row_name(row_uniform, {"bits": b, "steps": s, "activations": True}) for s in (0, 400) for b in (8, 6, 4)]
+    keys = [row_name(fn, kw) for fn, kw in plan("numbers-de", True)]
     assert keys[keys.index(weight_only[0]):keys.index(weight_only[0]) + 12] == weight_only + wa
     assert weight_only[0] == "uniform(bits=8, steps=0)"
-    for full in (False, True):
-        assert not any(kw.get("activations") for _, kw in plan("bible-es", full))
-    assert not any(kw.get("activations") for _, kw in plan("numbers-de", False))
+    bible = plan("bible-es", True)
+    keys = [row_name(fn, kw) for fn, kw in bible]
+    assert set(weight_only + wa) <= set(keys)
+    tuned = [kw.get("steps", 0) + kw.get("share_steps", 0) > 0 for _, kw in bible]
+    assert tuned == sorted(tuned)                           # post-training rows first
+    for task in ("bible-es", "numbers-de"):
+        assert not any(kw.get("activations") for _, kw in plan(task, False))
 
 
 @pytest.mark.parametrize("steps", [0, 2])

@@ -214,9 +214,11 @@ def plan(task: str, full: bool):
                 + [(row_uniform, {"bits": b, "steps": 0}) for b in (8, 6, 4)]
                 + [(row_binary_codes, {"q": q, "steps": 0, "fit": fit}) for q in (2, 3, 4)
                    for fit in ("greedy", "alternating")]
+                + [(row_uniform, {"bits": b, "steps": 0, "activations": True}) for b in (8, 6, 4)]
                 + [(row_uniform, {"bits": b, "steps": 400}) for b in (8, 6, 4)]
+                + [(row_uniform, {"bits": b, "steps": 400, "activations": True}) for b in (8, 6, 4)]
                 + [(row_kmeans, {"bits": b, "steps": 400}) for b in (4, 3)]
-                + [(row_binary_codes, {"q": q, "steps": 1000, "fit": "alternating"}) for q in (1, 2, 3)]
+                + [(row_binary_codes, {"q": q, "steps": 1000, "fit": "alternating"}) for q in (1, 2, 3, 4)]
                 + [(row_binary_codes, {"q": 2, "steps": 1000, "fit": "alternating", "emb_ratio": r}) for r in (0.0, 1.0)]
                 + [(row_binary_codes, {"q": 2, "steps": 1000, "fit": "alternating", "staged": True})]
                 + [(row_pruning, {"sparsity": 0.5, "steps": 1000, "rounds": 1}),
