@@ -121,8 +121,9 @@ def test_requantizing_a_quantized_weight_is_a_no_op(W, bits, granularity, symmet
 
 @given(hynp.arrays(np.float64, st.integers(1, 40), elements=floats_st(bound=20.0)), bits_st, grid_st)
 def test_ste_clipped_passes_gradient_where_the_clamp_is_inactive_and_zero_where_it_acts(x, bits, grid):
-    """Jacob / FQT STE: dx = dx_hat * [qmin <= round(x / S + Z) <= qmax], i.e. x inside
-    [S (qmin - Z - 1/2), S (qmax - Z + 1/2)]; the range here is [-5, 5], x reaches +-20."""
+    """The clipped STE: dx = dx_hat * [qmin <= round(x / S + Z) <= qmax], i.e. x inside
+    [S (qmin - Z - 1/2), S (qmax - Z + 1/2)] (PyTorch's cachemask; Jacob's TF and FQT's clamp stop
+    half a step earlier); the range here is [-5, 5], x reaches +-20."""
     scale, zp = U.quant_params(-5.0, 5.0, bits, *grid)
     qmin, qmax = U.qrange(bits, *grid)
     dx_hat = np.arange(1.0, x.size + 1)

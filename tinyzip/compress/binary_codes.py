@@ -42,7 +42,8 @@ per sub-layer type, staged retraining) is ``chung.py``.
 
 Deviations and choices
 ----------------------
-* sign(0) = +1 (Guo's and Chung's public code use ``torch.sign``, which gives a 0 code).
+* sign(0) = +1, as in the Chung et al. first author's public replication code (``(w >= 0) * 2 - 1``);
+  a plain ``torch.sign`` / ``np.sign`` would give a 0 code.
 * (5) is solved for all columns at once through the Gram matrices G = B_j^T B_j (exact small
   integers) and ``np.linalg.pinv(G, hermitian=True)``: with duplicate or linearly dependent codes
   G is singular and pinv returns the minimum-norm least-squares alphas (pinv(G) B^T w equals

@@ -9,8 +9,9 @@ Papers
   min/max with momentum 0.9, quantizers before dropout.
 * Benoit Jacob et al. (2018). "Quantization and Training of Neural Networks for Efficient
   Integer-Arithmetic-Only Inference". CVPR 2018, arXiv:1712.05877. Activation ranges are learned
-  (EMA) during training or collected on a few batches, then frozen: at inference every activation
-  has one static (S, Z) per tensor (Sec. 2.1, 3).
+  by an EMA during training (Sec. 3.1), then frozen: at inference every activation has one static
+  (S, Z) per tensor (Sec. 2.1). Post-training calibration on a few batches (``ptq``) is the same
+  EMA run without weight updates: our PTQ, not a procedure of the paper.
 
 The quantizers themselves (grids, Eq. (1), STE, range estimators) are in ``uniform.py``.
 

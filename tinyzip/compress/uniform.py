@@ -33,16 +33,24 @@ Z = 0 (Q8BERT, -128 unused);  unsigned [0, 2^b-1], Z = 0, x_min fixed at 0 (FQT 
 Equations
 ---------
 Jacob Eq. (1):   x = S (q - Z)
-Jacob Sec. 2.1:  zero exactly representable: [lo, hi] = [min(x_min, 0), max(x_max, 0)],
+Jacob Sec. 2.1, 3.1: zero exactly representable: [lo, hi] = [min(x_min, 0), max(x_max, 0)],
                  S = (hi - lo) / (qmax - qmin),  Z = clamp(round(qmin - lo / S), qmin, qmax): the
-                 nudge, an integer Z, so the grid is [S (qmin - Z), S (qmax - Z)] and holds 0
+                 nudge (Sec. 3.1), an integer Z, so the grid is [S (qmin - Z), S (qmax - Z)] and
+                 holds 0. (TF's ``Nudge`` shifts the range with S fixed; widening it to hold 0 is
+                 done before, where TF tracks the range.)
 Q8BERT Eq. (1):  symmetric: S = max|x| / (2^(b-1) - 1) (the paper's scale is our 1/S)
 FQT Eq. (1)-(2): Q(x) = round((clamp(x, x_min, x_max) - x_min) / s),  s = (x_max - x_min) / (2^b - 1)
 quantize:        q = clamp(round(x / S + Z), qmin, qmax);   dequantize: x_hat = S (q - Z)
-EMA (FQT):       x_max <- m x_max + (1 - m) max(x), m = 0.9 (same for x_min)
+EMA (FQT):       x_max <- m x_max + (1 - m) max(x), m = 0.9 (same for x_min; FQT says "momentum
+                 0.9": that it weighs the old value is our reading)
 EMA (Q8BERT):    t <- d t + (1 - d) max|x|, d = 0.9999, t initialised to the first max|x|
-STE clipped (Jacob, FQT): dx = dx_hat * [qmin <= round(x / S + Z) <= qmax] (zero where the clamp
-                 acts, i.e. outside [S (qmin - Z - 1/2), S (qmax - Z + 1/2)]);  "q8bert": dx = dx_hat
+STE clipped:     dx = dx_hat * [qmin <= round(x / S + Z) <= qmax]: zero where the clamp of the code
+                 acts, i.e. outside [S (qmin - Z - 1/2), S (qmax - Z + 1/2)] (PyTorch's
+                 ``fake_quantize_*_cachemask`` mask). Jacob's TF implementation and FQT's clamp
+                 zero it outside the real range [S (qmin - Z), S (qmax - Z)] instead: the two
+                 differ only on the half-step bands beyond the grid ends, where we pass the
+                 gradient, so a tensor's own min/max never loses it to the rounding of S;
+                 "q8bert": dx = dx_hat
 Jacob Eq. (4):   acc = sum_k (qx_k - Zx)(qW_k - ZW) + q_bias     (int32, bias scale S1 S2, Z 0)
 Jacob Eq. (7):   = K Zx ZW - Zx sum_k qW_k - ZW sum_k qx_k + sum_k qx_k qW_k
 Static activations (Jacob Sec. 2.1): x quantized with one frozen (S_x, Z_x) per tensor, then
@@ -74,7 +82,7 @@ Choices and deviations
   internals have no hook points here. FQT's bucket shape is not pinned down from the paper text we
   could reach; ours (rows inside a column) makes buckets a refinement of per-channel.
 * M >= 1 or n > 31 in ``quantize_multiplier`` raise (the paper observes 0 < M < 1). Jacob's
-  equation numbers are as recalled from arXiv v1; the arithmetic is checked against gemmlowp's.
+  equation numbers are checked against the paper's text (arXiv v1), the arithmetic against gemmlowp's.
 """
 from dataclasses import dataclass
 
@@ -151,7 +159,7 @@ def _round_toward_zero(scale, dtype):
 
 
 def _nudge(lo, hi, scale, qmin, qmax, dtype):
-    """Jacob Sec. 2.1 (TFLite's nudge): Z = round(qmin - lo / S), an integer, so that 0 = S (Z - Z)
+    """Jacob Sec. 3.1 (TF's nudge): Z = round(qmin - lo / S), an integer, so that 0 = S (Z - Z)
     exactly and the grid is the nudged range [S (qmin - Z), S (qmax - Z)]. Returns (S, Z).
 
     Rounding is half to even, like ``quantize``. On a tie (qmin - lo / S = k + 1/2) one of the two
