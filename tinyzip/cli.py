@@ -156,6 +156,7 @@ def _add_demo(sub):
 
 def _cmd_demo(args) -> int:
     from tinyzip.report import format_table, run_demo
+    from tinyzip.train import format_seconds
 
     if args.resume and not args.json:
         raise ValueError("--resume needs --json PATH (the rows measured so far)")
@@ -164,7 +165,7 @@ def _cmd_demo(args) -> int:
                       finetune_steps=args.finetune_steps, seed=args.seed, n_test=n_test,
                       json_path=args.json, resume=args.resume)
     print(f"\n{report['task']}: {report['n_test']} test sentences, greedy decoding, sacreBLEU 13a; "
-          f"'tune' = fine-tuning steps; files in {args.out}; wall time {report['wall_seconds'] / 60:.1f} min"
+          f"'tune' = fine-tuning steps; files in {args.out}; wall time {format_seconds(report['wall_seconds'])}"
           + (f" over {len(report['segments'])} resumed runs" if len(report["segments"]) > 1 else ""))
     print(format_table(report["rows"]))
     return 0

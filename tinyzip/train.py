@@ -172,7 +172,8 @@ def _save(path, cur: _Committed, *, config, extra) -> None:
                        data_position=cur.position, config=config, extra=extra)
 
 
-def _format_seconds(seconds: float) -> str:
+def format_seconds(seconds: float) -> str:
+    """1h02m, 3m05s or 42s."""
     seconds = int(round(seconds))
     if seconds >= 3600:
         return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
@@ -206,7 +207,7 @@ class _Progress:
         eta = (now - self.t0) / max(done, 1) * (self.total - step)
         loss = sum(self.losses) / len(self.losses) if self.losses else float("nan")
         text = (f"step {step:>{len(str(self.total))}}/{self.total}  loss {loss:.4f}  lr {lr:.2e}  "
-                f"{rate:,.0f} tok/s  ETA {_format_seconds(eta)}")
+                f"{rate:,.0f} tok/s  ETA {format_seconds(eta)}")
         if history:
             text += "  | val " + " ".join(f"{k} {v:.4g}" for k, v in history[-1].items() if k != "step")
         return text
