@@ -137,7 +137,7 @@ def _add_demo(sub):
     p.add_argument("--full", action="store_true",
                    help="every bit width and variant with full fine-tuning, whole test set, beam 4 too (hours)")
     p.add_argument("--task", choices=["bible-es", "numbers-de", "copy"], default="bible-es",
-                   help="bible-es (default: the shipped model), numbers-de (the quick task, trains ~2 min), "
+                   help="bible-es (default: the shipped model), numbers-de (the quick task: trains its own model first, ~5 min in all), "
                         "copy (a seconds-long smoke run)")
     p.add_argument("--steps", type=int, default=None,
                    help="train a new baseline of this many steps (default: the shipped model for bible-es, "
@@ -299,6 +299,7 @@ def _add_bench_train(bsub):
     p.add_argument("--presets", default="tiny,small,default", help="comma-separated (default: all)")
     p.add_argument("--batch", type=int, default=32, help="sequences per batch (default: 32)")
     p.add_argument("--length", type=int, default=32, help="tokens per sequence (default: 32)")
+    p.add_argument("--vocab", type=int, default=1000, help="vocabulary size (default: 1000)")
     p.add_argument("--repeats", type=int, default=5, help="timed runs per preset (default: 5)")
     p.add_argument("--json", metavar="PATH", help="also write {'machine', 'results'} as JSON")
     p.set_defaults(func=_cmd_bench_train)
@@ -308,7 +309,7 @@ def _cmd_bench_train(args) -> int:
     from tinyzip.bench import bench_train, format_train_table, machine_info
 
     rows = bench_train([s.strip() for s in args.presets.split(",") if s.strip()], batch=args.batch,
-                       length=args.length, repeats=args.repeats)
+                       length=args.length, vocab=args.vocab, repeats=args.repeats)
     print(format_train_table(rows))
     if args.json:
         _write_json(args.json, {"machine": machine_info(), "results": rows})
