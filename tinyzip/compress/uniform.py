@@ -34,22 +34,19 @@ Equations
 ---------
 Jacob Eq. (1):   x = S (q - Z)
 Jacob Sec. 2.1, 3.1: zero exactly representable: [lo, hi] = [min(x_min, 0), max(x_max, 0)],
-                 S = (hi - lo) / (qmax - qmin),  Z = clamp(round(qmin - lo / S), qmin, qmax): the
-                 nudge (Sec. 3.1), an integer Z, so the grid is [S (qmin - Z), S (qmax - Z)] and
-                 holds 0. (TF's ``Nudge`` shifts the range with S fixed; widening it to hold 0 is
-                 done before, where TF tracks the range.)
+                 S = (hi - lo) / (qmax - qmin),  Z = clamp(round(qmin - lo / S), qmin, qmax) (the
+                 nudge, Sec. 3.1): grid [S (qmin - Z), S (qmax - Z)] holds 0 (TF widens the range
+                 to hold 0 where it tracks it, then ``Nudge`` shifts it with S fixed)
 Q8BERT Eq. (1):  symmetric: S = max|x| / (2^(b-1) - 1) (the paper's scale is our 1/S)
 FQT Eq. (1)-(2): Q(x) = round((clamp(x, x_min, x_max) - x_min) / s),  s = (x_max - x_min) / (2^b - 1)
 quantize:        q = clamp(round(x / S + Z), qmin, qmax);   dequantize: x_hat = S (q - Z)
 EMA (FQT):       x_max <- m x_max + (1 - m) max(x), m = 0.9 (same for x_min; FQT says "momentum
                  0.9": that it weighs the old value is our reading)
 EMA (Q8BERT):    t <- d t + (1 - d) max|x|, d = 0.9999, t initialised to the first max|x|
-STE clipped:     dx = dx_hat * [qmin <= round(x / S + Z) <= qmax]: zero where the clamp of the code
-                 acts, i.e. outside [S (qmin - Z - 1/2), S (qmax - Z + 1/2)] (PyTorch's
-                 ``fake_quantize_*_cachemask`` mask). Jacob's TF implementation and FQT's clamp
-                 zero it outside the real range [S (qmin - Z), S (qmax - Z)] instead: the two
-                 differ only on the half-step bands beyond the grid ends, where we pass the
-                 gradient, so a tensor's own min/max never loses it to the rounding of S;
+STE clipped:     dx = dx_hat * [qmin <= round(x / S + Z) <= qmax]: zero where the clamp acts, outside
+                 [S (qmin - Z - 1/2), S (qmax - Z + 1/2)] (PyTorch's ``fake_quantize_*_cachemask``).
+                 TF (Jacob) and FQT zero it outside [S (qmin - Z), S (qmax - Z)]: on the half-step
+                 bands between we pass it, so a tensor's own min/max never loses it to S's rounding;
                  "q8bert": dx = dx_hat
 Jacob Eq. (4):   acc = sum_k (qx_k - Zx)(qW_k - ZW) + q_bias     (int32, bias scale S1 S2, Z 0)
 Jacob Eq. (7):   = K Zx ZW - Zx sum_k qW_k - ZW sum_k qx_k + sum_k qx_k qW_k
@@ -66,21 +63,19 @@ Choices and deviations
   and for the zero point. TFLite rounds half away from zero; the two differ only on exact ties
   x/S + Z = k + 1/2 (e.g. x = 2.5 S gives 2 here, 3 in TFLite). The integer output stage follows
   gemmlowp exactly.
-* The nudge (``_nudge``): Z is the nearest integer to qmin - lo/S, except that on a
-  tie, or when the storage rounding of S moves lo/S by a hair, Z steps once more so that x_min and
-  x_max still round to qmin and qmax. So min/max weights span the whole grid and re-quantizing
-  W_hat finds the same S and Z (a no-op). S is rounded toward zero into the precision it is stored
-  in (float32 for weights) before Z is chosen; the price is an error bound of
-  S/2 (1 + (qmax - qmin) 2^-24) instead of S/2 at the two ends of a float32-scaled range.
+* The nudge (``_nudge``): Z is the nearest integer to qmin - lo/S, except that on a tie, or when
+  the storage rounding of S moves lo/S by a hair, Z steps once more so that x_min and x_max still
+  round to qmin and qmax: min/max weights span the whole grid and re-quantizing W_hat is a no-op.
+  S is rounded toward zero into its storage precision (float32 for weights) before Z is chosen;
+  the price is an error bound of S/2 (1 + (qmax - qmin) 2^-24) at the two ends of the range.
   An all-zero range gets S = 1 (any step reproduces 0 exactly): no NaN.
 * Granularity: "tensor"; "channel" = one (S, Z) per output column of W, i.e. per output unit;
   "bucket" = FQT buckets of ``bucket_size`` consecutive rows inside each column (the last bucket
   may be shorter; bucket_size >= D_in is "channel").
-* Model-level placement (which weights and activations, PTQ calibration, QAT, the static
-  activation ranges stored in a file) is in ``fqt.py``. FQT quantizes more than we do: LayerNorm
-  gamma, Q, K, V, the softmax numerator and denominator, the attention output and LayerNorm's
-  internals have no hook points here. FQT's bucket shape is not pinned down from the paper text we
-  could reach; ours (rows inside a column) makes buckets a refinement of per-channel.
+* Model-level placement (which weights and activations, Q, K, V and P included, PTQ calibration,
+  QAT, the static activation ranges stored in a file) is in ``fqt.py``, with what of FQT's it
+  leaves float. FQT's bucket shape is not pinned down from the paper text we could reach; ours
+  (rows inside a column) makes buckets a refinement of per-channel.
 * M >= 1 or n > 31 in ``quantize_multiplier`` raise (the paper observes 0 < M < 1). Jacob's
   equation numbers are checked against the paper's text (arXiv v1), the arithmetic against gemmlowp's.
 """
