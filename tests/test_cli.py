@@ -55,6 +55,11 @@ def test_bad_arguments_give_one_line_and_status_2(args, words):
     _assert_one_line_error(_tinyzip(*args), words)
 
 
+def test_integer_ffn_on_a_file_without_activation_ranges_is_one_line():
+    from tinyzip.translation import SHIPPED_MODEL
+    _assert_one_line_error(_tinyzip("eval", str(SHIPPED_MODEL), "--integer-ffn", "--n", "2"), "weights+activations")
+
+
 def test_missing_checkpoint_file_on_resume(tmp_path):
     run = _tinyzip("train", "--task", "copy", "--resume", "--out", str(tmp_path / "model.npz"))
     _assert_one_line_error(run, f"{tmp_path / 'model.ckpt.npz'}: no such file")

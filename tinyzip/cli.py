@@ -209,6 +209,9 @@ def _add_eval(sub):
     p.add_argument("--beam", type=int, default=1, help="beam size (default: 1, greedy)")
     p.add_argument("--n", type=int, default=None, help="only the first N test sentences")
     p.add_argument("--kernels", action="store_true", help=".tz only: multiply on the real kernels")
+    p.add_argument("--integer-ffn", action="store_true",
+                   help="weights+activations .tz only: run every FFN on integers, W_1 -> ReLU -> W_2 through "
+                        "Jacob's requantization (implies --kernels)")
     p.add_argument("--json", metavar="PATH", help="also write {'task', 'rows': [...]} as JSON")
     p.set_defaults(func=_cmd_eval)
 
@@ -218,7 +221,7 @@ def _cmd_eval(args) -> int:
     from tinyzip.report import attention_entropy
     from tinyzip.translation import evaluate, load_translator
 
-    translator = load_translator(args.model, kernels=args.kernels)
+    translator = load_translator(args.model, kernels=args.kernels, integer_ffn=args.integer_ffn)
     if args.src or args.ref:
         if not (args.src and args.ref):
             raise ValueError("--src and --ref go together")
@@ -231,7 +234,7 @@ def _cmd_eval(args) -> int:
     row = {"method": os.path.basename(args.model), "file_bytes": os.path.getsize(args.model),
            "bleu": result["bleu"], "decode_tokens_per_s": result["decode_tokens_per_s"],
            "attention_entropy": attention_entropy(translator, pairs), "beam": args.beam,
-           "kernels": bool(args.kernels), "n": len(pairs), "signature": result["signature"]}
+           "kernels": bool(args.kernels or args.integer_ffn), "integer_ffn": bool(args.integer_ffn), "n": len(pairs), "signature": result["signature"]}
     print(f"{row['method']}: BLEU {row['bleu']:.2f} ({result['signature']}) on {len(pairs)} {task} sentences, "
           f"{row['file_bytes']:,} bytes, {row['decode_tokens_per_s']:.0f} decoded tokens/s, "
           f"attention entropy {row['attention_entropy']:.3f}")

@@ -24,9 +24,10 @@ float, not requantized to int8 (Jacob's output stage): every Linear output here 
 consumer first (bias, then residual add and LayerNorm, or the Q/K/V quantizers followed by Q K^T,
 softmax and P V in float on the fake-quantized operands, or ReLU then W_2's own input quantizer),
 none of which our model runs on integers. The one output that is requantized
-at once, W_1 -> ReLU -> W_2's input, could use Jacob's integer output stage (int32 bias, M = S_x S_W
-/ S_act, ReLU as the clamp at Z = 0), but a ``matmuls`` entry returns x @ W without the bias (the
-model adds b in float), so it too stays float here. The shared output projection (``emb``,
+at once, W_1 -> ReLU -> W_2's input, stays float here too (a ``matmuls`` entry returns x @ W
+without the bias); ``compress.integer_only.integer_ffns`` runs that chain with Jacob's integer
+output stage instead (int32 bias, M = S_x S_W / S_a, ReLU as the clamp at Z = 0), as whole-FFN
+``matmuls`` entries (``tinyzip eval --integer-ffn``). The shared output projection (``emb``,
 used as emb.T) is quantized per embedding dimension, i.e. per input of that matmul, which the int8
 kernel's per-output-column scales cannot express: it fake-quantizes its input with the stored
 (S_x, Z_x) and multiplies the dequantized table in float32, as the fake-quant forward does.
@@ -132,6 +133,20 @@ def static_act_hooks(packed: dict, matmul_inputs: bool = False) -> dict:
     return hooks
 
 
+def uniform_codes(packed):
+    """A per-tensor or per-channel uniform weight's integer form: (W_q (D_in, D_out) int8 codes, S_W
+    (D_out,) float64, Z_W (D_out,) int32 or None for symmetric grids); codes below 8 bits widened."""
+    (D_in, D_out), meta = packed.shape, packed.meta
+    if meta["bits"] == 8:
+        q = packed.arrays["values"]
+    else:                                            # int4 etc.: codes widened to int8
+        q = unpack_uint(packed.arrays["values"], meta["bits"], D_in * D_out).astype(np.int16) + meta["qmin"]
+    scale = np.broadcast_to(packed.arrays["scales"].reshape(-1), (D_out,)).astype(np.float64)
+    zero = packed.arrays.get("zero_points")          # affine grids only
+    zero = None if zero is None else np.broadcast_to(zero.reshape(-1), (D_out,)).astype(np.int32)
+    return np.ascontiguousarray(q.reshape(D_in, D_out), dtype=np.int8), scale, zero
+
+
 def _int8_matmul(packed):
     """Per-tensor or per-channel uniform codes (symmetric or affine, 2-8 bits) on the int8 kernel:
     y = S_x S_W (qx (q - Z_W)), Jacob Eq. (7) with the zero point of each output column; x
@@ -144,15 +159,8 @@ def _int8_matmul(packed):
         if act is not None:
             raise ValueError("static activation ranges need per-tensor or per-channel weight scales, got buckets")
         return None                                  # the kernel takes one (S, Z) per output column
-    D_in, D_out = packed.shape
-    if meta["bits"] == 8:
-        q = packed.arrays["values"]
-    else:                                            # int4 etc.: codes widened to int8
-        q = unpack_uint(packed.arrays["values"], meta["bits"], D_in * D_out).astype(np.int16) + meta["qmin"]
-    W_t = prepare_weight(np.ascontiguousarray(q.reshape(D_in, D_out), dtype=np.int8))  # (N, K)
-    scale = np.broadcast_to(packed.arrays["scales"].reshape(-1), (D_out,)).astype(np.float64)
-    zero = packed.arrays.get("zero_points")          # affine grids only
-    zero = None if zero is None else np.broadcast_to(zero.reshape(-1), (D_out,)).astype(np.int32)
+    W_q, scale, zero = uniform_codes(packed)
+    W_t = prepare_weight(W_q)                        # (N, K)
     if act is not None:
         x_scale, x_zero, bits, unsigned = act
         W_packed = pack_weight(W_t) if HAS_AVX2 else None

@@ -7,7 +7,8 @@
 # gradient (FQT, Prato et al. 2020, arXiv:1910.10485), run Jacob's integer-only requantization
 # and the int8 GEMM kernel against their NumPy references, bound the error of the float-in/float-out
 # `int8_linear`, compare post-training quantization with a short quantization-aware retraining of a
-# tiny model, and count the bytes of real `.tz` files at 8 and 4 bits.
+# tiny model, count the bytes of real `.tz` files at 8 and 4 bits, and run a weights+activations
+# FFN on integers from its input codes to its output (Jacob's fused layer).
 #
 # **Needs:** tutorial 01 (the model, its training loop and the copy task); tutorial 04 helps.
 #
@@ -22,7 +23,7 @@ import tempfile
 
 import numpy as np
 
-from tinyzip.compress import fqt
+from tinyzip.compress import fqt, integer_only
 from tinyzip.compress import uniform as uq
 from tinyzip.compressed import dequantize_all, kernel_matmuls, pack_float, static_act_hooks
 from tinyzip.container import load_tz, save_tz
@@ -305,3 +306,32 @@ print(f"w8a8: {len(report['ranges'])} activation ranges, e.g. {names[0]} input "
 assert all("act" in tz.packed[k].meta for k in names)
 assert {k for k in names if "act_points" in tz.packed[k].meta} == {k for k in names if k.endswith(".W_q")}
 assert np.abs(logits_file - logits_fake).max() <= 1e-3 * np.abs(logits_fake).max()
+
+# %% [markdown]
+# ## Step 9 — an FFN on integers: Jacob's fused layer
+#
+# Every Linear above returns a float output. In the FFN one output goes straight into another
+# quantized matmul: `relu(x @ W_1 + b_1)` is W_2's input. Jacob Sec. 2.4 keeps that on integers:
+# the bias is stored as int32 at the accumulator's scale, `b_q = round(b_1 / (S_x S_W1))`; the
+# int32 accumulator `acc1 + b_q` is scaled to W_2's input grid by the fixed-point
+# `M = S_x S_W1 / S_a` of Step 4; and the ReLU is the clamp at that grid's zero point (the ReLU
+# grid is unsigned, Z_a = 0), so nothing between the two matmuls is a float. `integer_ffns` reads
+# every range from the file and replaces each FFN of the model. Against the float-output path the
+# ReLU codes move by at most one step (the rounded bias, gemmlowp's rounding), so the logits move
+# a little.
+
+# %%
+ffns = integer_only.integer_ffns(tz.packed)
+logits_int, _ = model.forward(dequantize_all(tz.packed), src, tgt_in, matmuls={**matmuls, **ffns},
+                              act_hooks=static_act_hooks(tz.packed))
+ffn = integer_only.integer_ffn(tz.packed, "enc.0.ffn")
+x_ffn = rng.normal(size=(5, config.D)).astype(np.float32)
+y_int, q_relu = integer_only.run_integer_ffn(ffn, x_ffn)
+print(f"{len(ffns)} FFNs on integers; enc.0.ffn: bias {ffn.b1_q[:3]}... (int32), M0_q {ffn.M0_q[0]}, "
+      f"shift {ffn.shift[0]}; logits vs the float-output file: max |diff| "
+      f"{np.abs(logits_int - logits_file).max():.1e}; same argmax at "
+      f"{np.mean(logits_int.argmax(-1) == logits_file.argmax(-1)):.1%} of positions")
+assert np.array_equal(y_int, integer_only.integer_ffn_reference(ffn, x_ffn)[0])   # kernels == reference
+assert np.all(q_relu >= ffn.a_bounds[0])                                           # the clamp is the ReLU
+assert np.abs(logits_int - logits_file).max() <= 0.05 * np.abs(logits_file).max()
+assert np.mean(logits_int.argmax(-1) == logits_file.argmax(-1)) >= 0.99

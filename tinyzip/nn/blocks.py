@@ -13,7 +13,8 @@ Per sub-layer (attention or FFN), with Dropout only when an ``rng`` is given:
     FFN(x) = act(x @ W_1 + b_1) @ W_2 + b_2                     Sec. 3.3, Eq. (2); act = ReLU or GELU
 
 ``_Ops`` holds the options of one model call and applies them at every layer: ``matmuls[name](x2d)``
-replaces ``x @ W`` for that weight (inference only); ``act_hooks[point] = (fwd, bwd)`` wraps the
+replaces ``x @ W`` for that weight, ``matmuls[ffn_prefix](x2d)`` the whole FFN (inference only);
+``act_hooks[point] = (fwd, bwd)`` wraps the
 input of a matmul (``"<weight>:in"``), the attention's Q, K, V projections and probabilities
 (``"<attn>.q"``, ``".k"``, ``".v"``, ``".probs"``: the operands of Q K^T and P V) and the FFN
 activation (``"<ffn>.act"``); ``head_mask`` maps an attention prefix (``"enc.0.attn"``) to xi: (H,).
@@ -145,6 +146,9 @@ class _Ops:
         return dx
 
     def ffn(self, prefix, x, valid=None):
+        if prefix in self.matmuls:                            # the whole FFN on one kernel (inference only)
+            y = self.matmuls[prefix](x.reshape(-1, x.shape[-1])).reshape(x.shape)
+            return y, (prefix, None, None, None, None)
         # Eq. (2): FFN(x) = act(x @ W_1 + b_1) @ W_2 + b_2
         h, c1 = self.linear(prefix + ".W_1", x, valid=valid)  # (B, T, F)
         if self.activation == "relu":
@@ -157,6 +161,8 @@ class _Ops:
 
     def ffn_bwd(self, dy, cache):
         prefix, c1, ca, hc, c2 = cache
+        if ca is None:                                        # the FFN ran on matmuls[prefix]
+            raise ValueError(f"no backward through matmuls[{prefix!r}] (inference only)")
         da = self.hook_bwd(self.linear_bwd(prefix + ".W_2", dy, c2), hc)
         dh = L.relu_backward(da, ca) if self.activation == "relu" else L.gelu_backward(da, ca)
         return self.linear_bwd(prefix + ".W_1", dh, c1)

@@ -11,7 +11,8 @@ arXiv:2002.04745. The sub-layers, FFN (Eq. (2)), attention hooks and the encoder
 
 Parameters are a flat dict (``enc.0.attn.W_q``...; see ``Seq2Seq.init_params``); gradients come
 back in a dict with the same keys. ``matmuls[name](x2d)`` replaces ``x @ W`` for that weight
-(inference only); ``act_hooks[point] = (fwd, bwd)`` wraps the input of a matmul
+(inference only), and ``matmuls[ffn_prefix](x2d)`` (e.g. ``"enc.0.ffn"``) the whole FFN, bias and
+activation included (``compress.integer_only``); ``act_hooks[point] = (fwd, bwd)`` wraps the input of a matmul
 (``"<weight>:in"``), the attention's Q, K, V and probabilities (``"<attn>.q"``, ``".k"``, ``".v"``,
 ``".probs"``) and the FFN activation (``"<ffn>.act"``); a hook may ask for the pad mask of its
 input (``takes_valid``, see ``blocks.py``): encoder rows and cross-attention K/V get the source
