@@ -234,7 +234,8 @@ def _cmd_eval(args) -> int:
     row = {"method": os.path.basename(args.model), "file_bytes": os.path.getsize(args.model),
            "bleu": result["bleu"], "decode_tokens_per_s": result["decode_tokens_per_s"],
            "attention_entropy": attention_entropy(translator, pairs), "beam": args.beam,
-           "kernels": bool(args.kernels or args.integer_ffn), "integer_ffn": bool(args.integer_ffn), "n": len(pairs), "signature": result["signature"]}
+           "kernels": bool(args.kernels or args.integer_ffn), "integer_ffn": bool(args.integer_ffn),
+           "n": len(pairs), "signature": result["signature"]}
     print(f"{row['method']}: BLEU {row['bleu']:.2f} ({result['signature']}) on {len(pairs)} {task} sentences, "
           f"{row['file_bytes']:,} bytes, {row['decode_tokens_per_s']:.0f} decoded tokens/s, "
           f"attention entropy {row['attention_entropy']:.3f}")

@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 from tinyzip import container
 from tinyzip.compress import fqt, integer_only, uniform
 from tinyzip.compress.base import PackedTensor
-from tinyzip.compressed import kernel_matmuls, pack_float, unpack
+from tinyzip.compressed import kernel_matmuls, pack_float, uniform_codes, unpack
 from tinyzip.data.text import Tokenizer
 from tinyzip.nn.transformer import Seq2Seq, Seq2SeqConfig
 from tinyzip.translation import load_translator
@@ -62,7 +62,7 @@ def test_bias_that_leaves_int32_is_a_clear_error():
 
 
 @given(ffn_case())
-def test_integer_ffn_on_the_kernels_equals_its_integer_reference_bit_for_bit(case):
+def test_eq4_integer_ffn_on_the_kernels_equals_its_integer_reference_bit_for_bit(case):
     packed, x = case
     ffn = integer_only.integer_ffn(packed, "ffn")
     y, qa = integer_only.run_integer_ffn(ffn, x)
@@ -72,7 +72,7 @@ def test_integer_ffn_on_the_kernels_equals_its_integer_reference_bit_for_bit(cas
 
 
 @given(ffn_case())
-def test_fused_layer_is_the_relu_of_M_acc_rounded_ties_away_from_zero(case):
+def test_eq5_6_fused_layer_is_the_relu_of_M_acc_rounded_ties_away_from_zero(case):
     """Sec. 2.4: qa - Z_a = clamp(round(M acc1), 0, qmax_a) with acc1 = Eq. (4) + b_q and
     M = S_x S_W1 / S_a: the clamp at the zero point is the ReLU, rounding ties away from zero.
     gemmlowp rounds twice, SRDHM to a 2^-shift step of the result, then RDivPOT, so entries within
@@ -83,15 +83,11 @@ def test_fused_layer_is_the_relu_of_M_acc_rounded_ties_away_from_zero(case):
     qx, zx = uniform.quantize_static_reference(x, *ffn.x_qparams)
     acc1 = uniform.int8_matmul_reference(qx, ffn.W1_t.T, zx, ffn.w1_zero, ffn.b1_q).astype(np.float64)
     a_scale = packed["ffn.W_2"].meta["act"]["scale"]
-    r = ffn.x_qparams[0] * unpack_scales(packed["ffn.W_1"]) / a_scale * acc1     # M acc1, real-valued
+    r = ffn.x_qparams[0] * uniform_codes(packed["ffn.W_1"])[1] / a_scale * acc1   # M acc1, real-valued
     expected = np.clip(np.sign(r) * np.floor(np.abs(r) + 0.5), 0, ffn.a_bounds[1] - ffn.a_bounds[0])
     clear = np.abs(np.abs(r) - np.floor(np.abs(r)) - 0.5) > 2.0 ** -(ffn.shift + 1.0) + 1e-6
     np.testing.assert_array_equal((qa.astype(np.int64) - ffn.a_bounds[0])[clear], expected[clear])
     assert np.all(qa[r < -0.5] == ffn.a_bounds[0])                              # negative -> ReLU's 0
-
-
-def unpack_scales(packed):
-    return np.broadcast_to(packed.arrays["scales"].reshape(-1), (packed.shape[1],)).astype(np.float64)
 
 
 @pytest.fixture(scope="module")
@@ -177,9 +173,9 @@ def test_bucketed_weights_and_bad_inputs_are_clear_errors(wa_file):
 
 
 def test_the_model_forward_takes_integer_ffns_in_its_matmuls(wa_file):
-    """``integer_ffns`` replaces each whole FFN: the logits move only by the one-step code changes
-    (far less than a logit), the FFNs really ran on integers (their outputs differ from the float
-    path somewhere), and there is no backward through them."""
+    """``integer_ffns`` replaces each whole FFN (each is called once per forward): the logits move
+    only by the one-step code changes, there is no backward through them, and a file loaded with
+    ``integer_ffn=True`` computes exactly that model."""
     packed, matmuls, _, (model, path, src, tgt) = wa_file
     params = {n: unpack(p) for n, p in packed.items()}
     ffns = integer_only.integer_ffns(packed)

@@ -134,10 +134,8 @@ def integer_ffn_reference(ffn: IntegerFFN, x) -> tuple[np.ndarray, np.ndarray]:
     """The same in NumPy integer arithmetic (int64 sums, gemmlowp's output stage)."""
     qx, zx = _input_codes(ffn, x)
     acc1 = uniform.int8_matmul_reference(qx, ffn.W1_t.T, zx, ffn.w1_zero, ffn.b1_q)
-    z_a = ffn.a_bounds[0]
-    scaled = uniform.rounding_divide_by_pot_reference(uniform.srdhm_reference(acc1, ffn.M0_q), ffn.shift)
-    qa = np.clip(scaled.astype(np.int64) + z_a, *ffn.a_bounds).astype(np.int8)
-    acc2 = uniform.int8_matmul_reference(qa, ffn.W2_t.T, z_a, ffn.w2_zero)
+    qa = np.clip(uniform.requantize_reference(acc1, ffn.M0_q, ffn.shift, ffn.a_bounds[0]), *ffn.a_bounds)
+    acc2 = uniform.int8_matmul_reference(qa, ffn.W2_t.T, ffn.a_bounds[0], ffn.w2_zero)
     return (ffn.y_scale * acc2).astype(np.float32) + ffn.b2, qa
 
 
