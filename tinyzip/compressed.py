@@ -151,8 +151,8 @@ def _int8_matmul(packed):
     """Per-tensor or per-channel uniform codes (symmetric or affine, 2-8 bits) on the int8 kernel:
     y = S_x S_W (qx (q - Z_W)), Jacob Eq. (7) with the zero point of each output column; x
     quantized per row on the fly, or with the static (S_x, Z_x) of ``meta["act"]`` (see above)."""
-    from tinyzip.kernels.int8 import (FALLBACK_BATCH, HAS_AVX2, PACKED_FALLBACK_BATCH, int8_linear,
-                                      int8_linear_static, pack_weight, prepare_weight)
+    from tinyzip.kernels.int8 import (FALLBACK_BATCH, HAS_AVX2, PACKED_FALLBACK_BATCH, int8_linear_prepared,
+                                      int8_linear_static, pack_weight, prepare_int8_weights, prepare_weight)
     meta = packed.meta
     act = act_qparams(packed)
     if meta["granularity"] == "bucket":
@@ -163,23 +163,22 @@ def _int8_matmul(packed):
     W_t = prepare_weight(W_q)                        # (N, K)
     if act is not None:
         x_scale, x_zero, bits, unsigned = act
-        W_packed = pack_weight(W_t) if HAS_AVX2 else None
+        weights = prepare_int8_weights(W_t, scale, w_zero=zero, W_packed=pack_weight(W_t) if HAS_AVX2 else None)
 
         def static_matmul(x):                        # Eq. (4) with (S_x, Z_x): (M, K) -> (M, N)
-            return int8_linear_static(np.ascontiguousarray(x, dtype=np.float32), W_t, scale, x_scale, x_zero, bits,
-                                      unsigned, w_zero=zero, W_packed=W_packed)
+            return int8_linear_static(np.ascontiguousarray(x, dtype=np.float32), weights, x_scale, x_zero, bits,
+                                      unsigned)
 
         return static_matmul
     W_packed = pack_weight(W_t) if HAS_AVX2 else None  # the pmaddwd layout: int8 wins up to larger batches
-    fallback = PACKED_FALLBACK_BATCH if W_packed is not None else FALLBACK_BATCH
-    dense = []                                       # float32 W, made once if a large batch needs it
+    weights = prepare_int8_weights(W_t, scale, w_zero=zero, W_packed=W_packed,
+                                   fallback_batch=PACKED_FALLBACK_BATCH if W_packed is not None else FALLBACK_BATCH)
 
     def matmul(x):
         x = np.ascontiguousarray(x, dtype=np.float32)
-        if x.shape[0] >= fallback and not dense:
-            dense.append(uniform.unpack_uniform(packed))
-        return int8_linear(x, W_t, scale, w_zero=zero, W_hat=dense[0] if dense else None, W_packed=W_packed,
-                           fallback_batch=fallback)
+        if x.shape[0] >= weights.fallback_batch and weights.W_hat is None:
+            weights.W_hat = uniform.unpack_uniform(packed)  # float32 W, made once when a large batch needs it
+        return int8_linear_prepared(x, weights)
 
     return matmul
 

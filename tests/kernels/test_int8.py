@@ -99,6 +99,39 @@ def test_int8_linear_fallback_is_dequantized_sgemm(case):
     np.testing.assert_array_equal(y_kept, x @ W_hat32 + b.astype(np.float32))
 
 
+@given(linear_st(max_side=29), st.booleans(), st.lists(st.integers(1, 6), min_size=1, max_size=4))
+def test_prepared_weight_reused_across_calls_equals_reference(case, packed, batches):
+    """One ``prepare_int8_weights`` serves every later call, as a model layer uses it: each call (any
+    batch, bias or none) equals the reference bit for bit, and from fallback_batch rows on it is the
+    float path on the W_hat made at the first such call and kept."""
+    x, W, w_scale, w_zero, bias = case
+    W_t = I.prepare_weight(W)
+    weights = I.prepare_int8_weights(W_t, w_scale, w_zero=w_zero, fallback_batch=5,
+                                     W_packed=I.pack_weight(W_t) if packed else None)
+    for M in batches:
+        xm = np.resize(x, (M, x.shape[1]))
+        y = I.int8_linear_prepared(xm, weights, bias)
+        if M < 5:
+            np.testing.assert_array_equal(y, U.int8_linear_reference(xm, W, w_scale, w_zero, bias))
+        else:
+            np.testing.assert_array_equal(y, I.int8_linear(xm, W_t, w_scale, bias, w_zero=w_zero, fallback_batch=5))
+            assert weights.W_hat is not None
+
+
+@given(linear_st(max_side=9), st.sampled_from([np.nan, np.inf, -np.inf]), st.data())
+def test_nan_or_inf_anywhere_in_x_raises_on_every_path(case, bad, data):
+    """The non-finite check rides on the quantizer's max|x| pass: it must see every element, on the
+    portable, packed and float paths alike."""
+    x, W, w_scale, w_zero, bias = case
+    m, k = data.draw(st.integers(0, x.shape[0] - 1)), data.draw(st.integers(0, x.shape[1] - 1))
+    x = x.copy()
+    x[m, k] = bad
+    W_t = I.prepare_weight(W)
+    for W_packed, fallback in ((None, None), (I.pack_weight(W_t), None), (None, 1)):
+        with pytest.raises(ValueError, match="NaN or inf"):
+            I.int8_linear(x, W_t, w_scale, bias, w_zero=w_zero, W_packed=W_packed, fallback_batch=fallback)
+
+
 def test_int8_linear_is_close_to_float_on_a_real_layer():
     """Weights per channel + activations per token, 8 bits: ~1% of max|y| (perf-notes: 1.0-1.4%)."""
     rng = np.random.default_rng(0)
@@ -138,9 +171,13 @@ def test_bad_inputs_raise_clear_errors():
     with pytest.raises(ValueError, match="layout"):
         I.int8_linear(x, W_t, np.ones(4), layout="T")
     with pytest.raises(ValueError, match="does not match"):
-        I.int8_linear(x, W_t, np.ones(4), layout="KN")
+        I.int8_linear(x, W_t, np.ones(3), layout="KN")
     with pytest.raises(TypeError, match="W_hat"):
         I.int8_linear(x, W_t, np.ones(4), fallback_batch=1, W_hat=np.ones((4, 3), np.float32))
+    with pytest.raises(TypeError, match="prepare_int8_weights"):
+        I.int8_linear_prepared(x, W_t)
+    with pytest.raises(ValueError, match="does not match"):
+        I.int8_linear_prepared(np.ones((2, 5), np.float32), I.prepare_int8_weights(W_t, np.ones(4)))
 
 
 def test_pack_weight_layout_matches_its_definition():
@@ -215,8 +252,8 @@ def test_eq4_int8_linear_static_equals_reference_bit_for_bit(case, packed, seria
     int8_gemm path both equal the NumPy integer reference exactly; K, N cross the 4 x 24 tile."""
     x, W, w_scale, w_zero, scale, zero, bits, unsigned = case
     W_t = I.prepare_weight(W)
-    y = I.int8_linear_static(x, W_t, w_scale, scale, zero, bits, unsigned, w_zero=w_zero,
-                             W_packed=I.pack_weight(W_t) if packed else None, serial_work=serial_work)
+    weights = I.prepare_int8_weights(W_t, w_scale, w_zero=w_zero, W_packed=I.pack_weight(W_t) if packed else None)
+    y = I.int8_linear_static(x, weights, scale, zero, bits, unsigned, serial_work=serial_work)
     ref = U.int8_linear_static_reference(x, W, w_scale, w_zero, scale, zero, bits, unsigned)
     np.testing.assert_array_equal(y, ref)
 
@@ -227,20 +264,23 @@ def test_int8_linear_static_at_the_largest_k_does_not_overflow():
     K, M, N = 65793, 2, 9
     x, W = np.full((M, K), 255.0, np.float32), np.full((K, N), -128, np.int8)
     W_t = I.prepare_weight(W)
-    y = I.int8_linear_static(x, W_t, np.ones(N), 1.0, 0, 8, True, W_packed=I.pack_weight(W_t))
+    y = I.int8_linear_static(x, I.prepare_int8_weights(W_t, np.ones(N), W_packed=I.pack_weight(W_t)), 1.0, 0, 8, True)
     np.testing.assert_array_equal(y, U.int8_linear_static_reference(x, W, np.ones(N), None, 1.0, 0, 8, True))
     assert np.all(y == np.float32(-K * 255 * 128))
 
 
 def test_int8_linear_static_rejects_bad_input():
     x, W_t = np.ones((2, 3), np.float32), np.ones((4, 3), np.int8)
+    weights = I.prepare_int8_weights(W_t, np.ones(4))
     with pytest.raises(ValueError, match="x_scale"):
-        I.int8_linear_static(x, W_t, np.ones(4), 0.0, 0, 8)
+        I.int8_linear_static(x, weights, 0.0, 0, 8)
     with pytest.raises(ValueError, match="NaN"):
-        I.int8_linear_static(np.full((2, 3), np.nan, np.float32), W_t, np.ones(4), 1.0, 0, 8)
-    with pytest.raises(ValueError, match="differ in K"):
-        I.int8_linear_static(np.ones((2, 5), np.float32), W_t, np.ones(4), 1.0, 0, 8)
+        I.int8_linear_static(np.full((2, 3), np.nan, np.float32), weights, 1.0, 0, 8)
+    with pytest.raises(ValueError, match="does not match"):
+        I.int8_linear_static(np.ones((2, 5), np.float32), weights, 1.0, 0, 8)
+    with pytest.raises(TypeError, match="prepare_int8_weights"):
+        I.int8_linear_static(x, W_t, 1.0, 0, 8)
     with pytest.raises(TypeError, match="W_packed"):
-        I.int8_linear_static(x, W_t, np.ones(4), 1.0, 0, 8, W_packed=np.ones((1, 1, 16), np.int8))
+        I.prepare_int8_weights(W_t, np.ones(4), W_packed=np.ones((1, 1, 16), np.int8))
     with pytest.raises(ValueError, match="bits"):
-        I.int8_linear_static(x, W_t, np.ones(4), 1.0, 0, 9)
+        I.int8_linear_static(x, weights, 1.0, 0, 9)

@@ -1,7 +1,7 @@
 """The AVX2 int8 microkernel: vpmaddwd on pre-packed weights, through a Numba ``@intrinsic``.
 
 Computes the same Eq. (7) product as ``int8.py``'s portable kernels (Jacob et al. 2018,
-arXiv:1712.05877), on the layout ``int8.pack_weight`` makes: Wp (ceil(N/8), ceil(K/2), 16) int8,
+arXiv:1712.05877), on the layout ``pack_weight`` makes: Wp (ceil(N/8), ceil(K/2), 16) int8,
 Wp[b, j, 2c + i] = W_t[8b + c, 2j + i] (8 output columns x a pair of k per 16 bytes, zero padded).
 
 LLVM widens the int8 products of plain Numba loops to 8 int32 lanes (vpmovsxbd + vpmulld); the x86
@@ -42,6 +42,19 @@ _MR, _NR = 4, 3  # register tile: 4 rows x 3 blocks of 8 columns = 12 ymm accumu
 _KC = 256        # k-pairs per cache block: 4 rows x 1 KB of x + 3 x 4 KB of weights stay in L1
 _V16I8, _V16I16, _V8I32 = ir.VectorType(ir.IntType(8), 16), ir.VectorType(ir.IntType(16), 16), \
     ir.VectorType(ir.IntType(32), 8)
+
+
+def pack_weight(W_t):
+    """The AVX2 layout: W_t (N, K) int8 -> Wp (ceil(N/8), ceil(K/2), 16) int8 with
+    Wp[b, j, 2c + i] = W_t[8b + c, 2j + i], zero where 8b + c >= N or 2j + i >= K (zeros add nothing)."""
+    if not isinstance(W_t, np.ndarray) or W_t.dtype != np.int8 or W_t.ndim != 2 or W_t.size == 0:
+        raise TypeError(f"W_t must be a non-empty 2-D int8 ndarray, got {getattr(W_t, 'dtype', type(W_t).__name__)} "
+                        f"{getattr(W_t, 'shape', '')}")
+    N, K = W_t.shape
+    NB, K2 = -(-N // 8), -(-K // 2)
+    padded = np.zeros((8 * NB, 2 * K2), np.int8)
+    padded[:N, :K] = W_t
+    return np.ascontiguousarray(padded.reshape(NB, 8, K2, 2).transpose(0, 2, 1, 3)).reshape(NB, K2, 16)
 
 
 def _make_tile(MR, NR):
