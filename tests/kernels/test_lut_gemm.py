@@ -137,6 +137,19 @@ def test_bad_input_raises(x, error):
         lg.lut_linear(x, _prepared())
 
 
+@given(lut_case_st(), st.sampled_from([np.nan, np.inf, -np.inf]), st.data())
+def test_nan_or_inf_anywhere_in_x_raises_on_every_path(case, bad, data):
+    """On the batched LUT path the check rides on the transposing copy of x: it must see every
+    element; the M = 1 and dense paths check x themselves."""
+    x, codes, alphas = case
+    x = x.copy()
+    x[data.draw(st.integers(0, x.shape[0] - 1)), data.draw(st.integers(0, x.shape[1] - 1))] = bad
+    prepared = lg.prepare_lut_weights(codes=codes, alphas=alphas)
+    for path in ("lut", "dense", "auto"):
+        with pytest.raises(ValueError, match="NaN or inf"):
+            lg.lut_linear(x, prepared, path=path)
+
+
 def test_bad_bias_prepared_and_path_raise():
     x = np.ones((2, 10), np.float32)
     with pytest.raises(ValueError):

@@ -5,7 +5,7 @@ from numba import njit, prange
 
 
 @njit(parallel=True, cache=True, fastmath={'contract'})
-def _lut_gemm_mt32_q1_kernel(xt, Mp, keys, alpha, out, nchunks):
+def _lut_gemm_mt32_q1_kernel(xt, Mp, keys, alpha, out, y, M, nchunks):
     q, N = alpha.shape
     G8 = keys.size // (q * N * 8)
     for c in prange(nchunks):
@@ -227,9 +227,14 @@ def _lut_gemm_mt32_q1_kernel(xt, Mp, keys, alpha, out, nchunks):
                     out[ob + np.uint64(29)] = o29
                     out[ob + np.uint64(30)] = o30
                     out[ob + np.uint64(31)] = o31
+            n_lo, n_hi = c * N // nchunks, (c + 1) * N // nchunks   # the tile's rows of y
+            for mm in range(min(32, M - m0)):
+                yb = np.uint64((m0 + mm) * N)
+                for n in range(n_lo, n_hi):
+                    y[yb + np.uint64(n)] = out[np.uint64(m0 * N + n * 32 + mm)]
 
 @njit(parallel=True, cache=True, fastmath={'contract'})
-def _lut_gemm_mt32_q2_kernel(xt, Mp, keys, alpha, out, nchunks):
+def _lut_gemm_mt32_q2_kernel(xt, Mp, keys, alpha, out, y, M, nchunks):
     q, N = alpha.shape
     G8 = keys.size // (q * N * 8)
     for c in prange(nchunks):
@@ -451,9 +456,14 @@ def _lut_gemm_mt32_q2_kernel(xt, Mp, keys, alpha, out, nchunks):
                     out[ob + np.uint64(29)] = o29
                     out[ob + np.uint64(30)] = o30
                     out[ob + np.uint64(31)] = o31
+            n_lo, n_hi = c * N // nchunks, (c + 1) * N // nchunks   # the tile's rows of y
+            for mm in range(min(32, M - m0)):
+                yb = np.uint64((m0 + mm) * N)
+                for n in range(n_lo, n_hi):
+                    y[yb + np.uint64(n)] = out[np.uint64(m0 * N + n * 32 + mm)]
 
 @njit(parallel=True, cache=True, fastmath={'contract'})
-def _lut_gemm_mt32_qn_kernel(xt, Mp, keys, alpha, out, nchunks):
+def _lut_gemm_mt32_qn_kernel(xt, Mp, keys, alpha, out, y, M, nchunks):
     q, N = alpha.shape
     G8 = keys.size // (q * N * 8)
     for c in prange(nchunks):
@@ -675,9 +685,14 @@ def _lut_gemm_mt32_qn_kernel(xt, Mp, keys, alpha, out, nchunks):
                     out[ob + np.uint64(29)] = o29
                     out[ob + np.uint64(30)] = o30
                     out[ob + np.uint64(31)] = o31
+            n_lo, n_hi = c * N // nchunks, (c + 1) * N // nchunks   # the tile's rows of y
+            for mm in range(min(32, M - m0)):
+                yb = np.uint64((m0 + mm) * N)
+                for n in range(n_lo, n_hi):
+                    y[yb + np.uint64(n)] = out[np.uint64(m0 * N + n * 32 + mm)]
 
 @njit(parallel=True, cache=True, fastmath={'contract'})
-def _lut_gemm_mt8_q2_kernel(xt, Mp, keys, alpha, out, nchunks):
+def _lut_gemm_mt8_q2_kernel(xt, Mp, keys, alpha, out, y, M, nchunks):
     q, N = alpha.shape
     G8 = keys.size // (q * N * 8)
     for c in prange(nchunks):
@@ -759,9 +774,14 @@ def _lut_gemm_mt8_q2_kernel(xt, Mp, keys, alpha, out, nchunks):
                     out[ob + np.uint64(5)] = o5
                     out[ob + np.uint64(6)] = o6
                     out[ob + np.uint64(7)] = o7
+            n_lo, n_hi = c * N // nchunks, (c + 1) * N // nchunks   # the tile's rows of y
+            for mm in range(min(8, M - m0)):
+                yb = np.uint64((m0 + mm) * N)
+                for n in range(n_lo, n_hi):
+                    y[yb + np.uint64(n)] = out[np.uint64(m0 * N + n * 8 + mm)]
 
 @njit(parallel=True, cache=True, fastmath={'contract'})
-def _lut_gemm_mt8_q3_kernel(xt, Mp, keys, alpha, out, nchunks):
+def _lut_gemm_mt8_q3_kernel(xt, Mp, keys, alpha, out, y, M, nchunks):
     q, N = alpha.shape
     G8 = keys.size // (q * N * 8)
     for c in prange(nchunks):
@@ -843,9 +863,14 @@ def _lut_gemm_mt8_q3_kernel(xt, Mp, keys, alpha, out, nchunks):
                     out[ob + np.uint64(5)] = o5
                     out[ob + np.uint64(6)] = o6
                     out[ob + np.uint64(7)] = o7
+            n_lo, n_hi = c * N // nchunks, (c + 1) * N // nchunks   # the tile's rows of y
+            for mm in range(min(8, M - m0)):
+                yb = np.uint64((m0 + mm) * N)
+                for n in range(n_lo, n_hi):
+                    y[yb + np.uint64(n)] = out[np.uint64(m0 * N + n * 8 + mm)]
 
 @njit(parallel=True, cache=True, fastmath={'contract'})
-def _lut_gemm_mt8_qn_kernel(xt, Mp, keys, alpha, out, nchunks):
+def _lut_gemm_mt8_qn_kernel(xt, Mp, keys, alpha, out, y, M, nchunks):
     q, N = alpha.shape
     G8 = keys.size // (q * N * 8)
     for c in prange(nchunks):
@@ -936,3 +961,8 @@ def _lut_gemm_mt8_qn_kernel(xt, Mp, keys, alpha, out, nchunks):
                     out[ob + np.uint64(5)] = o5
                     out[ob + np.uint64(6)] = o6
                     out[ob + np.uint64(7)] = o7
+            n_lo, n_hi = c * N // nchunks, (c + 1) * N // nchunks   # the tile's rows of y
+            for mm in range(min(8, M - m0)):
+                yb = np.uint64((m0 + mm) * N)
+                for n in range(n_lo, n_hi):
+                    y[yb + np.uint64(n)] = out[np.uint64(m0 * N + n * 8 + mm)]
