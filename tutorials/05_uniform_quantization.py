@@ -202,6 +202,10 @@ err = np.abs(y - y_float)
 print(f"int8_linear vs x @ W_hat: max error {err.max():.2e}, at most {(err / bound).max():.2f} of the bound")
 assert np.array_equal(y, uq.int8_linear_reference(xa, W_q, S_W))    # kernel == reference, bit for bit
 assert np.all(err <= bound)
+# A model layer calls this with the same weight at every step: check it once, then each call only
+# checks and quantizes x (the same result; on small layers most of a call was the re-checking).
+layer = int8.prepare_int8_weights(int8.prepare_weight(W_q), S_W)
+assert np.array_equal(int8.int8_linear_prepared(xa, layer), y)
 
 # %% [markdown]
 # ## Step 6 — post-training quantization vs quantization-aware training
