@@ -15,9 +15,6 @@ Papers
   activation ranges with momentum 0.9, STE with zero gradient for clamped values, buckets,
   unsigned grids for ReLU and softmax outputs, every matmul input quantized.
 
-Who needs it: anyone comparing an int8 / int4 quantizer or an integer GEMM bit for bit
-(``tinyzip.kernels.int8`` is checked against the integer references below).
-
 Notation map (paper -> code)
 ----------------------------
 r (real value), q (integer code)       -> ``x``, ``q``;  S (scale) -> ``scale``;  Z -> ``zero_point``
@@ -40,8 +37,7 @@ Jacob Sec. 2.1, 3.1: zero exactly representable: [lo, hi] = [min(x_min, 0), max(
 Q8BERT Eq. (1):  symmetric: S = max|x| / (2^(b-1) - 1) (the paper's scale is our 1/S)
 FQT Eq. (1)-(2): Q(x) = round((clamp(x, x_min, x_max) - x_min) / s),  s = (x_max - x_min) / (2^b - 1)
 quantize:        q = clamp(round(x / S + Z), qmin, qmax);   dequantize: x_hat = S (q - Z)
-EMA (FQT):       x_max <- m x_max + (1 - m) max(x), m = 0.9 (same for x_min; FQT says "momentum
-                 0.9": that it weighs the old value is our reading)
+EMA (FQT):       x_max <- m x_max + (1 - m) max(x), m = 0.9, same for x_min ("momentum 0.9": our reading)
 EMA (Q8BERT):    t <- d t + (1 - d) max|x|, d = 0.9999, t initialised to the first max|x|
 STE clipped:     dx = dx_hat * [qmin <= round(x / S + Z) <= qmax]: zero where the clamp acts, outside
                  [S (qmin - Z - 1/2), S (qmax - Z + 1/2)] (PyTorch's ``fake_quantize_*_cachemask``).
@@ -72,12 +68,12 @@ Choices and deviations
 * Granularity: "tensor"; "channel" = one (S, Z) per output column of W, i.e. per output unit;
   "bucket" = FQT buckets of ``bucket_size`` consecutive rows inside each column (the last bucket
   may be shorter; bucket_size >= D_in is "channel").
-* Model-level placement (which weights and activations, Q, K, V and P included, PTQ calibration,
-  QAT, the static activation ranges stored in a file) is in ``fqt.py``, with what of FQT's it
-  leaves float. FQT's bucket shape is not pinned down from the paper text we could reach; ours
-  (rows inside a column) makes buckets a refinement of per-channel.
-* M >= 1 or n > 31 in ``quantize_multiplier`` raise (the paper observes 0 < M < 1). Jacob's
-  equation numbers are checked against the paper's text (arXiv v1), the arithmetic against gemmlowp's.
+* Model-level placement (weights, activations incl. Q, K, V and P, PTQ, QAT, stored activation
+  ranges) is in ``fqt.py``. FQT's bucket shape is not pinned down by the paper text we could
+  reach; ours (rows inside a column) makes buckets a refinement of per-channel.
+* M >= 1 or n > 31 in ``quantize_multiplier`` raise (the paper observes 0 < M < 1). Jacob's equation
+  numbers are checked against the paper (arXiv v1), the arithmetic against gemmlowp's; the integer
+  references below are what ``tinyzip.kernels.int8`` must equal bit for bit.
 """
 from dataclasses import dataclass
 
@@ -319,11 +315,8 @@ def requantize_reference(acc, M0_q, n, z_out, bits=8):
 
 
 def int8_matmul_reference(qx, qW, zx=0, zW=0, bias=None):
-    """Jacob Eq. (4): sum_k (qx - Zx)(qW - ZW) + bias, exact. qx (M, K), qW (K, N) int8 -> int32 (M, N).
-
-    ``zx`` is a scalar or per row (M,), ``zW`` a scalar or per column (N,), ``bias`` int32 (N,).
-    Raises ValueError if a result leaves int32 (the kernel's accumulator).
-    """
+    """Jacob Eq. (4): sum_k (qx - Zx)(qW - ZW) + bias, exact: qx (M, K), qW (K, N) int8, zx scalar or (M,),
+    zW scalar or (N,), bias int32 (N,) -> int32 (M, N); ValueError if a result leaves int32."""
     for name, a in (("qx", qx), ("qW", qW)):
         if a.dtype != np.int8 or a.ndim != 2:
             raise TypeError(f"{name} must be a 2-D int8 array, got {a.dtype} {a.shape}")
