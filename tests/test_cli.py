@@ -58,6 +58,7 @@ def test_bad_arguments_give_one_line_and_status_2(args, words):
 def test_integer_ffn_on_a_file_without_activation_ranges_is_one_line():
     from tinyzip.translation import SHIPPED_MODEL
     _assert_one_line_error(_tinyzip("eval", str(SHIPPED_MODEL), "--integer-ffn", "--n", "2"), "weights+activations")
+    _assert_one_line_error(_tinyzip("eval", str(SHIPPED_MODEL), "--rounding", "single", "--n", "2"), "integer FFNs only")
 
 
 def test_missing_checkpoint_file_on_resume(tmp_path):

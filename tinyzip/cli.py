@@ -212,6 +212,9 @@ def _add_eval(sub):
     p.add_argument("--integer-ffn", action="store_true",
                    help="weights+activations .tz only: run every FFN on integers, W_1 -> ReLU -> W_2 through "
                         "Jacob's requantization (implies --kernels)")
+    p.add_argument("--rounding", choices=["gemmlowp", "single"], default="gemmlowp",
+                   help="with --integer-ffn: requantize with gemmlowp's two roundings (SRDHM, then "
+                        "RoundingDivideByPOT; default) or TFLite's single rounding")
     p.add_argument("--json", metavar="PATH", help="also write {'task', 'rows': [...]} as JSON")
     p.set_defaults(func=_cmd_eval)
 
@@ -221,7 +224,8 @@ def _cmd_eval(args) -> int:
     from tinyzip.report import attention_entropy
     from tinyzip.translation import evaluate, load_translator
 
-    translator = load_translator(args.model, kernels=args.kernels, integer_ffn=args.integer_ffn)
+    translator = load_translator(args.model, kernels=args.kernels, integer_ffn=args.integer_ffn,
+                                 rounding=args.rounding)
     if args.src or args.ref:
         if not (args.src and args.ref):
             raise ValueError("--src and --ref go together")
@@ -235,6 +239,7 @@ def _cmd_eval(args) -> int:
            "bleu": result["bleu"], "decode_tokens_per_s": result["decode_tokens_per_s"],
            "attention_entropy": attention_entropy(translator, pairs), "beam": args.beam,
            "kernels": bool(args.kernels or args.integer_ffn), "integer_ffn": bool(args.integer_ffn),
+           "rounding": args.rounding if args.integer_ffn else None,
            "n": len(pairs), "signature": result["signature"]}
     print(f"{row['method']}: BLEU {row['bleu']:.2f} ({result['signature']}) on {len(pairs)} {task} sentences, "
           f"{row['file_bytes']:,} bytes, {row['decode_tokens_per_s']:.0f} decoded tokens/s, "

@@ -170,25 +170,28 @@ def save_translator(path, translator: Translator, extra: dict | None = None) -> 
                   dict(extra or {}, tokenizer=translator.tokenizer.to_dict()))
 
 
-def load_translator(path, kernels: bool = False, integer_ffn: bool = False) -> Translator:
+def load_translator(path, kernels: bool = False, integer_ffn: bool = False, rounding: str = "gemmlowp") -> Translator:
     """A Translator from a model file (``.npz``) or a compressed ``.tz`` (dequantized, or on the
     real kernels with ``kernels=True``). A weights+activations ``.tz`` brings its frozen activation
     quantizers: on the kernels those the kernels do not apply, dequantized all of them.
     ``integer_ffn`` (a weights+activations ``.tz``, implies ``kernels``) runs every FFN on integers
-    from its input codes to its output (``compress.integer_only``: Jacob et al.'s fused layer)."""
+    from its input codes to its output (``compress.integer_only``: Jacob et al.'s fused layer), its
+    requantization rounding as gemmlowp does or, with ``rounding="single"``, as TFLite's single rounding."""
     from tinyzip import container
     from tinyzip.compress.integer_only import integer_ffns
     from tinyzip.compressed import dequantize_all, kernel_matmuls, static_act_hooks
     path = str(path)
     if integer_ffn and not path.endswith(".tz"):
         raise ValueError(f"{path}: integer FFNs need a weights+activations .tz file")
+    if rounding != "gemmlowp" and not integer_ffn:
+        raise ValueError(f"rounding={rounding!r} applies to integer FFNs only (integer_ffn=True, --integer-ffn)")
     kernels = kernels or integer_ffn
     if path.endswith(".tz"):
         tz = container.load_tz(path)
         params, config, extra = dequantize_all(tz.packed), tz.config, tz.extra
         matmuls = kernel_matmuls(tz.packed) if kernels else {}
         if integer_ffn:
-            matmuls.update(integer_ffns(tz.packed))
+            matmuls.update(integer_ffns(tz.packed, rounding))
         act_hooks = static_act_hooks(tz.packed, matmul_inputs=not kernels)
     else:
         params, config, extra = io.load_model(path)

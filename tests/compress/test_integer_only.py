@@ -3,6 +3,9 @@ layer, chained through a weights+activations FFN: int32 bias at the accumulator'
 fixed-point multiplier M = S_x S_W1 / S_a (Eq. 5-6), ReLU as the clamp at the zero point, and the
 second matmul on the requantized codes.
 """
+import math
+from fractions import Fraction
+
 import numpy as np
 import pytest
 from hypothesis import given
@@ -61,10 +64,10 @@ def test_bias_that_leaves_int32_is_a_clear_error():
         integer_only.quantize_bias(np.array([1.0]), 1e-6, np.array([1e-6]))
 
 
-@given(ffn_case())
-def test_eq4_integer_ffn_on_the_kernels_equals_its_integer_reference_bit_for_bit(case):
+@given(ffn_case(), st.sampled_from(integer_only.ROUNDINGS))
+def test_eq4_integer_ffn_on_the_kernels_equals_its_integer_reference_bit_for_bit(case, rounding):
     packed, x = case
-    ffn = integer_only.integer_ffn(packed, "ffn")
+    ffn = integer_only.integer_ffn(packed, "ffn", rounding)
     y, qa = integer_only.run_integer_ffn(ffn, x)
     y_ref, qa_ref = integer_only.integer_ffn_reference(ffn, x)
     np.testing.assert_array_equal(qa, qa_ref)
@@ -88,6 +91,49 @@ def test_eq5_6_fused_layer_is_the_relu_of_M_acc_rounded_ties_away_from_zero(case
     clear = np.abs(np.abs(r) - np.floor(np.abs(r)) - 0.5) > 2.0 ** -(ffn.shift + 1.0) + 1e-6
     np.testing.assert_array_equal((qa.astype(np.int64) - ffn.a_bounds[0])[clear], expected[clear])
     assert np.all(qa[r < -0.5] == ffn.a_bounds[0])                              # negative -> ReLU's 0
+
+
+@given(ffn_case())
+def test_single_rounding_fused_layer_is_the_relu_of_M0_acc_rounded_once_ties_up(case):
+    """TFLite's single rounding: qa - Z_a = clamp(floor(M0_q 2^-(31 + shift) acc1 + 1/2), 0, qmax_a)
+    for every entry, in exact rational arithmetic: no window of doubt as with gemmlowp's two roundings."""
+    packed, x = case
+    ffn = integer_only.integer_ffn(packed, "ffn", "single")
+    _, qa = integer_only.run_integer_ffn(ffn, x)
+    qx, zx = uniform.quantize_static_reference(x, *ffn.x_qparams)
+    acc1 = uniform.int8_matmul_reference(qx, ffn.W1_t.T, zx, ffn.w1_zero, ffn.b1_q)
+    qmax = ffn.a_bounds[1] - ffn.a_bounds[0]
+    for (m, n), a in np.ndenumerate(acc1):
+        r = Fraction(int(a) * int(ffn.M0_q[n]), 2 ** (31 + int(ffn.shift[n])))
+        assert int(qa[m, n]) - ffn.a_bounds[0] == min(max(math.floor(r + Fraction(1, 2)), 0), qmax)
+
+
+@st.composite
+def output_stage_st(draw):
+    """(acc, M0_q, shift) with M acc mostly inside the int8 grid (|acc| <= 256 2^shift), int32's ends included."""
+    shift, M0 = draw(st.integers(0, 31)), draw(st.integers(2 ** 30, 2 ** 31 - 1))
+    reach = min(256 << shift, uniform.INT32_MAX)
+    acc = draw(st.integers(-reach, reach) | st.sampled_from([uniform.INT32_MIN, uniform.INT32_MAX, -1, 0, 1]))
+    return acc, M0, shift
+
+
+@given(output_stage_st())
+def test_single_rounding_is_correctly_rounded_and_gemmlowp_within_one_of_it(case):
+    """Single rounding = the exact M0_q 2^-(31 + shift) acc rounded to nearest, ties up (then the int8
+    clamp); gemmlowp's SRDHM then RoundingDivideByPOT lands at most one step away from it."""
+    acc, M0, shift = case
+    exact = Fraction(acc * M0, 2 ** (31 + shift))
+    single = int(integer_only.requantize_single_reference(np.int32(acc), M0, shift, 0))
+    double = int(uniform.requantize_reference(np.int32(acc), M0, shift, 0))
+    assert single == min(max(math.floor(exact + Fraction(1, 2)), -128), 127)
+    assert abs(double - single) <= 1
+
+
+def test_gemmlowp_rounds_twice_where_single_rounding_rounds_once():
+    """acc = 1, M0_q = 2^31 - 1, shift = 1: the exact value 0.49999999977 rounds to 0 once; SRDHM
+    first rounds 0.99999999953 up to 1, and RoundingDivideByPOT then takes the tie 1/2 away from zero."""
+    assert int(integer_only.requantize_single_reference(np.int32(1), 2 ** 31 - 1, 1, 0)) == 0
+    assert int(uniform.requantize_reference(np.int32(1), 2 ** 31 - 1, 1, 0)) == 1
 
 
 @pytest.fixture(scope="module")
@@ -199,3 +245,10 @@ def test_the_model_forward_takes_integer_ffns_in_its_matmuls(wa_file):
 def test_integer_ffn_needs_a_tz_file(tmp_path):
     with pytest.raises(ValueError, match="weights\\+activations .tz"):
         load_translator(tmp_path / "model.npz", integer_ffn=True)
+
+
+def test_an_unknown_rounding_or_one_without_integer_ffns_is_a_clear_error(wa_file):
+    with pytest.raises(ValueError, match="rounding"):
+        integer_only.integer_ffn(wa_file[0], "enc.0.ffn", "tflite")
+    with pytest.raises(ValueError, match="integer FFNs only"):
+        load_translator(wa_file[3][1], kernels=True, rounding="single")

@@ -7,6 +7,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hynp
 
+from tinyzip.compress import integer_only
 from tinyzip.compress import uniform as U
 from tinyzip.kernels import int8 as I
 from tests.strategies import floats_st
@@ -59,6 +60,14 @@ def test_eq6_requantize_equals_reference_bit_for_bit(case):
     acc, M0, shift, z_out = case
     np.testing.assert_array_equal(I.requantize(acc, M0, shift, z_out),
                                   U.requantize_reference(acc, M0, shift, z_out))
+
+
+@given(requant_st())
+def test_single_rounding_requantize_equals_its_reference_bit_for_bit(case):
+    """TFLite's single rounding, (acc M0_q + 2^(30 + shift)) >> (31 + shift), in the kernel and in NumPy."""
+    acc, M0, shift, z_out = case
+    np.testing.assert_array_equal(I.requantize(acc, M0, shift, z_out, rounding="single"),
+                                  integer_only.requantize_single_reference(acc, M0, shift, z_out))
 
 
 @st.composite
@@ -159,6 +168,8 @@ def test_bad_inputs_raise_clear_errors():
         I.requantize(np.ones((2, 2), np.int32), 2 ** 30, 32)
     with pytest.raises(TypeError, match="int32"):
         I.requantize(np.ones((2, 2), np.int64), 2 ** 30, 3)
+    with pytest.raises(ValueError, match="rounding"):
+        I.requantize(np.ones((2, 2), np.int32), 2 ** 30, 3, rounding="even")
     x = np.ones((2, 3), np.float32)
     with pytest.raises(TypeError, match="float32"):
         I.int8_linear(x.astype(np.float64), W_t, np.ones(4))

@@ -28,6 +28,9 @@ Eq. (4), (7):         acc1[m, n] = sum_k (qx[m, k] - Z_x)(qW1[k, n] - Z_W1[n]) +
 Eq. (5), (6):         M[n] = S_x S_W1[n] / S_a = 2^-shift[n] M0[n],  M0 in [1/2, 1)
 Sec. 2.4 fused ReLU:  qa[m, n] = clamp(Z_a + RDivPOT(SRDHM(acc1, M0_q[n]), shift[n]), Z_a, qmax_a)
                       (on the unsigned ReLU grid Z_a = 0: the clamp at Z_a is the ReLU)
+TFLite single rounding (``rounding="single"``, TFLite's TFLITE_SINGLE_ROUNDING build):
+                      qa[m, n] = clamp(Z_a + floor((acc1 M0_q[n] + 2^(30 + shift[n])) / 2^(31 + shift[n])),
+                      Z_a, qmax_a): M0_q 2^-(31 + shift) acc1 rounded once to nearest, ties up
 Eq. (4):              acc2[m, n] = sum_f (qa[m, f] - Z_a)(qW2[f, n] - Z_W2[n])               (int32)
 output (float32):     y = float32(S_a S_W2[n] acc2[m, n]) + b_2[n]   (the float path's own rounding)
 
@@ -46,6 +49,8 @@ import numpy as np
 from tinyzip.compress import uniform
 from tinyzip.compressed import act_qparams, uniform_codes, unpack
 from tinyzip.kernels import int8
+
+ROUNDINGS = ("gemmlowp", "single")   # the output stage's rounding: twice (Jacob, gemmlowp) or once (TFLite)
 
 
 def quantize_bias(b, x_scale, w_scale) -> np.ndarray:
@@ -73,6 +78,7 @@ class IntegerFFN:
     shift: np.ndarray       # (F,) int32, Eq. (6)
     y_scale: np.ndarray     # (D,) float64 S_a S_W2
     b2: np.ndarray          # (D,) float32
+    rounding: str = "gemmlowp"   # one of ROUNDINGS
 
 
 def _codes(packed, name):
@@ -84,8 +90,21 @@ def _codes(packed, name):
     return W_q, scale, np.zeros(len(scale), np.int32) if zero is None else zero
 
 
-def integer_ffn(packed: dict, prefix: str) -> IntegerFFN:
-    """The FFN ``prefix`` (e.g. "enc.0.ffn") of a weights+activations ``{name: PackedTensor}``."""
+def requantize_single_reference(acc, M0_q, shift, z_out, bits=8):
+    """TFLite's single-rounding output stage: clamp(Z3 + floor((acc M0_q + 2^(30 + shift)) / 2^(31 + shift)),
+    qmin, qmax) in int64 (|acc M0_q| < 2^62), where gemmlowp's ``uniform.requantize_reference`` rounds twice."""
+    qmin, qmax = uniform.qrange(bits)
+    total_shift = 31 + np.asarray(shift, np.int64)
+    product = np.asarray(acc, np.int64) * np.asarray(M0_q, np.int64)
+    scaled = (product + (np.int64(1) << (total_shift - 1))) >> total_shift
+    return np.clip(scaled + z_out, qmin, qmax).astype(np.int8)
+
+
+def integer_ffn(packed: dict, prefix: str, rounding: str = "gemmlowp") -> IntegerFFN:
+    """The FFN ``prefix`` (e.g. "enc.0.ffn") of a weights+activations ``{name: PackedTensor}``, its output
+    stage rounding as gemmlowp does (twice) or, with ``rounding="single"``, as TFLite's single rounding."""
+    if rounding not in ROUNDINGS:
+        raise ValueError(f"rounding must be one of {ROUNDINGS}, got {rounding!r}")
     try:
         W1, W2, b1, b2 = (packed[f"{prefix}.{n}"] for n in ("W_1", "W_2", "b_1", "b_2"))
     except KeyError as e:
@@ -110,7 +129,7 @@ def integer_ffn(packed: dict, prefix: str) -> IntegerFFN:
     return IntegerFFN(int8.prepare_weight(W1_q), int8.prepare_weight(W2_q), w1_zero, w2_zero, x_qparams,
                       (-a_shift, uniform.qrange(a_bits, unsigned=True)[1] - a_shift),
                       quantize_bias(unpack(b1), x_qparams[0], w1_scale), M0_q, shift,
-                      a_scale * w2_scale, unpack(b2))
+                      a_scale * w2_scale, unpack(b2), rounding)
 
 
 def _input_codes(ffn, x):
@@ -125,25 +144,26 @@ def run_integer_ffn(ffn: IntegerFFN, x) -> tuple[np.ndarray, np.ndarray]:
     kernels; equals ``integer_ffn_reference`` bit for bit."""
     qx, zx = _input_codes(ffn, x)
     acc1 = int8.int8_gemm(qx, ffn.W1_t, zx, ffn.w1_zero, ffn.b1_q)                     # Eq. (4) + bias
-    qa = np.clip(int8.requantize(acc1, ffn.M0_q, ffn.shift, ffn.a_bounds[0]), *ffn.a_bounds)  # fused ReLU
+    qa = np.clip(int8.requantize(acc1, ffn.M0_q, ffn.shift, ffn.a_bounds[0], ffn.rounding), *ffn.a_bounds)  # ReLU
     acc2 = int8.int8_gemm(qa, ffn.W2_t, ffn.a_bounds[0], ffn.w2_zero)                  # Eq. (4)
     return (ffn.y_scale * acc2).astype(np.float32) + ffn.b2, qa
 
 
 def integer_ffn_reference(ffn: IntegerFFN, x) -> tuple[np.ndarray, np.ndarray]:
-    """The same in NumPy integer arithmetic (int64 sums, gemmlowp's output stage)."""
+    """The same in NumPy integer arithmetic (int64 sums, gemmlowp's or TFLite's single-rounding output stage)."""
     qx, zx = _input_codes(ffn, x)
     acc1 = uniform.int8_matmul_reference(qx, ffn.W1_t.T, zx, ffn.w1_zero, ffn.b1_q)
-    qa = np.clip(uniform.requantize_reference(acc1, ffn.M0_q, ffn.shift, ffn.a_bounds[0]), *ffn.a_bounds)
+    requantize = uniform.requantize_reference if ffn.rounding == "gemmlowp" else requantize_single_reference
+    qa = np.clip(requantize(acc1, ffn.M0_q, ffn.shift, ffn.a_bounds[0]), *ffn.a_bounds)
     acc2 = uniform.int8_matmul_reference(qa, ffn.W2_t.T, ffn.a_bounds[0], ffn.w2_zero)
     return (ffn.y_scale * acc2).astype(np.float32) + ffn.b2, qa
 
 
-def integer_ffns(packed: dict) -> dict:
+def integer_ffns(packed: dict, rounding: str = "gemmlowp") -> dict:
     """``{ffn prefix: callable(x2d) -> FFN(x2d)}`` for every FFN of a weights+activations file, on
     integers: the model forward takes them in its ``matmuls`` next to the weights' kernel matmuls."""
     prefixes = sorted(name[:-len(".W_1")] for name in packed if name.endswith(".ffn.W_1"))
     if not prefixes:
         raise ValueError("the packed model has no FFN (no '<layer>.ffn.W_1')")
-    ffns = {prefix: integer_ffn(packed, prefix) for prefix in prefixes}
+    ffns = {prefix: integer_ffn(packed, prefix, rounding) for prefix in prefixes}
     return {prefix: (lambda x, ffn=ffn: run_integer_ffn(ffn, x)[0]) for prefix, ffn in ffns.items()}

@@ -5,40 +5,35 @@ Computes (Jacob et al. 2018, arXiv:1712.05877, Eq. (4) and (7); references in
 
     int8_gemm:    acc[m, n] = sum_k (qx[m, k] - zx[m]) (W_t[n, k] - zw[n]) + bias[n]   == int8_matmul_reference
     requantize:   q3 = clamp(Z3 + RDivPOT(SRDHM(acc, M0_q[n]), shift[n]), -128, 127)  == requantize_reference
+                  (rounding="single": TFLite's one rounding, == integer_only.requantize_single_reference)
     int8_linear:  y = (S_x[m] S_W[n]) acc[m, n] + b[n], with qx the per-row symmetric int8
                   quantization of x (dynamic, per token)                              == int8_linear_reference
     int8_linear_static: y = (S_x S_W[n]) sum_k (qx - Z_x)(W_t[n, k] - Z_W[n]), x quantized with one
                   static (S_x, Z_x) (weights+activations files)               == int8_linear_static_reference
 
-Layout: ``W_t = W.T``, (N, K) = (D_out, D_in), C-contiguous (``prepare_weight``): both operands of a
-dot product are contiguous along k. On AVX2 CPUs, ``pack_weight(W_t)`` (``int8_avx2.py``) for the
-pmaddwd microkernel. ``prepare_int8_weights`` keeps both, checked, for a model layer.
+Layout: ``W_t = W.T``, (N, K), C-contiguous (``prepare_weight``): a dot product's operands are contiguous
+along k; on AVX2 CPUs also ``pack_weight(W_t)`` (``int8_avx2.py``); ``prepare_int8_weights`` keeps both.
 
 Dtype contract: int8 x int8 products summed in an int32 accumulator that wraps (two's complement);
 Eq. (7) expands the zero points, so the result is exact whenever the true sum fits int32. The
 wrappers refuse inputs whose worst case K * max|qx - zx| * max|W - zw| + max|bias| exceeds
-2^31 - 1: for plain int8 that is K <= 131071 (all -128 x -128 gives K * 2^14, and 131072 * 2^14 = 2^31
-already overflows by one).
+2^31 - 1: for plain int8 K <= 131071 (all -128 x -128 gives K * 2^14; 131072 * 2^14 = 2^31 overflows).
 
 Optimisations:
-* ``prange`` over blocks of 4 output columns n (rows of W_t): every block writes its own columns
-  of the output, so threads never share an output element.
-* 2 x 4 register tile (2 rows of qx x 4 rows of W_t, 8 int32 accumulators) over a contiguous k
-  loop, so each loaded byte is reused 2 or 4 times. Measured on this machine (1 thread, K=4096):
-  2x4 and 4x2 33 GMAC/s, 4x4 25 (register spills), 1x1 21.
+* ``prange`` over blocks of 4 output columns n (rows of W_t): threads never share an output element.
+* 2 x 4 register tile (2 rows of qx x 4 rows of W_t, 8 int32 accumulators) over a contiguous k loop:
+  each loaded byte is reused 2 or 4 times (1 thread, K=4096: 2x4 and 4x2 33 GMAC/s, 4x4 25, 1x1 21).
   ``acc = np.int32(acc + np.int32(a) * np.int32(b))`` keeps the arithmetic 32-bit (vpmovsxbd +
   vpmulld + vpaddd in the tiles; LLVM picks vpmaddwd only for the 1 x 1 loop, which is slower).
 * Row remainders use a 1 x 4 tile, column remainders a scalar dot product.
-* int8_linear quantizes activations symmetrically per row, so Eq. (7) needs no column sums of W
-  (a second pass over W) on any call; only asymmetric weights add the cheap row sums of qx.
-* Packed path (AVX2, ``W_packed``): the vpmaddwd microkernel of ``int8_avx2.py`` (a Numba
-  ``@intrinsic``, 4 x 24 register tile, ~70 GMAC/s per thread against ~33 for the 2 x 4 tile), on
-  the layout ``pack_weight`` makes. Without AVX2 ``W_packed`` is ignored.
+* Activations are quantized symmetrically per row: Eq. (7) needs no column sums of W (a second pass
+  over W); only asymmetric weights add the row sums of qx.
+* Packed path (AVX2, ``W_packed``): ``int8_avx2.py``'s vpmaddwd microkernel (4 x 24 register tile,
+  ~70 GMAC/s per thread against ~33 for the 2 x 4 tile). Without AVX2 ``W_packed`` is ignored.
 * A layer's weight is checked once (``prepare_int8_weights``); a call checks x in the quantizer's
   max|x| pass: 40-45 us less per call, 512 x 512 at batch 1 2.2x faster, 4096^2 1.3x (weights in L3).
-* Dispatch in int8_linear: one thread below ``SERIAL_WORK`` multiply-adds, the parallel kernel up
-  to ``fallback_batch`` rows (``FALLBACK_BATCH``; ``PACKED_FALLBACK_BATCH`` with ``W_packed``),
-  OpenBLAS sgemm on the dequantized weight from there on.
+* Dispatch: one thread below ``SERIAL_WORK`` multiply-adds, the parallel kernel below ``fallback_batch``
+  rows (``FALLBACK_BATCH``; ``PACKED_FALLBACK_BATCH`` packed), OpenBLAS sgemm on W_hat from there on.
 * No fastmath: the float epilogue is the reference's float64 expression, bit for bit.
 """
 from dataclasses import dataclass, field
@@ -129,19 +124,21 @@ def _rowsum_kernel(a, out):
 
 
 @njit(parallel=True, cache=True)
-def _requantize_kernel(acc, M0, shift, z_out, qmin, qmax, out):
-    """gemmlowp output stage per element: SRDHM, then RoundingDivideByPOT, + Z3, clamp."""
+def _requantize_kernel(acc, M0, shift, z_out, qmin, qmax, single, out):
+    """gemmlowp's output stage per element: SRDHM, then RoundingDivideByPOT, + Z3, clamp; with
+    ``single`` TFLite's one rounding (acc M0 + 2^(30 + shift)) >> (31 + shift) instead of the two."""
     M, N = acc.shape
     for m in prange(M):
         for n in range(N):
-            # SRDHM; M0_q >= 0, so its saturating case (both operands -2^31) cannot occur here
-            ab = np.int64(acc[m, n]) * np.int64(M0[n])
-            num = ab + (np.int64(1 << 30) if ab >= 0 else np.int64(1 - (1 << 30)))
-            h = num >> 31 if num >= 0 else -((-num) >> 31)  # C division: toward zero
+            ab = np.int64(acc[m, n]) * np.int64(M0[n])  # |ab| < 2^62; M0_q >= 0: SRDHM cannot saturate
             e = np.int64(shift[n])
-            mask = (np.int64(1) << e) - 1
-            threshold = (mask >> 1) + (1 if h < 0 else 0)
-            r = (h >> e) + (1 if (h & mask) > threshold else 0)
+            if single:
+                r = (ab + (np.int64(1) << (30 + e))) >> (31 + e)
+            else:
+                num = ab + (np.int64(1 << 30) if ab >= 0 else np.int64(1 - (1 << 30)))
+                h = num >> 31 if num >= 0 else -((-num) >> 31)  # C division: toward zero
+                mask = (np.int64(1) << e) - 1
+                r = (h >> e) + (1 if (h & mask) > (mask >> 1) + (1 if h < 0 else 0) else 0)
             out[m, n] = min(max(r + z_out, qmin), qmax)
 
 
@@ -249,9 +246,12 @@ def int8_gemm(qx, W_t, zx=None, zw=None, bias=None):
     return acc
 
 
-def requantize(acc, M0_q, shift, z_out=0):
+def requantize(acc, M0_q, shift, z_out=0, rounding="gemmlowp"):
     """Jacob's integer output stage to int8: acc (M, N) int32, M0_q and shift per column (N,) or
-    scalars (from ``quantize_multiplier``), z_out the output zero point == ``requantize_reference``."""
+    scalars (from ``quantize_multiplier``), z_out the output zero point == ``requantize_reference``;
+    ``rounding="single"``: TFLite's single rounding == ``integer_only.requantize_single_reference``."""
+    if rounding not in ("gemmlowp", "single"):
+        raise ValueError(f"rounding must be 'gemmlowp' or 'single', got {rounding!r}")
     _check_2d("acc", acc, np.int32)
     N = acc.shape[1]
     M0, sh = _vector("M0_q", M0_q, N, np.int32), _vector("shift", shift, N, np.int32)
@@ -260,7 +260,7 @@ def requantize(acc, M0_q, shift, z_out=0):
     if not -128 <= int(z_out) <= 127:
         raise ValueError(f"z_out must lie in [-128, 127], got {z_out}")
     out = np.empty(acc.shape, np.int8)
-    _requantize_kernel(acc, M0, sh, int(z_out), -128, 127, out)
+    _requantize_kernel(acc, M0, sh, int(z_out), -128, 127, rounding == "single", out)
     return out
 
 
