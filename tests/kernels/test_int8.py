@@ -1,6 +1,10 @@
 """kernels/int8.py against its NumPy references in compress/uniform.py (Jacob et al. 2018,
 arXiv 1712.05877: Eq. (4), (7) and the gemmlowp output stage). Integer results are compared
 exactly; shapes cross the 2 x 4 register tile (1..17) so every remainder path runs."""
+import os
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 from hypothesis import given
@@ -295,3 +299,29 @@ def test_int8_linear_static_rejects_bad_input():
         I.prepare_int8_weights(W_t, np.ones(4), W_packed=np.ones((1, 1, 16), np.int8))
     with pytest.raises(ValueError, match="bits"):
         I.int8_linear_static(x, weights, 1.0, 0, 9)
+
+
+_CACHE_PROBE = """
+import sys
+import numpy as np
+import tinyzip
+from tinyzip.kernels import int8 as I
+W_t = I.prepare_weight(np.ones((8, 8), np.int8))
+for W_packed in (None, I.pack_weight(W_t)):
+    I.int8_linear(np.ones((2, 8), np.float32), W_t, np.ones(8), W_packed=W_packed,
+                  serial_work=0 if sys.argv[1] == "parallel" else 10 ** 9)
+kernels = (I._linear_kernel, I.packed_linear_kernel) if sys.argv[1] == "parallel" else ()
+print(sum(sum(k.stats.cache_hits.values()) for k in kernels))
+"""
+
+
+def test_parallel_kernels_never_load_the_serial_variants_cached_code(tmp_path):
+    """numba#6845: Numba's cache key ignores ``parallel``, so njit(parallel=True) and njit() of one
+    body shared a cache entry and whichever compiled first was loaded for both (after the test suite
+    the "parallel" kernels ran on one thread). With a cache holding only the serial variants, a new
+    process must compile the parallel ones, not load them."""
+    env = dict(os.environ, NUMBA_CACHE_DIR=str(tmp_path))
+    probe = [sys.executable, "-c", _CACHE_PROBE]
+    subprocess.run(probe + ["serial"], env=env, check=True, capture_output=True)
+    run = subprocess.run(probe + ["parallel"], env=env, check=True, capture_output=True, text=True)
+    assert run.stdout.strip() == "0"

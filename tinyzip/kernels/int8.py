@@ -45,6 +45,7 @@ from tinyzip.compress.uniform import (  # noqa: F401  (the references this file 
     INT32_MAX, int8_linear_reference, int8_linear_static_reference, int8_matmul_reference,
     quantize_rows_reference, quantize_static_reference, requantize_reference,
 )
+from tinyzip.kernels import parallel_and_serial
 from tinyzip.kernels.int8_avx2 import HAS_AVX2, pack_weight, packed_linear_kernel, packed_linear_kernel_serial
 
 # Batch size from which int8_linear hands over to dequantize + BLAS sgemm: the 2 x 4 int32 tile
@@ -175,8 +176,7 @@ def _linear_body(a, wt, sx, sw, zw, rowsum, bias, acc, y):
                 y[m, n] = np.float32((sx[m] * sw[n]) * np.float64(c) + bias[n])
 
 
-_linear_kernel = njit(parallel=True, cache=True)(_linear_body)
-_linear_kernel_serial = njit(cache=True)(_linear_body)  # small layers: no thread wake-up
+_linear_kernel, _linear_kernel_serial = parallel_and_serial(_linear_body)  # serial: small layers, no wake-up
 
 
 @njit(parallel=True, cache=True)

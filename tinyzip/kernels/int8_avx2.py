@@ -29,6 +29,9 @@ from numba import njit, prange, types
 from numba.core import cgutils, config
 from numba.extending import intrinsic
 
+from tinyzip.kernels import parallel_and_serial
+
+
 def _cpu_has_avx2():
     """Numba compiles for the host CPU unless NUMBA_CPU_NAME names another target; only then
     can the AVX2 intrinsic be used (otherwise int8_linear keeps the portable kernel)."""
@@ -148,5 +151,4 @@ def _packed_linear_body(xp, wp, sx, sw, zw, rowsum, bias, acc, y):
                 y[m, n] = np.float32((sx[m] * sw[n]) * np.float64(c) + bias[n])
 
 
-packed_linear_kernel = njit(parallel=True, cache=True)(_packed_linear_body)
-packed_linear_kernel_serial = njit(cache=True)(_packed_linear_body)
+packed_linear_kernel, packed_linear_kernel_serial = parallel_and_serial(_packed_linear_body)
