@@ -143,6 +143,9 @@ def test_nan_or_inf_anywhere_in_x_raises_on_every_path(case, bad, data):
     for W_packed, fallback in ((None, None), (I.pack_weight(W_t), None), (None, 1)):
         with pytest.raises(ValueError, match="NaN or inf"):
             I.int8_linear(x, W_t, w_scale, bias, w_zero=w_zero, W_packed=W_packed, fallback_batch=fallback)
+        with pytest.raises(ValueError, match="NaN or inf"):                  # static activation grid
+            I.int8_linear_static(x, I.prepare_int8_weights(W_t, w_scale, w_zero=w_zero, W_packed=W_packed),
+                                 0.05, 3, 8)
 
 
 def test_int8_linear_is_close_to_float_on_a_real_layer():
@@ -299,6 +302,8 @@ def test_int8_linear_static_rejects_bad_input():
         I.prepare_int8_weights(W_t, np.ones(4), W_packed=np.ones((1, 1, 16), np.int8))
     with pytest.raises(ValueError, match="bits"):
         I.int8_linear_static(x, weights, 1.0, 0, 9)
+    with pytest.raises(ValueError, match="bits"):
+        I.int8_linear_static(x, I.prepare_int8_weights(W_t, np.ones(4), W_packed=I.pack_weight(W_t)), 1.0, 0, 9)
 
 
 _CACHE_PROBE = """

@@ -42,11 +42,12 @@ import numpy as np
 from numba import njit, prange
 
 from tinyzip.compress.uniform import (  # noqa: F401  (the references this file must equal)
-    INT32_MAX, int8_linear_reference, int8_linear_static_reference, int8_matmul_reference,
+    INT32_MAX, int8_linear_reference, int8_linear_static_reference, int8_matmul_reference, qrange,
     quantize_rows_reference, quantize_static_reference, requantize_reference,
 )
 from tinyzip.kernels import parallel_and_serial
-from tinyzip.kernels.int8_avx2 import HAS_AVX2, pack_weight, packed_linear_kernel, packed_linear_kernel_serial
+from tinyzip.kernels.int8_avx2 import (HAS_AVX2, pack_weight, packed_linear_kernel, packed_linear_kernel_serial,
+                                       static_codes_kernel)
 
 # Batch size from which int8_linear hands over to dequantize + BLAS sgemm: the 2 x 4 int32 tile
 # (8-lane vpmaddwd, about 16 GMAC/s per thread) loses to OpenBLAS's FMA kernel once W stops being
@@ -313,10 +314,9 @@ def int8_linear_static(x, weights: Int8Weights, x_scale, x_zero, bits, unsigned=
     weights+activations files, on a weight from ``prepare_int8_weights`` (whose ``fallback_batch`` does
     not apply). Equals ``int8_linear_static_reference(x, W_t.T, ...)`` bit for bit.
 
-    With ``W_packed`` (AVX2) the packed pmaddwd kernel multiplies the int16 differences qx - Z_x
-    (|qx - Z_x| <= 255, so every pmaddwd pair sum is exact) and Eq. (7)'s weight zero point is the
-    row-sum correction it already applies; otherwise the portable ``int8_gemm``. Every batch size
-    stays on the integer path (no float fallback): the result is the quantized model's, exactly.
+    With ``W_packed`` (AVX2) the pmaddwd kernel multiplies the int16 qx - Z_x (|qx - Z_x| <= 255: every
+    pair sum is exact; ``static_codes_kernel`` makes them in one pass) and Eq. (7)'s Z_W is its row-sum
+    correction; otherwise the portable ``int8_gemm``. No float fallback at any batch size.
     """
     _check_2d("x", x, np.float32)
     if not isinstance(weights, Int8Weights):
@@ -324,19 +324,19 @@ def int8_linear_static(x, weights: Int8Weights, x_scale, x_zero, bits, unsigned=
     (M, K), (N, K_w) = x.shape, weights.W_t.shape
     if K_w != K:
         raise ValueError(f"x {x.shape} does not match the weight's (N, K) = {weights.W_t.shape}")
-    if not np.all(np.isfinite(x)):
-        raise ValueError("x contains NaN or inf")
     if not (np.isfinite(x_scale) and x_scale > 0):
         raise ValueError(f"x_scale must be finite and > 0, got {x_scale}")
-    qx, zx = quantize_static_reference(x, x_scale, x_zero, bits, unsigned)  # (M, K) int8, qx - zx = q - Z_x
     sw, zw, W_packed = weights.w_scale, weights.w_zero, weights.W_packed
-    if W_packed is None:
+    if W_packed is None:                                       # quantize_static_reference rejects NaN / inf
+        qx, zx = quantize_static_reference(x, x_scale, x_zero, bits, unsigned)  # (M, K) int8, qx - zx = q - Z_x
         acc = int8_gemm(qx, weights.W_t, zx=zx, zw=zw)                        # Eq. (4), (M, N) int32
         return ((np.float64(x_scale) * sw) * acc).astype(np.float32)
     _guard_overflow(K, 255, weights.w_bound)
     xd = np.zeros((M, 2 * W_packed.shape[1]), np.int16)                       # (M, 2 ceil(K/2)), pad 0 adds 0
-    xd[:, :K] = qx.astype(np.int16) - np.int16(zx)                            # qx - Z_x in [-255, 255]
-    rowsum = xd.sum(axis=1, dtype=np.int64).astype(np.int32)                  # sum_k (qx - Z_x), for Z_W
+    rowsum = np.empty(M, np.int32)                                            # sum_k (qx - Z_x), for Z_W
+    qmin, qmax = qrange(bits, unsigned=unsigned)
+    if not static_codes_kernel(x, np.float64(x_scale), np.float64(x_zero), qmin, qmax, xd, rowsum):
+        raise ValueError("x contains NaN or inf")                             # xd = qx - Z_x in [-255, 255]
     acc, y = np.empty((M, 8 * W_packed.shape[0]), np.int32), np.empty((M, N), np.float32)
     kernel = packed_linear_kernel if M * N * K >= serial_work else packed_linear_kernel_serial
     kernel(xd.view(np.int32), W_packed, np.full(M, np.float64(x_scale)), sw, zw, rowsum, weights.zero_bias, acc, y)

@@ -152,3 +152,21 @@ def _packed_linear_body(xp, wp, sx, sw, zw, rowsum, bias, acc, y):
 
 
 packed_linear_kernel, packed_linear_kernel_serial = parallel_and_serial(_packed_linear_body)
+
+
+@njit(cache=True)
+def static_codes_kernel(x, scale, zero, qmin, qmax, xd, rowsum):
+    """The packed kernel's input for a static activation grid, in one pass over x (M, K):
+    xd[m, k] = clamp(rint(x / S_x + Z_x), qmin, qmax) - Z_x (int16; ``uniform.quantize_static_reference``'s
+    qx - zx, float64 arithmetic as there) and rowsum[m] = sum_k xd[m, k]. False at once on a NaN or inf."""
+    for m in range(x.shape[0]):
+        s = 0
+        for k in range(x.shape[1]):
+            v = np.float64(x[m, k])
+            if not abs(v) <= 1.7976931348623157e308:                      # NaN or inf
+                return False
+            d = np.int16(min(max(np.rint(v / scale + zero), qmin), qmax) - zero)
+            xd[m, k] = d
+            s += d
+        rowsum[m] = s
+    return True
