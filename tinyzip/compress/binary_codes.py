@@ -102,8 +102,10 @@ def greedy_codes(W: np.ndarray, q: int) -> tuple[np.ndarray, np.ndarray]:
     for i in range(q):
         # Eq. (2)
         B[i] = np.where(R >= 0, 1, -1)
-        # Eq. (3)
-        alpha[i] = np.abs(R).mean(axis=0)
+        # Eq. (3); each column summed as a contiguous row, so in the same (pairwise) order whether it
+        # is coded alone or inside a matrix: NumPy sums a strided axis in another order, and the
+        # 1-ulp difference could become a float16 step of a stored alpha (found by hypothesis)
+        alpha[i] = np.ascontiguousarray(np.abs(R).T).mean(axis=1)
         # Eq. (4)
         R -= alpha[i] * B[i]
     return B, alpha
