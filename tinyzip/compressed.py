@@ -161,16 +161,16 @@ def _int8_matmul(packed):
         return None                                  # the kernel takes one (S, Z) per output column
     W_q, scale, zero = uniform_codes(packed)
     W_t = prepare_weight(W_q)                        # (N, K)
+    W_packed = pack_weight(W_t) if HAS_AVX2 else None  # the pmaddwd layout: int8 wins up to larger batches
     if act is not None:
         x_scale, x_zero, bits, unsigned = act
-        weights = prepare_int8_weights(W_t, scale, w_zero=zero, W_packed=pack_weight(W_t) if HAS_AVX2 else None)
+        weights = prepare_int8_weights(W_t, scale, w_zero=zero, W_packed=W_packed)
 
         def static_matmul(x):                        # Eq. (4) with (S_x, Z_x): (M, K) -> (M, N)
             return int8_linear_static(np.ascontiguousarray(x, dtype=np.float32), weights, x_scale, x_zero, bits,
                                       unsigned)
 
         return static_matmul
-    W_packed = pack_weight(W_t) if HAS_AVX2 else None  # the pmaddwd layout: int8 wins up to larger batches
     weights = prepare_int8_weights(W_t, scale, w_zero=zero, W_packed=W_packed,
                                    fallback_batch=PACKED_FALLBACK_BATCH if W_packed is not None else FALLBACK_BATCH)
 

@@ -50,7 +50,7 @@ from tinyzip.compress import uniform
 from tinyzip.compressed import act_qparams, uniform_codes, unpack
 from tinyzip.kernels import int8
 
-ROUNDINGS = ("gemmlowp", "single")   # the output stage's rounding: twice (Jacob, gemmlowp) or once (TFLite)
+ROUNDINGS = int8.ROUNDINGS          # the output stage's rounding: twice (Jacob, gemmlowp) or once (TFLite)
 
 
 def quantize_bias(b, x_scale, w_scale) -> np.ndarray:

@@ -60,6 +60,7 @@ PACKED_FALLBACK_BATCH = 128
 # Below this many multiply-adds one thread finishes before a sleeping (OMP_WAIT_POLICY=PASSIVE)
 # second thread wakes up, so int8_linear runs the same kernel body serially.
 SERIAL_WORK = 2 ** 21
+ROUNDINGS = ("gemmlowp", "single")   # requantize's output stage: two roundings (Jacob, gemmlowp) or one (TFLite)
 
 
 @njit(cache=True)
@@ -153,7 +154,7 @@ def _quantize_rows_kernel(x, qx, scale):
         amax = 0.0
         for k in range(x.shape[1]):
             v = abs(np.float64(x[m, k]))
-            if not v <= 1.7976931348623157e308:                            # NaN or inf
+            if not np.isfinite(v):
                 return False
             amax = max(amax, v)
         s = amax / 127.0 if amax > 0.0 else 1.0
@@ -251,8 +252,8 @@ def requantize(acc, M0_q, shift, z_out=0, rounding="gemmlowp"):
     """Jacob's integer output stage to int8: acc (M, N) int32, M0_q and shift per column (N,) or
     scalars (from ``quantize_multiplier``), z_out the output zero point == ``requantize_reference``;
     ``rounding="single"``: TFLite's single rounding == ``integer_only.requantize_single_reference``."""
-    if rounding not in ("gemmlowp", "single"):
-        raise ValueError(f"rounding must be 'gemmlowp' or 'single', got {rounding!r}")
+    if rounding not in ROUNDINGS:
+        raise ValueError(f"rounding must be one of {ROUNDINGS}, got {rounding!r}")
     _check_2d("acc", acc, np.int32)
     N = acc.shape[1]
     M0, sh = _vector("M0_q", M0_q, N, np.int32), _vector("shift", shift, N, np.int32)
@@ -308,6 +309,16 @@ def prepare_int8_weights(W_q, w_scale, *, w_zero=None, layout="NK", fallback_bat
     return weights
 
 
+def _check_x(x, weights) -> tuple[int, int, int]:
+    """(M, K, N) of a float32 x (M, K) for a weight from ``prepare_int8_weights``, or a clear error."""
+    _check_2d("x", x, np.float32)
+    if not isinstance(weights, Int8Weights):
+        raise TypeError(f"weights must come from prepare_int8_weights, got {type(weights).__name__}")
+    if weights.W_t.shape[1] != x.shape[1]:
+        raise ValueError(f"x {x.shape} does not match the weight's (N, K) = {weights.W_t.shape}")
+    return x.shape[0], x.shape[1], weights.W_t.shape[0]
+
+
 def int8_linear_static(x, weights: Int8Weights, x_scale, x_zero, bits, unsigned=False, *, serial_work=SERIAL_WORK):
     """y = (S_x S_W[n]) sum_k (qx - Z_x)(W_t[n, k] - Z_W[n]) as float32 (no bias): Jacob Eq. (4) with one
     static activation (S_x, Z_x) on a 2..8-bit grid (signed, or ``unsigned`` for ReLU outputs), for
@@ -318,12 +329,7 @@ def int8_linear_static(x, weights: Int8Weights, x_scale, x_zero, bits, unsigned=
     pair sum is exact; ``static_codes_kernel`` makes them in one pass) and Eq. (7)'s Z_W is its row-sum
     correction; otherwise the portable ``int8_gemm``. No float fallback at any batch size.
     """
-    _check_2d("x", x, np.float32)
-    if not isinstance(weights, Int8Weights):
-        raise TypeError(f"weights must come from prepare_int8_weights, got {type(weights).__name__}")
-    (M, K), (N, K_w) = x.shape, weights.W_t.shape
-    if K_w != K:
-        raise ValueError(f"x {x.shape} does not match the weight's (N, K) = {weights.W_t.shape}")
+    M, K, N = _check_x(x, weights)
     if not (np.isfinite(x_scale) and x_scale > 0):
         raise ValueError(f"x_scale must be finite and > 0, got {x_scale}")
     sw, zw, W_packed = weights.w_scale, weights.w_zero, weights.W_packed
@@ -363,12 +369,7 @@ def int8_linear(x, W_q, w_scale, bias=None, *, w_zero=None, layout="NK", fallbac
 def int8_linear_prepared(x, weights: Int8Weights, bias=None, *, serial_work=SERIAL_WORK):
     """``int8_linear`` on a weight from ``prepare_int8_weights``: the same result, bit for bit; the
     fallback's W_hat, when the weights have none, is made on the first large batch and kept."""
-    _check_2d("x", x, np.float32)
-    if not isinstance(weights, Int8Weights):
-        raise TypeError(f"weights must come from prepare_int8_weights, got {type(weights).__name__}")
-    (M, K), (N, K_w) = x.shape, weights.W_t.shape
-    if K_w != K:
-        raise ValueError(f"x {x.shape} does not match the weight's (N, K) = {weights.W_t.shape}")
+    M, K, N = _check_x(x, weights)
     b = weights.zero_bias if bias is None else _vector("bias", bias, N, np.float64, 0.0)
     if weights.fallback_batch is not None and M >= weights.fallback_batch:
         if not np.all(np.isfinite(x)):
@@ -383,7 +384,7 @@ def int8_linear_prepared(x, weights: Int8Weights, bias=None, *, serial_work=SERI
     sx, rowsum, y = np.empty(M, np.float64), np.zeros(M, np.int32), np.empty((M, N), np.float32)
     packed = weights.W_packed
     qx = np.zeros((M, 2 * packed.shape[1]) if packed is not None else (M, K),
-                  np.int16 if packed is not None else np.int8)  # packed: (M, 2 ceil(K/2)), pairs of k as int32
+                  np.int16 if packed is not None else np.int8)  # packed: (M, 2 ceil(K/2)), k pairs read as int32 (LE)
     if not _quantize_rows_kernel(x, qx, sx):
         raise ValueError("x contains NaN or inf")
     if weights.has_zero:
@@ -391,7 +392,6 @@ def int8_linear_prepared(x, weights: Int8Weights, bias=None, *, serial_work=SERI
     if packed is not None:
         acc = np.empty((M, 8 * packed.shape[0]), np.int32)
         kernel = packed_linear_kernel if parallel else packed_linear_kernel_serial
-        # little-endian: x[2j] is the low half of each int32
         kernel(qx.view(np.int32), packed, sx, weights.w_scale, weights.w_zero, rowsum, b, acc, y)
         return y
     acc = np.empty((M, N), np.int32)

@@ -163,7 +163,7 @@ def static_codes_kernel(x, scale, zero, qmin, qmax, xd, rowsum):
         s = 0
         for k in range(x.shape[1]):
             v = np.float64(x[m, k])
-            if not abs(v) <= 1.7976931348623157e308:                      # NaN or inf
+            if not np.isfinite(v):
                 return False
             d = np.int16(min(max(np.rint(v / scale + zero), qmin), qmax) - zero)
             xd[m, k] = d
