@@ -103,10 +103,12 @@ def test_dispatch_rule_keeps_lut_where_it_wins_and_falls_back_where_it_loses():
     """The winners and losers of the measured table in ``use_lut``'s docstring."""
     assert lg.use_lut(8, 1, 4096, 4096) and lg.use_lut(32, 3, 4096, 4096) and lg.use_lut(128, 2, 4096, 4096)
     assert lg.use_lut(1, 2, 4096, 4096) and lg.use_lut(8, 3, 256, 1024)
-    assert not lg.use_lut(128, 3, 1024, 1024) and not lg.use_lut(128, 3, 4096, 4096)
+    assert not lg.use_lut(128, 3, 1024, 1024) and lg.use_lut(128, 3, 4096, 4096)
+    assert not lg.use_lut(128, 3, 4096, 1024) and not lg.use_lut(256, 3, 4096, 4096)
     assert not lg.use_lut(1, 1, 64, 64) and not lg.use_lut(1, 2, 1024, 1024)
     assert not lg.use_lut(8, 1, 1024, 256) and not lg.use_lut(8, 4, 4096, 4096)
-    assert not lg.use_lut(128, 2, 4096, 1024) and lg.use_lut(128, 1, 4096, 1024)
+    assert lg.use_lut(128, 2, 4096, 1024) and lg.use_lut(64, 2, 1024, 1024) and lg.use_lut(128, 1, 4096, 1024)
+    assert not lg.use_lut(128, 2, 512, 512) and not lg.use_lut(256, 2, 4096, 4096)
 
 
 def test_generated_kernel_module_is_up_to_date():

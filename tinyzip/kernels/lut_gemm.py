@@ -53,8 +53,8 @@ Optimisations (perf-notes sections 3, 7, 8):
   and owns its table buffer, so the loop is race-free.
 
 Dispatch (``lut_linear``, rule in ``use_lut``): where the LUT path measured slower than numpy
-float32 (M = 1 on layers under 4M weights, 1M at q = 1; N q < 1024 at any batch; q = 3 above
-batch 32; q = 2 above 128, or above 32 under 16M weights; q > 3), dequantize once, cache the
+float32 (M = 1 on layers under 4M weights, 1M at q = 1; N q < 1024 at any batch; above batch 32,
+q = 2 under 1M weights and q = 3 under 16M; q = 2, 3 above batch 128; q > 3), dequantize once, cache the
 float32 W in the prepared weights, and use x @ W (for one row W is kept transposed, (N, K), where
 OpenBLAS's GEMV is faster): NumPy's own float32 product, plus the input checks.
 """
@@ -273,9 +273,10 @@ def use_lut(M: int, q: int, K: int, N: int) -> bool:
     W 1024^2:      q=1 1.15 / 2.69 / 1.87 / 1.44x; q=2 0.75 / 2.27 / 1.22 / 1.18x; q=3 0.56 / 1.85 / 1.08 / 0.76x
     W 256x1024:    q=1 0.76 / 1.84 / 1.35 / 1.22x; q=2 0.53 / 1.56 / 1.20 / 1.03x; q=3 0.43 / 1.44 / 1.15 / 0.74x
     W 1024x256:    at most 1.00x (M = 8), 0.36-0.92x elsewhere; W 256^2: 0.21-0.91x.
-    q = 3 at M = 128 on 4096^2 measured 0.99-1.44x across runs (noise of a loaded machine): dense,
-    so that it is never slower. q = 2 above M = 32 wins only on the largest layers (2 threads, quiet:
-    4096^2 1.33x at M = 128; 4096x1024 0.92-1.09x, 1024^2 1.01-1.06x): LUT from 16M weights up.
+    Above M = 32 (2 threads, alternating with numpy, three passes, 2026-11-23; the batched path as it
+    is since the in-kernel transpose and copy): q=2 at M = 64 / 128 1.23 / 1.19x on 1024^2, 1.37 / 1.29x
+    on 4096x1024, 2.05 / 1.78x on 4096^2; q=3 0.96 / 0.94x, 1.11 / 0.95x (0.92-1.14 by pass), 1.43 / 1.27x.
+    So above M = 32: q=2 from 1M weights up, q=3 from 16M, up to the measured M = 128; dense beyond.
     """
     if q > 3:
         return False
@@ -285,7 +286,7 @@ def use_lut(M: int, q: int, K: int, N: int) -> bool:
         return False
     if M <= 32:
         return True
-    return q == 1 or (q == 2 and M <= 128 and K * N >= 1 << 24)
+    return q == 1 or (M <= 128 and K * N >= (1 << 20 if q == 2 else 1 << 24))
 
 
 def lut_linear(x: np.ndarray, prepared: LutWeights, bias: np.ndarray | None = None, *,
