@@ -16,9 +16,9 @@ EPS32 = float(np.finfo(np.float32).eps)
 
 @st.composite
 def lut_case_st(draw):
-    """x (M, K) float32 and codes/alphas for W (K, N); M crosses the batch tiles 8/32, q the
-    unrolled bit-plane loops (1..3) and the general one (4)."""
-    M = draw(st.sampled_from([1, 2, 7, 8, 9, 16, 24, 32, 33, 40]))
+    """x (M, K) float32 and codes/alphas for W (K, N); M crosses the batch tiles 8/16/32 (16: M = 9,
+    16, 48 at q = 1, 3), q the unrolled bit-plane loops (1..3) and the general one (4)."""
+    M = draw(st.sampled_from([1, 2, 7, 8, 9, 16, 24, 32, 33, 40, 48]))
     K, N, q = draw(st.integers(1, 70)), draw(st.integers(1, 20)), draw(st.integers(1, 4))
     x = draw(hynp.arrays(np.float32, (M, K), elements=floats_st(np.float32, 4.0)))
     codes = draw(hynp.arrays(np.int8, (q, K, N), elements=st.sampled_from([-1, 1])))

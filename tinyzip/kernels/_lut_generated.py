@@ -692,6 +692,280 @@ def _lut_gemm_mt32_qn_kernel(xt, Mp, keys, alpha, out, y, M, nchunks):
                     y[yb + np.uint64(n)] = out[np.uint64(m0 * N + n * 32 + mm)]
 
 @njit(parallel=True, cache=True, fastmath={'contract'})
+def _lut_gemm_mt16_q1_kernel(xt, Mp, keys, alpha, out, y, M, nchunks):
+    q, N = alpha.shape
+    G8 = keys.size // (q * N * 8)
+    for c in prange(nchunks):
+        T = np.empty(32768, np.float32)
+        for m0 in range(0, Mp, 16):
+            for g in range(G8 * 8 // 8):
+                for u in range(8):
+                    xb = np.uint64(8 * (8 * g + u) * Mp + m0)
+                    tb = np.uint64(u * 4096)
+                    for mm in range(16):
+                        s0 = np.float32(0.0)
+                        for j in range(8):
+                            s0 -= xt[xb + np.uint64(j * Mp + mm)]
+                        T[tb + np.uint64(mm)] = s0
+                    for s in range(8):
+                        xs = xb + np.uint64(s * Mp)
+                        d0 = np.float32(2.0) * xt[xs + np.uint64(0)]
+                        d1 = np.float32(2.0) * xt[xs + np.uint64(1)]
+                        d2 = np.float32(2.0) * xt[xs + np.uint64(2)]
+                        d3 = np.float32(2.0) * xt[xs + np.uint64(3)]
+                        d4 = np.float32(2.0) * xt[xs + np.uint64(4)]
+                        d5 = np.float32(2.0) * xt[xs + np.uint64(5)]
+                        d6 = np.float32(2.0) * xt[xs + np.uint64(6)]
+                        d7 = np.float32(2.0) * xt[xs + np.uint64(7)]
+                        d8 = np.float32(2.0) * xt[xs + np.uint64(8)]
+                        d9 = np.float32(2.0) * xt[xs + np.uint64(9)]
+                        d10 = np.float32(2.0) * xt[xs + np.uint64(10)]
+                        d11 = np.float32(2.0) * xt[xs + np.uint64(11)]
+                        d12 = np.float32(2.0) * xt[xs + np.uint64(12)]
+                        d13 = np.float32(2.0) * xt[xs + np.uint64(13)]
+                        d14 = np.float32(2.0) * xt[xs + np.uint64(14)]
+                        d15 = np.float32(2.0) * xt[xs + np.uint64(15)]
+                        h = 1 << s
+                        for k in range(h):
+                            src = tb + np.uint64(k * 16)
+                            dst = src + np.uint64(h * 16)
+                            e0 = T[src + np.uint64(0)]
+                            e1 = T[src + np.uint64(1)]
+                            e2 = T[src + np.uint64(2)]
+                            e3 = T[src + np.uint64(3)]
+                            e4 = T[src + np.uint64(4)]
+                            e5 = T[src + np.uint64(5)]
+                            e6 = T[src + np.uint64(6)]
+                            e7 = T[src + np.uint64(7)]
+                            e8 = T[src + np.uint64(8)]
+                            e9 = T[src + np.uint64(9)]
+                            e10 = T[src + np.uint64(10)]
+                            e11 = T[src + np.uint64(11)]
+                            e12 = T[src + np.uint64(12)]
+                            e13 = T[src + np.uint64(13)]
+                            e14 = T[src + np.uint64(14)]
+                            e15 = T[src + np.uint64(15)]
+                            T[dst + np.uint64(0)] = e0 + d0
+                            T[dst + np.uint64(1)] = e1 + d1
+                            T[dst + np.uint64(2)] = e2 + d2
+                            T[dst + np.uint64(3)] = e3 + d3
+                            T[dst + np.uint64(4)] = e4 + d4
+                            T[dst + np.uint64(5)] = e5 + d5
+                            T[dst + np.uint64(6)] = e6 + d6
+                            T[dst + np.uint64(7)] = e7 + d7
+                            T[dst + np.uint64(8)] = e8 + d8
+                            T[dst + np.uint64(9)] = e9 + d9
+                            T[dst + np.uint64(10)] = e10 + d10
+                            T[dst + np.uint64(11)] = e11 + d11
+                            T[dst + np.uint64(12)] = e12 + d12
+                            T[dst + np.uint64(13)] = e13 + d13
+                            T[dst + np.uint64(14)] = e14 + d14
+                            T[dst + np.uint64(15)] = e15 + d15
+                for n in range(c * N // nchunks, (c + 1) * N // nchunks):
+                    ob = np.uint64(m0 * N + n * 16)
+                    o0 = out[ob + np.uint64(0)]
+                    o1 = out[ob + np.uint64(1)]
+                    o2 = out[ob + np.uint64(2)]
+                    o3 = out[ob + np.uint64(3)]
+                    o4 = out[ob + np.uint64(4)]
+                    o5 = out[ob + np.uint64(5)]
+                    o6 = out[ob + np.uint64(6)]
+                    o7 = out[ob + np.uint64(7)]
+                    o8 = out[ob + np.uint64(8)]
+                    o9 = out[ob + np.uint64(9)]
+                    o10 = out[ob + np.uint64(10)]
+                    o11 = out[ob + np.uint64(11)]
+                    o12 = out[ob + np.uint64(12)]
+                    o13 = out[ob + np.uint64(13)]
+                    o14 = out[ob + np.uint64(14)]
+                    o15 = out[ob + np.uint64(15)]
+                    for i in range(1):
+                        kb0 = np.uint64(((i * G8 + g // 1) * N + n) * 8 + g % 1 * 8)
+                        a = alpha[i, n]
+                        b0 = np.uint64(0) + np.uint64(keys[kb0 + np.uint64(0)]) * np.uint64(16)
+                        b1 = np.uint64(4096) + np.uint64(keys[kb0 + np.uint64(1)]) * np.uint64(16)
+                        b2 = np.uint64(8192) + np.uint64(keys[kb0 + np.uint64(2)]) * np.uint64(16)
+                        b3 = np.uint64(12288) + np.uint64(keys[kb0 + np.uint64(3)]) * np.uint64(16)
+                        b4 = np.uint64(16384) + np.uint64(keys[kb0 + np.uint64(4)]) * np.uint64(16)
+                        b5 = np.uint64(20480) + np.uint64(keys[kb0 + np.uint64(5)]) * np.uint64(16)
+                        b6 = np.uint64(24576) + np.uint64(keys[kb0 + np.uint64(6)]) * np.uint64(16)
+                        b7 = np.uint64(28672) + np.uint64(keys[kb0 + np.uint64(7)]) * np.uint64(16)
+                        o0 = o0 + a * (((T[b0 + np.uint64(0)] + T[b1 + np.uint64(0)]) + (T[b2 + np.uint64(0)] + T[b3 + np.uint64(0)])) + ((T[b4 + np.uint64(0)] + T[b5 + np.uint64(0)]) + (T[b6 + np.uint64(0)] + T[b7 + np.uint64(0)])))
+                        o1 = o1 + a * (((T[b0 + np.uint64(1)] + T[b1 + np.uint64(1)]) + (T[b2 + np.uint64(1)] + T[b3 + np.uint64(1)])) + ((T[b4 + np.uint64(1)] + T[b5 + np.uint64(1)]) + (T[b6 + np.uint64(1)] + T[b7 + np.uint64(1)])))
+                        o2 = o2 + a * (((T[b0 + np.uint64(2)] + T[b1 + np.uint64(2)]) + (T[b2 + np.uint64(2)] + T[b3 + np.uint64(2)])) + ((T[b4 + np.uint64(2)] + T[b5 + np.uint64(2)]) + (T[b6 + np.uint64(2)] + T[b7 + np.uint64(2)])))
+                        o3 = o3 + a * (((T[b0 + np.uint64(3)] + T[b1 + np.uint64(3)]) + (T[b2 + np.uint64(3)] + T[b3 + np.uint64(3)])) + ((T[b4 + np.uint64(3)] + T[b5 + np.uint64(3)]) + (T[b6 + np.uint64(3)] + T[b7 + np.uint64(3)])))
+                        o4 = o4 + a * (((T[b0 + np.uint64(4)] + T[b1 + np.uint64(4)]) + (T[b2 + np.uint64(4)] + T[b3 + np.uint64(4)])) + ((T[b4 + np.uint64(4)] + T[b5 + np.uint64(4)]) + (T[b6 + np.uint64(4)] + T[b7 + np.uint64(4)])))
+                        o5 = o5 + a * (((T[b0 + np.uint64(5)] + T[b1 + np.uint64(5)]) + (T[b2 + np.uint64(5)] + T[b3 + np.uint64(5)])) + ((T[b4 + np.uint64(5)] + T[b5 + np.uint64(5)]) + (T[b6 + np.uint64(5)] + T[b7 + np.uint64(5)])))
+                        o6 = o6 + a * (((T[b0 + np.uint64(6)] + T[b1 + np.uint64(6)]) + (T[b2 + np.uint64(6)] + T[b3 + np.uint64(6)])) + ((T[b4 + np.uint64(6)] + T[b5 + np.uint64(6)]) + (T[b6 + np.uint64(6)] + T[b7 + np.uint64(6)])))
+                        o7 = o7 + a * (((T[b0 + np.uint64(7)] + T[b1 + np.uint64(7)]) + (T[b2 + np.uint64(7)] + T[b3 + np.uint64(7)])) + ((T[b4 + np.uint64(7)] + T[b5 + np.uint64(7)]) + (T[b6 + np.uint64(7)] + T[b7 + np.uint64(7)])))
+                        o8 = o8 + a * (((T[b0 + np.uint64(8)] + T[b1 + np.uint64(8)]) + (T[b2 + np.uint64(8)] + T[b3 + np.uint64(8)])) + ((T[b4 + np.uint64(8)] + T[b5 + np.uint64(8)]) + (T[b6 + np.uint64(8)] + T[b7 + np.uint64(8)])))
+                        o9 = o9 + a * (((T[b0 + np.uint64(9)] + T[b1 + np.uint64(9)]) + (T[b2 + np.uint64(9)] + T[b3 + np.uint64(9)])) + ((T[b4 + np.uint64(9)] + T[b5 + np.uint64(9)]) + (T[b6 + np.uint64(9)] + T[b7 + np.uint64(9)])))
+                        o10 = o10 + a * (((T[b0 + np.uint64(10)] + T[b1 + np.uint64(10)]) + (T[b2 + np.uint64(10)] + T[b3 + np.uint64(10)])) + ((T[b4 + np.uint64(10)] + T[b5 + np.uint64(10)]) + (T[b6 + np.uint64(10)] + T[b7 + np.uint64(10)])))
+                        o11 = o11 + a * (((T[b0 + np.uint64(11)] + T[b1 + np.uint64(11)]) + (T[b2 + np.uint64(11)] + T[b3 + np.uint64(11)])) + ((T[b4 + np.uint64(11)] + T[b5 + np.uint64(11)]) + (T[b6 + np.uint64(11)] + T[b7 + np.uint64(11)])))
+                        o12 = o12 + a * (((T[b0 + np.uint64(12)] + T[b1 + np.uint64(12)]) + (T[b2 + np.uint64(12)] + T[b3 + np.uint64(12)])) + ((T[b4 + np.uint64(12)] + T[b5 + np.uint64(12)]) + (T[b6 + np.uint64(12)] + T[b7 + np.uint64(12)])))
+                        o13 = o13 + a * (((T[b0 + np.uint64(13)] + T[b1 + np.uint64(13)]) + (T[b2 + np.uint64(13)] + T[b3 + np.uint64(13)])) + ((T[b4 + np.uint64(13)] + T[b5 + np.uint64(13)]) + (T[b6 + np.uint64(13)] + T[b7 + np.uint64(13)])))
+                        o14 = o14 + a * (((T[b0 + np.uint64(14)] + T[b1 + np.uint64(14)]) + (T[b2 + np.uint64(14)] + T[b3 + np.uint64(14)])) + ((T[b4 + np.uint64(14)] + T[b5 + np.uint64(14)]) + (T[b6 + np.uint64(14)] + T[b7 + np.uint64(14)])))
+                        o15 = o15 + a * (((T[b0 + np.uint64(15)] + T[b1 + np.uint64(15)]) + (T[b2 + np.uint64(15)] + T[b3 + np.uint64(15)])) + ((T[b4 + np.uint64(15)] + T[b5 + np.uint64(15)]) + (T[b6 + np.uint64(15)] + T[b7 + np.uint64(15)])))
+                    out[ob + np.uint64(0)] = o0
+                    out[ob + np.uint64(1)] = o1
+                    out[ob + np.uint64(2)] = o2
+                    out[ob + np.uint64(3)] = o3
+                    out[ob + np.uint64(4)] = o4
+                    out[ob + np.uint64(5)] = o5
+                    out[ob + np.uint64(6)] = o6
+                    out[ob + np.uint64(7)] = o7
+                    out[ob + np.uint64(8)] = o8
+                    out[ob + np.uint64(9)] = o9
+                    out[ob + np.uint64(10)] = o10
+                    out[ob + np.uint64(11)] = o11
+                    out[ob + np.uint64(12)] = o12
+                    out[ob + np.uint64(13)] = o13
+                    out[ob + np.uint64(14)] = o14
+                    out[ob + np.uint64(15)] = o15
+            n_lo, n_hi = c * N // nchunks, (c + 1) * N // nchunks   # the tile's rows of y
+            for mm in range(min(16, M - m0)):
+                yb = np.uint64((m0 + mm) * N)
+                for n in range(n_lo, n_hi):
+                    y[yb + np.uint64(n)] = out[np.uint64(m0 * N + n * 16 + mm)]
+
+@njit(parallel=True, cache=True, fastmath={'contract'})
+def _lut_gemm_mt16_q3_kernel(xt, Mp, keys, alpha, out, y, M, nchunks):
+    q, N = alpha.shape
+    G8 = keys.size // (q * N * 8)
+    for c in prange(nchunks):
+        T = np.empty(32768, np.float32)
+        for m0 in range(0, Mp, 16):
+            for g in range(G8 * 8 // 8):
+                for u in range(8):
+                    xb = np.uint64(8 * (8 * g + u) * Mp + m0)
+                    tb = np.uint64(u * 4096)
+                    for mm in range(16):
+                        s0 = np.float32(0.0)
+                        for j in range(8):
+                            s0 -= xt[xb + np.uint64(j * Mp + mm)]
+                        T[tb + np.uint64(mm)] = s0
+                    for s in range(8):
+                        xs = xb + np.uint64(s * Mp)
+                        d0 = np.float32(2.0) * xt[xs + np.uint64(0)]
+                        d1 = np.float32(2.0) * xt[xs + np.uint64(1)]
+                        d2 = np.float32(2.0) * xt[xs + np.uint64(2)]
+                        d3 = np.float32(2.0) * xt[xs + np.uint64(3)]
+                        d4 = np.float32(2.0) * xt[xs + np.uint64(4)]
+                        d5 = np.float32(2.0) * xt[xs + np.uint64(5)]
+                        d6 = np.float32(2.0) * xt[xs + np.uint64(6)]
+                        d7 = np.float32(2.0) * xt[xs + np.uint64(7)]
+                        d8 = np.float32(2.0) * xt[xs + np.uint64(8)]
+                        d9 = np.float32(2.0) * xt[xs + np.uint64(9)]
+                        d10 = np.float32(2.0) * xt[xs + np.uint64(10)]
+                        d11 = np.float32(2.0) * xt[xs + np.uint64(11)]
+                        d12 = np.float32(2.0) * xt[xs + np.uint64(12)]
+                        d13 = np.float32(2.0) * xt[xs + np.uint64(13)]
+                        d14 = np.float32(2.0) * xt[xs + np.uint64(14)]
+                        d15 = np.float32(2.0) * xt[xs + np.uint64(15)]
+                        h = 1 << s
+                        for k in range(h):
+                            src = tb + np.uint64(k * 16)
+                            dst = src + np.uint64(h * 16)
+                            e0 = T[src + np.uint64(0)]
+                            e1 = T[src + np.uint64(1)]
+                            e2 = T[src + np.uint64(2)]
+                            e3 = T[src + np.uint64(3)]
+                            e4 = T[src + np.uint64(4)]
+                            e5 = T[src + np.uint64(5)]
+                            e6 = T[src + np.uint64(6)]
+                            e7 = T[src + np.uint64(7)]
+                            e8 = T[src + np.uint64(8)]
+                            e9 = T[src + np.uint64(9)]
+                            e10 = T[src + np.uint64(10)]
+                            e11 = T[src + np.uint64(11)]
+                            e12 = T[src + np.uint64(12)]
+                            e13 = T[src + np.uint64(13)]
+                            e14 = T[src + np.uint64(14)]
+                            e15 = T[src + np.uint64(15)]
+                            T[dst + np.uint64(0)] = e0 + d0
+                            T[dst + np.uint64(1)] = e1 + d1
+                            T[dst + np.uint64(2)] = e2 + d2
+                            T[dst + np.uint64(3)] = e3 + d3
+                            T[dst + np.uint64(4)] = e4 + d4
+                            T[dst + np.uint64(5)] = e5 + d5
+                            T[dst + np.uint64(6)] = e6 + d6
+                            T[dst + np.uint64(7)] = e7 + d7
+                            T[dst + np.uint64(8)] = e8 + d8
+                            T[dst + np.uint64(9)] = e9 + d9
+                            T[dst + np.uint64(10)] = e10 + d10
+                            T[dst + np.uint64(11)] = e11 + d11
+                            T[dst + np.uint64(12)] = e12 + d12
+                            T[dst + np.uint64(13)] = e13 + d13
+                            T[dst + np.uint64(14)] = e14 + d14
+                            T[dst + np.uint64(15)] = e15 + d15
+                for n in range(c * N // nchunks, (c + 1) * N // nchunks):
+                    ob = np.uint64(m0 * N + n * 16)
+                    o0 = out[ob + np.uint64(0)]
+                    o1 = out[ob + np.uint64(1)]
+                    o2 = out[ob + np.uint64(2)]
+                    o3 = out[ob + np.uint64(3)]
+                    o4 = out[ob + np.uint64(4)]
+                    o5 = out[ob + np.uint64(5)]
+                    o6 = out[ob + np.uint64(6)]
+                    o7 = out[ob + np.uint64(7)]
+                    o8 = out[ob + np.uint64(8)]
+                    o9 = out[ob + np.uint64(9)]
+                    o10 = out[ob + np.uint64(10)]
+                    o11 = out[ob + np.uint64(11)]
+                    o12 = out[ob + np.uint64(12)]
+                    o13 = out[ob + np.uint64(13)]
+                    o14 = out[ob + np.uint64(14)]
+                    o15 = out[ob + np.uint64(15)]
+                    for i in range(3):
+                        kb0 = np.uint64(((i * G8 + g // 1) * N + n) * 8 + g % 1 * 8)
+                        a = alpha[i, n]
+                        b0 = np.uint64(0) + np.uint64(keys[kb0 + np.uint64(0)]) * np.uint64(16)
+                        b1 = np.uint64(4096) + np.uint64(keys[kb0 + np.uint64(1)]) * np.uint64(16)
+                        b2 = np.uint64(8192) + np.uint64(keys[kb0 + np.uint64(2)]) * np.uint64(16)
+                        b3 = np.uint64(12288) + np.uint64(keys[kb0 + np.uint64(3)]) * np.uint64(16)
+                        b4 = np.uint64(16384) + np.uint64(keys[kb0 + np.uint64(4)]) * np.uint64(16)
+                        b5 = np.uint64(20480) + np.uint64(keys[kb0 + np.uint64(5)]) * np.uint64(16)
+                        b6 = np.uint64(24576) + np.uint64(keys[kb0 + np.uint64(6)]) * np.uint64(16)
+                        b7 = np.uint64(28672) + np.uint64(keys[kb0 + np.uint64(7)]) * np.uint64(16)
+                        o0 = o0 + a * (((T[b0 + np.uint64(0)] + T[b1 + np.uint64(0)]) + (T[b2 + np.uint64(0)] + T[b3 + np.uint64(0)])) + ((T[b4 + np.uint64(0)] + T[b5 + np.uint64(0)]) + (T[b6 + np.uint64(0)] + T[b7 + np.uint64(0)])))
+                        o1 = o1 + a * (((T[b0 + np.uint64(1)] + T[b1 + np.uint64(1)]) + (T[b2 + np.uint64(1)] + T[b3 + np.uint64(1)])) + ((T[b4 + np.uint64(1)] + T[b5 + np.uint64(1)]) + (T[b6 + np.uint64(1)] + T[b7 + np.uint64(1)])))
+                        o2 = o2 + a * (((T[b0 + np.uint64(2)] + T[b1 + np.uint64(2)]) + (T[b2 + np.uint64(2)] + T[b3 + np.uint64(2)])) + ((T[b4 + np.uint64(2)] + T[b5 + np.uint64(2)]) + (T[b6 + np.uint64(2)] + T[b7 + np.uint64(2)])))
+                        o3 = o3 + a * (((T[b0 + np.uint64(3)] + T[b1 + np.uint64(3)]) + (T[b2 + np.uint64(3)] + T[b3 + np.uint64(3)])) + ((T[b4 + np.uint64(3)] + T[b5 + np.uint64(3)]) + (T[b6 + np.uint64(3)] + T[b7 + np.uint64(3)])))
+                        o4 = o4 + a * (((T[b0 + np.uint64(4)] + T[b1 + np.uint64(4)]) + (T[b2 + np.uint64(4)] + T[b3 + np.uint64(4)])) + ((T[b4 + np.uint64(4)] + T[b5 + np.uint64(4)]) + (T[b6 + np.uint64(4)] + T[b7 + np.uint64(4)])))
+                        o5 = o5 + a * (((T[b0 + np.uint64(5)] + T[b1 + np.uint64(5)]) + (T[b2 + np.uint64(5)] + T[b3 + np.uint64(5)])) + ((T[b4 + np.uint64(5)] + T[b5 + np.uint64(5)]) + (T[b6 + np.uint64(5)] + T[b7 + np.uint64(5)])))
+                        o6 = o6 + a * (((T[b0 + np.uint64(6)] + T[b1 + np.uint64(6)]) + (T[b2 + np.uint64(6)] + T[b3 + np.uint64(6)])) + ((T[b4 + np.uint64(6)] + T[b5 + np.uint64(6)]) + (T[b6 + np.uint64(6)] + T[b7 + np.uint64(6)])))
+                        o7 = o7 + a * (((T[b0 + np.uint64(7)] + T[b1 + np.uint64(7)]) + (T[b2 + np.uint64(7)] + T[b3 + np.uint64(7)])) + ((T[b4 + np.uint64(7)] + T[b5 + np.uint64(7)]) + (T[b6 + np.uint64(7)] + T[b7 + np.uint64(7)])))
+                        o8 = o8 + a * (((T[b0 + np.uint64(8)] + T[b1 + np.uint64(8)]) + (T[b2 + np.uint64(8)] + T[b3 + np.uint64(8)])) + ((T[b4 + np.uint64(8)] + T[b5 + np.uint64(8)]) + (T[b6 + np.uint64(8)] + T[b7 + np.uint64(8)])))
+                        o9 = o9 + a * (((T[b0 + np.uint64(9)] + T[b1 + np.uint64(9)]) + (T[b2 + np.uint64(9)] + T[b3 + np.uint64(9)])) + ((T[b4 + np.uint64(9)] + T[b5 + np.uint64(9)]) + (T[b6 + np.uint64(9)] + T[b7 + np.uint64(9)])))
+                        o10 = o10 + a * (((T[b0 + np.uint64(10)] + T[b1 + np.uint64(10)]) + (T[b2 + np.uint64(10)] + T[b3 + np.uint64(10)])) + ((T[b4 + np.uint64(10)] + T[b5 + np.uint64(10)]) + (T[b6 + np.uint64(10)] + T[b7 + np.uint64(10)])))
+                        o11 = o11 + a * (((T[b0 + np.uint64(11)] + T[b1 + np.uint64(11)]) + (T[b2 + np.uint64(11)] + T[b3 + np.uint64(11)])) + ((T[b4 + np.uint64(11)] + T[b5 + np.uint64(11)]) + (T[b6 + np.uint64(11)] + T[b7 + np.uint64(11)])))
+                        o12 = o12 + a * (((T[b0 + np.uint64(12)] + T[b1 + np.uint64(12)]) + (T[b2 + np.uint64(12)] + T[b3 + np.uint64(12)])) + ((T[b4 + np.uint64(12)] + T[b5 + np.uint64(12)]) + (T[b6 + np.uint64(12)] + T[b7 + np.uint64(12)])))
+                        o13 = o13 + a * (((T[b0 + np.uint64(13)] + T[b1 + np.uint64(13)]) + (T[b2 + np.uint64(13)] + T[b3 + np.uint64(13)])) + ((T[b4 + np.uint64(13)] + T[b5 + np.uint64(13)]) + (T[b6 + np.uint64(13)] + T[b7 + np.uint64(13)])))
+                        o14 = o14 + a * (((T[b0 + np.uint64(14)] + T[b1 + np.uint64(14)]) + (T[b2 + np.uint64(14)] + T[b3 + np.uint64(14)])) + ((T[b4 + np.uint64(14)] + T[b5 + np.uint64(14)]) + (T[b6 + np.uint64(14)] + T[b7 + np.uint64(14)])))
+                        o15 = o15 + a * (((T[b0 + np.uint64(15)] + T[b1 + np.uint64(15)]) + (T[b2 + np.uint64(15)] + T[b3 + np.uint64(15)])) + ((T[b4 + np.uint64(15)] + T[b5 + np.uint64(15)]) + (T[b6 + np.uint64(15)] + T[b7 + np.uint64(15)])))
+                    out[ob + np.uint64(0)] = o0
+                    out[ob + np.uint64(1)] = o1
+                    out[ob + np.uint64(2)] = o2
+                    out[ob + np.uint64(3)] = o3
+                    out[ob + np.uint64(4)] = o4
+                    out[ob + np.uint64(5)] = o5
+                    out[ob + np.uint64(6)] = o6
+                    out[ob + np.uint64(7)] = o7
+                    out[ob + np.uint64(8)] = o8
+                    out[ob + np.uint64(9)] = o9
+                    out[ob + np.uint64(10)] = o10
+                    out[ob + np.uint64(11)] = o11
+                    out[ob + np.uint64(12)] = o12
+                    out[ob + np.uint64(13)] = o13
+                    out[ob + np.uint64(14)] = o14
+                    out[ob + np.uint64(15)] = o15
+            n_lo, n_hi = c * N // nchunks, (c + 1) * N // nchunks   # the tile's rows of y
+            for mm in range(min(16, M - m0)):
+                yb = np.uint64((m0 + mm) * N)
+                for n in range(n_lo, n_hi):
+                    y[yb + np.uint64(n)] = out[np.uint64(m0 * N + n * 16 + mm)]
+
+@njit(parallel=True, cache=True, fastmath={'contract'})
 def _lut_gemm_mt8_q2_kernel(xt, Mp, keys, alpha, out, y, M, nchunks):
     q, N = alpha.shape
     G8 = keys.size // (q * N * 8)

@@ -39,16 +39,18 @@ Optimisations (perf-notes sections 3, 7, 8):
   x.T is made by ``_transpose_into`` (blocked; NumPy's ``x.T`` copy and the final transpose took
   0.4-0.6 ms of a 4 ms call at batch 32, 4096^2).
   Per thread a block of output units; for each batch tile of MT columns and each group of JT
-  sub-vectors (``JT_OF``: 4 at MT = 32, 8 or 16 at MT = 8: 4 x 256 x 32 up to 16 x 256 x 8 floats, L2)
+  sub-vectors (``JT_OF``: 4 at MT = 32, 8 at MT = 16, 8 or 16 at MT = 8: 16K-32K floats, L2)
   the thread builds just that tile of tables and uses it on all its rows. Build and query are
   straight-line code over MT with uint64 indices and all loads before stores, so LLVM's SLP
   vectoriser (NUMBA_SLP_VECTORIZE=1, set by ``import tinyzip``) emits ymm adds; the q bit planes
   accumulate in registers before one store, and the loop over planes is unrolled where that
-  measured faster (``QS_OF``: q = 1, 2 at MT = 32, +10%; q = 2, 3 at MT = 8, up to +35%).
+  measured faster (``QS_OF``: q = 1, 2 at MT = 32, +10%; q = 2, 3 at MT = 8, up to +35%; MT = 16
+  has only the q = 1, 3 kernels, where it beat MT = 8).
   The JT look-ups of a plane are summed as a balanced tree (short dependency chain), and
   ``fastmath={'contract'}`` lets LLVM fuse ``o + alpha * sum`` into one FMA: no reassociation,
   only one rounding fewer, so the tolerance above still holds. The batch is zero-padded to the
-  tile width (32 or 8) with the lowest measured cost, ``MT_COST``.
+  tile width (32, 16 or 8) with the lowest measured cost, ``MT_COST``: 16 from batch 9 to 16 and
+  41 to 48 (q = 1, 3), 32 from 25 to 32.
 * ``prange`` runs over chunks of output units; each chunk writes only its own rows of ``out``
   and owns its table buffer, so the loop is race-free.
 
@@ -69,17 +71,20 @@ from tinyzip.compress.binary_codes import dequantize, unpack_codes
 from tinyzip.kernels import _lut_generated
 
 MU = 8                                 # inputs per key
-MTS = (32, 8)                          # batch tile widths of the batched kernels
-# sub-vectors per table tile, per kernel: 4 x 256 x 32 or 8 x 256 x 8 floats; 16 x 256 x 8 for the
-# MT = 8 kernel of any q (used for q = 1): 2-3x faster than 8 there (1 thread under load, 4096^2, batch 8),
-# while the unrolled q = 2, 3 kernels measured 1.2-1.5x slower with 16
-JT_OF = {(32, "1"): 4, (32, "2"): 4, (32, "n"): 4, (8, "2"): 8, (8, "3"): 8, (8, "n"): 16}
+MTS = (32, 16, 8)                      # batch tile widths of the batched kernels
+# sub-vectors per table tile, per kernel: 4 x 256 x 32, 8 x 256 x 16 or 8 x 256 x 8 floats; 16 x 256 x 8
+# for the MT = 8 kernel of any q (used for q = 1): 2-3x faster than 8 there (1 thread under load, 4096^2,
+# batch 8), while the unrolled q = 2, 3 kernels measured 1.2-1.5x slower with 16
+JT_OF = {(32, "1"): 4, (32, "2"): 4, (32, "n"): 4, (16, "1"): 8, (16, "3"): 8, (8, "2"): 8, (8, "3"): 8,
+         (8, "n"): 16}
 GROUP = max(JT_OF.values()) // MU      # key groups of 64 inputs per tile, at most (K is padded to it)
 # bit-plane loops unrolled for these q ("n": any q), where unrolling measured faster. Not q = 1 at
 # MT = 8: LLVM then vectorises the loop over output units instead (gathers, 4x slower); not q = 3
-# at MT = 32: no gain measured, and each kernel adds ~5-9 s of cold compile
-QS_OF = {32: ("1", "2", "n"), 8: ("2", "3", "n")}
-MT_COST = {32: 1.0, 8: 1.25}           # measured time per batch column of each tile width
+# at MT = 32: no gain measured, and each kernel adds ~5-9 s of cold compile. MT = 16 only for q = 1, 3:
+# at batch 12 and 16 (4096^2, 2 threads, four runs) 1.1-1.45x (q = 1) and 1.05-1.4x (q = 3) faster than
+# MT = 8, while its q = 2 and general kernels measured no faster than MT = 8
+QS_OF = {32: ("1", "2", "n"), 16: ("1", "3"), 8: ("2", "3", "n")}
+MT_COST = {32: 1.0, 16: 1.05, 8: 1.25}  # measured time per batch column of each tile width
 SERIAL_WORK = 1 << 22                  # M*K*N*q below this runs on one thread (see lut_linear)
 
 
@@ -350,7 +355,8 @@ def _lut_matmul(x, prepared, nchunks):
         y = np.empty(N, dtype=np.float32)
         _lut_gemv_kernel(xp, prepared.keys_qgn, prepared.alpha, y, nchunks)
         return y[None, :]                                                  # (1, N)
-    MT = min(MTS, key=lambda mt: -(-M // mt) * mt * MT_COST[mt])      # pad to the cheapest tile
+    tiles = [mt for mt in MTS if str(q) in QS_OF[mt] or "n" in QS_OF[mt]]  # tiles with a kernel for q
+    MT = min(tiles, key=lambda mt: -(-M // mt) * mt * MT_COST[mt])     # pad to the cheapest tile
     Mp = -(-M // MT) * MT
     xt = np.zeros((MU * Kb, Mp), dtype=np.float32)                     # (8 Kb, Mp): x.T, padded
     if not _transpose_into(x, xt):
