@@ -355,18 +355,24 @@ def _lut_matmul(x, prepared, nchunks):
         y = np.empty(N, dtype=np.float32)
         _lut_gemv_kernel(xp, prepared.keys_qgn, prepared.alpha, y, nchunks)
         return y[None, :]                                                  # (1, N)
-    tiles = [mt for mt in MTS if str(q) in QS_OF[mt] or "n" in QS_OF[mt]]  # tiles with a kernel for q
-    MT = min(tiles, key=lambda mt: -(-M // mt) * mt * MT_COST[mt])     # pad to the cheapest tile
+    kernels = {mt: k for mt in MTS if (k := _batched_kernel(mt, q)) is not None}
+    MT = min(kernels, key=lambda mt: -(-M // mt) * mt * MT_COST[mt])   # pad to the cheapest tile
     Mp = -(-M // MT) * MT
     xt = np.zeros((MU * Kb, Mp), dtype=np.float32)                     # (8 Kb, Mp): x.T, padded
     if not _transpose_into(x, xt):
         raise ValueError("x contains NaN or inf")
     out = np.zeros((Mp // MT, N, MT), dtype=np.float32)                # (tiles, N, MT) accumulators
     y = np.empty((M, N), dtype=np.float32)
-    kernel = getattr(_lut_generated, f"_lut_gemm_mt{MT}_q{q if str(q) in QS_OF[MT] else 'n'}_kernel")
-    kernel(xt.reshape(-1), Mp, prepared.keys_qgn.reshape(-1), prepared.alpha, out.reshape(-1), y.reshape(-1), M,
-           nchunks)
+    kernels[MT](xt.reshape(-1), Mp, prepared.keys_qgn.reshape(-1), prepared.alpha, out.reshape(-1), y.reshape(-1),
+                M, nchunks)
     return y
+
+
+def _batched_kernel(MT, q):
+    """The generated kernel for batch tile MT and q bit planes: the unrolled one for q, else the
+    general one ("n"), else None (that tile has no kernel for q)."""
+    Q = str(q) if str(q) in QS_OF[MT] else "n" if "n" in QS_OF[MT] else None
+    return None if Q is None else getattr(_lut_generated, f"_lut_gemm_mt{MT}_q{Q}_kernel")
 
 
 @njit(cache=True)
