@@ -184,8 +184,26 @@ def test_bench_kernels_json_has_every_kernel_and_the_lut_layer_path(tmp_path):
                    "--json", str(path))
     assert run.returncode == 0, run.stderr
     rows = json.loads(path.read_text())["results"]
-    assert {r["kernel"] for r in rows} == {"int8", "lut-q1", "lut-q2", "lut-q3", "codebook-4bit", "sparse-90"}
+    assert {r["kernel"] for r in rows} == {"int8", "lut-q1", "lut-q2", "lut-q3", "codebook-4bit", "sparse-90",
+                                           "numpy-copy"}
     for r in rows:
         assert np.isclose(r["ratio_vs_numpy"], r["numpy_fp32_seconds"] / r["seconds"])
         assert ("auto_ratio_vs_numpy" in r) == r["kernel"].startswith("lut")
         assert len(r["ratio_vs_numpy_passes"]) == 3   # one ratio per pass; the row's seconds are the median pass
+        assert r["caches"] == "warm"
+    assert all(r["max_rel_error"] == 0.0 for r in rows if r["kernel"] == "numpy-copy")   # the same product
+
+
+def test_bench_kernels_cold_marks_every_row(tmp_path):
+    path = tmp_path / "kernels.json"
+    run = _tinyzip("bench", "kernels", "--kernels", "lut-q1,numpy-copy", "--shapes", "64x48", "--batches", "1",
+                   "--repeats", "1", "--cold", "--json", str(path))
+    assert run.returncode == 0, run.stderr
+    assert "--cold" in run.stdout
+    assert [r["caches"] for r in json.loads(path.read_text())["results"]] == ["cold", "cold"]
+
+
+def test_bench_kernels_default_list_is_the_benchmarks():
+    """The CLI keeps its own copy (so that --help does not import Numba); it must not drift."""
+    from tinyzip import bench, cli
+    assert cli._KERNELS == bench.KERNELS

@@ -11,11 +11,13 @@ same run, and read ``machine.loadavg``. With other processes busy, OpenBLAS's 2 
 small matmuls many times slower; ``OPENBLAS_NUM_THREADS=1`` is then faster (the value in effect is
 reported as ``machine.openblas_num_threads``).
 """
+import glob
 import os
 import platform
 import time
 
 import numpy as np
+from numba import njit, prange
 
 from tinyzip.nn.optim import adam
 from tinyzip.train import PRESETS
@@ -91,7 +93,38 @@ def format_train_table(rows: list[dict]) -> str:
 
 KERNEL_SHAPES = ((1024, 1024), (4096, 4096), (4096, 1024))     # W as (K, N) for y = x @ W
 KERNEL_BATCHES = (1, 8, 32, 128)
-KERNELS = ("int8", "lut-q1", "lut-q2", "lut-q3", "codebook-4bit", "sparse-90")
+KERNELS = ("int8", "lut-q1", "lut-q2", "lut-q3", "codebook-4bit", "sparse-90", "numpy-copy")
+EVICT_BYTES_FALLBACK = 32 << 20                                  # L3 size when the OS does not say
+
+
+def _last_level_cache_bytes() -> int:
+    """Size of the largest CPU cache (Linux sysfs), or ``EVICT_BYTES_FALLBACK`` where unknown."""
+    sizes = []
+    for path in glob.glob("/sys/devices/system/cpu/cpu0/cache/index*/size"):
+        with open(path) as f:
+            text = f.read().strip().upper()
+        scale = {"K": 1 << 10, "M": 1 << 20}.get(text[-1:], 1)
+        if text.rstrip("KM").isdigit():
+            sizes.append(int(text.rstrip("KM")) * scale)
+    return max(sizes, default=EVICT_BYTES_FALLBACK)
+
+
+@njit(parallel=True, cache=True)
+def _read_every_line(buffer):
+    """One int64 of every 64-byte line of ``buffer``, read on every thread: evicts both cores' caches."""
+    total = 0
+    for i in prange(buffer.shape[0] // 8):
+        total += buffer[8 * i]
+    return total
+
+
+def cache_evictor():
+    """A function that, called before a timed call, leaves no weight of the last calls in any cache:
+    it reads a buffer of twice the last-level cache (clean lines, so nothing is written back inside
+    the timed call). This is what a layer of a model whose weights exceed the L3 sees."""
+    buffer = np.ones(2 * _last_level_cache_bytes() // 8, np.int64)
+    _read_every_line(buffer)                                     # compile once, outside any timing
+    return lambda: _read_every_line(buffer)
 
 
 def _kernel_case(kind: str, W: np.ndarray, rng):
@@ -118,6 +151,9 @@ def _kernel_case(kind: str, W: np.ndarray, rng):
     if kind == "codebook-4bit":
         packed = kmeans.pack_kmeans(W, 16, max_iter=10)
         return 4, BRIDGE["kmeans"](packed), kmeans.unpack_kmeans(packed), None, None
+    if kind == "numpy-copy":               # the null candidate: NumPy itself, on a copy of W
+        W_copy = W.copy()
+        return 32, lambda x: x @ W_copy, W, None, None
     if kind == "sparse-90":
         from tinyzip.compress import magnitude_pruning
         pruned = W * magnitude_pruning.topk_mask(W, 0.9)
@@ -125,14 +161,17 @@ def _kernel_case(kind: str, W: np.ndarray, rng):
     raise ValueError(f"unknown kernel {kind!r}; choose from {', '.join(KERNELS)}")
 
 
-def _paired_seconds(fns, repeats: int) -> list[float]:
-    """Median seconds of each fn, timed in alternation (a b a b ...) so drift hits them alike."""
+def _paired_seconds(fns, repeats: int, evict=None) -> list[float]:
+    """Median seconds of each fn, timed in alternation (a b a b ...) so drift hits them alike;
+    ``evict()``, if given, runs (untimed) before every call."""
     for fn in fns:
         fn()
     times = [[] for _ in fns]
     budget = time.perf_counter() + 2.0                            # at most ~2 s per configuration
     for r in range(repeats):
         for i, fn in enumerate(fns):
+            if evict is not None:
+                evict()
             t0 = time.perf_counter()
             fn()
             times[i].append(time.perf_counter() - t0)
@@ -141,17 +180,17 @@ def _paired_seconds(fns, repeats: int) -> list[float]:
     return [float(np.median(t)) for t in times]
 
 
-def _case_seconds(fns, repeats: int) -> list[float]:
+def _case_seconds(fns, repeats: int, evict=None) -> list[float]:
     """[NumPy, candidate] seconds for every candidate fns[1:], each in an alternation of its own with
     NumPy (fns[0]). A shared alternation let one candidate's memory traffic slow the next:
     dequantize-then-matmul writes a fresh W on every call, which slowed the layer after it (1024^2,
     batch 1: 214 us against 76 us alone with NumPy) and evicted NumPy's W from L3, flattering the
     LUT path where a float32 W fits in L3 (3-bit, 4096x1024, batch 1: 1.03x there, 0.83-0.89x alone)."""
-    return [t for fn in fns[1:] for t in _paired_seconds([fns[0], fn], repeats)]
+    return [t for fn in fns[1:] for t in _paired_seconds([fns[0], fn], repeats, evict)]
 
 
 def bench_kernels(kernels=KERNELS, shapes=KERNEL_SHAPES, batches=KERNEL_BATCHES, *, repeats: int = 15,
-                  passes: int = 1, seed: int = 0) -> list[dict]:
+                  passes: int = 1, cold: bool = False, seed: int = 0) -> list[dict]:
     """Each kernel against NumPy float32 ``x @ W`` (and, for LUT, against dequantize-then-matmul),
     validated first: the kernel must equal ``x @ W_hat`` (W_hat its dequantized weight) within 1e-3
     relative (int8 quantizes x too: 2e-2). ``ratio_vs_numpy`` > 1 means faster than NumPy float32.
@@ -159,7 +198,15 @@ def bench_kernels(kernels=KERNELS, shapes=KERNEL_SHAPES, batches=KERNEL_BATCHES,
     ``passes`` > 1 times every configuration that many times, the passes one after the other over the
     whole grid (so each pass catches the machine at another moment): seconds are the median over the
     passes of each pass's median, and ``ratio_vs_numpy_passes`` lists the ratio of every pass. On a
-    shared machine a ratio drifts by 10-30% from minute to minute; one pass is one sample."""
+    shared machine a ratio drifts by 10-30% from minute to minute; one pass is one sample.
+
+    Two readings help judge a cell. ``numpy-copy`` times NumPy's own ``x @ W`` on a copy of W against
+    the original: its ratio is what the method reads for two equal computations (cache sharing and
+    drift), the margin any other ratio of that cell needs to mean something. ``cold=True`` evicts
+    every cache before every timed call (``cache_evictor``), both sides alike, so every weight comes
+    from DRAM, as in a model whose weights exceed the L3 (x and the buffers come from DRAM too). With
+    warm caches a float32 W that fits in the L3 (4096x1024 is 16 MB) is read from there, where
+    bandwidth is cheap and a smaller weight saves little."""
     if passes < 1:
         raise ValueError(f"passes must be >= 1, got {passes}")
     rng = np.random.default_rng(seed)
@@ -178,12 +225,14 @@ def bench_kernels(kernels=KERNELS, shapes=KERNEL_SHAPES, batches=KERNEL_BATCHES,
                 if dequant_fn:
                     fns += [lambda x=x, f=dequant_fn: f(x), lambda x=x, f=auto_fn: f(x)]
                 cases.append(({"kernel": kind, "bits": bits, "K": K, "N": N, "batch": M, "max_rel_error": err}, fns))
-    per_pass = [[_case_seconds(fns, repeats) for _, fns in cases] for _ in range(passes)]
+    evict = cache_evictor() if cold else None
+    per_pass = [[_case_seconds(fns, repeats, evict) for _, fns in cases] for _ in range(passes)]
     rows = []
     for c, (row, fns) in enumerate(cases):
         secs = np.median([per_pass[p][c] for p in range(passes)], axis=0)   # [numpy, candidate] per candidate
         ratios = secs[0::2] / secs[1::2]                                     # each against its own NumPy timing
-        row = dict(row, seconds=float(secs[1]), numpy_fp32_seconds=float(secs[0]), ratio_vs_numpy=float(ratios[0]))
+        row = dict(row, caches="cold" if cold else "warm", seconds=float(secs[1]), numpy_fp32_seconds=float(secs[0]),
+                   ratio_vs_numpy=float(ratios[0]))
         if passes > 1:
             row["ratio_vs_numpy_passes"] = [per_pass[p][c][0] / per_pass[p][c][1] for p in range(passes)]
         if len(fns) > 2:

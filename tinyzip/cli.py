@@ -335,11 +335,14 @@ def _add_bench_kernels(bsub):
     p.add_argument("--repeats", type=int, default=15, help="timed runs per configuration (default: 15)")
     p.add_argument("--passes", type=int, default=1,
                    help="time the whole grid this many times, report the median pass (default: 1)")
+    p.add_argument("--cold", action="store_true",
+                   help="evict every cache before every timed call, both sides alike (weights from DRAM, as in a "
+                        "model larger than the L3)")
     p.add_argument("--json", metavar="PATH", help="also write {'machine', 'results'} as JSON")
     p.set_defaults(func=_cmd_bench_kernels)
 
 
-_KERNELS = ("int8", "lut-q1", "lut-q2", "lut-q3", "codebook-4bit", "sparse-90")
+_KERNELS = ("int8", "lut-q1", "lut-q2", "lut-q3", "codebook-4bit", "sparse-90", "numpy-copy")
 
 
 def _cmd_bench_kernels(args) -> int:
@@ -358,8 +361,10 @@ def _cmd_bench_kernels(args) -> int:
               f"10-50x slower (its threads wait on each other), which inflates the ratios; measure on an idle "
               f"machine", file=sys.stderr)
     rows = bench_kernels([k.strip() for k in args.kernels.split(",") if k.strip()], shapes, batches,
-                         repeats=args.repeats, passes=args.passes)
+                         repeats=args.repeats, passes=args.passes, cold=args.cold)
     print(format_kernel_table(rows))
+    if args.cold:
+        print("(--cold: every cache evicted before every timed call, both sides alike)")
     from numba import get_num_threads
     blas = os.environ.get("OPENBLAS_NUM_THREADS")
     if blas is not None and blas.isdigit() and int(blas) < get_num_threads():
