@@ -57,8 +57,9 @@ Optimisations (perf-notes sections 3, 7, 8):
 Dispatch (``lut_linear``, rule in ``use_lut``): where the LUT path measured slower than numpy
 float32 (M = 1 on layers under 4M weights, 1M at q = 1; N q < 1024 at any batch; above batch 32,
 q = 2 under 1M weights and q = 3 under 16M; q = 2, 3 above batch 128; q > 3), dequantize once, cache the
-float32 W in the prepared weights, and use x @ W (for one row W is kept transposed, (N, K), where
-OpenBLAS's GEMV is faster): NumPy's own float32 product, plus the input checks.
+float32 W in the prepared weights, and use x @ W: NumPy's own float32 product, the baseline itself,
+plus the input checks. (A stored W.T for one row, OpenBLAS's dot-product GEMV, gained only warm on
+2 BLAS threads from 1024^2 up: nothing on tinyzip's 1 thread; lost cold and on 2 threads at 128^2.)
 """
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -228,8 +229,8 @@ class LutWeights:
     plane (pad keys 0). ``keys_nqt`` uint8 (N, q, Kb) is the reference layout
     (``lut_matmul_reference``, the dense fallback); ``keys_qgn`` uint8 (q, Kb/8, N, 8) feeds both
     kernels: the 8 keys of one unit and group of 64 inputs are adjacent (so the weights sit in
-    memory twice: 2q bits per weight); ``alpha`` float32 (q, N). ``dense`` (K, N) and ``dense_t``
-    (N, K, for single rows) cache the dequantized float32 W the first time the dense path needs it."""
+    memory twice: 2q bits per weight); ``alpha`` float32 (q, N). ``dense`` (K, N) caches the dequantized
+    float32 W the first time the dense path needs it."""
 
     K: int
     N: int
@@ -238,7 +239,6 @@ class LutWeights:
     keys_qgn: np.ndarray
     alpha: np.ndarray
     dense: np.ndarray | None = field(default=None, repr=False)
-    dense_t: np.ndarray | None = field(default=None, repr=False)
 
 
 def prepare_lut_weights(packed: PackedTensor | None = None, *, codes=None, alphas=None) -> LutWeights:
@@ -317,16 +317,9 @@ def lut_linear(x: np.ndarray, prepared: LutWeights, bias: np.ndarray | None = No
     if (dense or M == 1) and not np.isfinite(x).all():       # the batched LUT path checks x as it copies it
         raise ValueError("x contains NaN or inf")
     if dense:
-        # one row: OpenBLAS's dot-product GEMV on W.T stored (N, K) measured 1.0-1.9x faster than x @ W
-        # (256^2 to 2048 x 1024, 1 and 2 threads); from two rows on x @ W (K, N) is the faster one
-        if M == 1:
-            if prepared.dense_t is None:
-                prepared.dense_t = np.ascontiguousarray(_dequantized(prepared).T)   # (N, K)
-            y = x @ prepared.dense_t.T
-        else:
-            if prepared.dense is None:
-                prepared.dense = np.ascontiguousarray(_dequantized(prepared))       # (K, N)
-            y = x @ prepared.dense
+        if prepared.dense is None:
+            prepared.dense = np.ascontiguousarray(_dequantized(prepared))           # (K, N)
+        y = x @ prepared.dense
     else:
         # small calls run on one thread: a parallel region costs tens of microseconds and its
         # closing barrier waits for every worker (perf-notes section 9, "run small layers serially")
