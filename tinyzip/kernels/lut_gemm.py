@@ -314,7 +314,7 @@ def lut_linear(x: np.ndarray, prepared: LutWeights, bias: np.ndarray | None = No
                          f"{getattr(bias, 'shape', None)}")
     M, (N, q, Kb) = x.shape[0], prepared.keys_nqt.shape
     dense = path == "dense" or (path == "auto" and not use_lut(M, q, prepared.K, N))
-    if (dense or M == 1) and not np.isfinite(x).all():       # the batched LUT path checks x as it copies it
+    if (dense or M == 1) and not _all_finite(x):             # the batched LUT path checks x as it copies it
         raise ValueError("x contains NaN or inf")
     if dense:
         if prepared.dense is None:
@@ -366,6 +366,16 @@ def _batched_kernel(MT, q):
     general one ("n"), else None (that tile has no kernel for q)."""
     Q = str(q) if str(q) in QS_OF[MT] else "n" if "n" in QS_OF[MT] else None
     return None if Q is None else getattr(_lut_generated, f"_lut_gemm_mt{MT}_q{Q}_kernel")
+
+
+@njit(cache=True)
+def _all_finite(x):
+    """``np.isfinite(x).all()`` as one compiled loop without a temporary: 1024 floats in 4 us instead
+    of 16-20 us when the caches are cold (a layer of a model larger than the L3), 1 us instead of 2 warm."""
+    for v in x.flat:
+        if not np.isfinite(v):
+            return False
+    return True
 
 
 @njit(cache=True)
