@@ -229,8 +229,7 @@ class LutWeights:
     plane (pad keys 0). ``keys_nqt`` uint8 (N, q, Kb) is the reference layout
     (``lut_matmul_reference``, the dense fallback); ``keys_qgn`` uint8 (q, Kb/8, N, 8) feeds both
     kernels: the 8 keys of one unit and group of 64 inputs are adjacent (so the weights sit in
-    memory twice: 2q bits per weight); ``alpha`` float32 (q, N). ``dense`` (K, N) caches the dequantized
-    float32 W the first time the dense path needs it."""
+    memory twice: 2q bits per weight); ``alpha`` float32 (q, N); ``dense``: W as float32, once needed."""
 
     K: int
     N: int
@@ -370,8 +369,7 @@ def _batched_kernel(MT, q):
 
 @njit(cache=True)
 def _all_finite(x):
-    """``np.isfinite(x).all()`` as one compiled loop without a temporary: 1024 floats in 4 us instead
-    of 16-20 us when the caches are cold (a layer of a model larger than the L3), 1 us instead of 2 warm."""
+    """``np.isfinite(x).all()`` in one compiled loop: 1024 floats in 4 us, not 16-20 us, with cold caches."""
     for v in x.flat:
         if not np.isfinite(v):
             return False
