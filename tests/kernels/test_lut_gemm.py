@@ -151,9 +151,11 @@ def test_nan_or_inf_anywhere_in_x_raises_on_every_path(case, bad, data):
     x = x.copy()
     x[data.draw(st.integers(0, x.shape[0] - 1)), data.draw(st.integers(0, x.shape[1] - 1))] = bad
     prepared = lg.prepare_lut_weights(codes=codes, alphas=alphas)
+    strided = np.repeat(x, 2, axis=1)[:, ::2]                 # the same values, not contiguous
     for path in ("lut", "dense", "auto"):
-        with pytest.raises(ValueError, match="NaN or inf"):
-            lg.lut_linear(x, prepared, path=path)
+        for x_in in (x, strided):
+            with pytest.raises(ValueError, match="NaN or inf"):
+                lg.lut_linear(x_in, prepared, path=path)
 
 
 def test_bad_bias_prepared_and_path_raise():
