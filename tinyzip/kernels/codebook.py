@@ -46,6 +46,7 @@ import numpy as np
 from numba import get_num_threads, njit, prange
 
 from tinyzip.compress.kmeans import shared_weights_forward
+from tinyzip.kernels import all_finite
 
 MAX_K = 256
 
@@ -75,7 +76,7 @@ def _check(x, idx, codebook):
         raise ValueError(f"codebook must have 1..{MAX_K} entries for uint8 indices, got {codebook.size}")
     if not np.isfinite(codebook).all():
         raise ValueError("codebook has NaN or inf entries")
-    if not np.isfinite(x).all():
+    if not all_finite(x):
         raise ValueError("x has NaN or inf entries")
 
 

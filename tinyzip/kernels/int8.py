@@ -45,7 +45,7 @@ from tinyzip.compress.uniform import (  # noqa: F401  (the references this file 
     INT32_MAX, int8_linear_reference, int8_linear_static_reference, int8_matmul_reference, qrange,
     quantize_rows_reference, quantize_static_reference, requantize_reference,
 )
-from tinyzip.kernels import parallel_and_serial
+from tinyzip.kernels import all_finite, parallel_and_serial
 from tinyzip.kernels.int8_avx2 import (HAS_AVX2, pack_weight, packed_linear_kernel, packed_linear_kernel_serial,
                                        static_codes_kernel)
 
@@ -372,7 +372,7 @@ def int8_linear_prepared(x, weights: Int8Weights, bias=None, *, serial_work=SERI
     M, K, N = _check_x(x, weights)
     b = weights.zero_bias if bias is None else _vector("bias", bias, N, np.float64, 0.0)
     if weights.fallback_batch is not None and M >= weights.fallback_batch:
-        if not np.all(np.isfinite(x)):
+        if not all_finite(x):
             raise ValueError("x contains NaN or inf")
         if weights.W_hat is None:
             W_hat = np.empty((N, K), np.float32)

@@ -41,6 +41,8 @@ from dataclasses import dataclass
 import numpy as np
 from numba import get_num_threads, njit, prange
 
+from tinyzip.kernels import all_finite
+
 
 @dataclass(frozen=True)
 class CSCMatrix:
@@ -124,7 +126,7 @@ def sparse_matmul(x: np.ndarray, csc: CSCMatrix) -> np.ndarray:
         raise ValueError(f"x must be (M >= 1, K = {csc.shape[0]}), got {x.shape}")
     if not x.flags.c_contiguous:
         raise ValueError(f"x must be C-contiguous (np.ascontiguousarray), got strides {x.strides}")
-    if not np.isfinite(x).all():
+    if not all_finite(x):
         raise ValueError("x has NaN or inf entries")
     M, N = x.shape[0], csc.shape[1]
     nb = max(16, -(-N // (4 * get_num_threads())))                          # >= 4 blocks per thread
