@@ -1,4 +1,4 @@
-"""Tests of tinyzip.kernels.all_finite, the NaN/inf check every kernel layer runs on its input:
+"""Tests of tinyzip.kernels.all_finite, the NaN/inf check the kernel layers run on their input:
 it must agree with ``np.isfinite(x).all()`` wherever the bad value sits and whatever x's layout."""
 import numpy as np
 from hypothesis import given
@@ -18,7 +18,8 @@ def matrix_with_specials_st(draw):
     M, K = draw(st.integers(1, 6)), draw(st.integers(1, 70))
     x = draw(hynp.arrays(np.float32, (M, K), elements=st.floats(-float(F32.max), float(F32.max), width=32)))
     for _ in range(draw(st.integers(0, 3))):
-        x[draw(st.integers(0, M - 1)), draw(st.integers(0, K - 1))] = draw(st.sampled_from([np.nan, np.inf, -np.inf]))
+        bad = draw(st.sampled_from([np.nan, np.inf, -np.inf]))
+        x[draw(st.integers(0, M - 1)), draw(st.integers(0, K - 1))] = bad
     layout = draw(st.sampled_from(["C", "F", "strided"]))
     if layout == "F":
         return np.asfortranarray(x)

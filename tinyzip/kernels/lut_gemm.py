@@ -36,20 +36,23 @@ Optimisations (perf-notes sections 3, 7, 8):
   (q, Kb/8, N, 8) uint8, so the keys of one output unit are adjacent bytes (a key load is one
   movzbl, no shift-and-mask); outputs accumulate in (M/MT, N, MT) so a tile's rows are contiguous,
   and each thread copies its units of a finished tile into y (M, N) while they are in its cache.
-  x.T is made by ``_transpose_into`` (NumPy's copy and transpose took 0.4-0.6 ms of a 4 ms call). Per thread
-  a block of output units; for each batch tile of MT columns and each group of JT sub-vectors
-  (``JT_OF``: 4 at MT = 32, 8 at MT = 16, 8 or 16 at MT = 8: 16K-32K floats, L2) the thread builds
-  just that tile of tables and uses it on all its rows. Build and query are straight-line code over
-  MT with uint64 indices and all loads before stores, so LLVM's SLP vectoriser
-  (NUMBA_SLP_VECTORIZE=1, set by ``import tinyzip``) emits ymm adds; the q bit planes accumulate in
-  registers before one store, and the loop over planes is unrolled where that measured faster
-  (``QS_OF``: q = 1, 2 at MT = 32, +10%; q = 2, 3 at MT = 8, up to +35%; MT = 16 has only the q =
-  1, 3 kernels, where it beat MT = 8). The JT look-ups of a plane are summed as a balanced tree
-  (short dependency chain), and ``fastmath={'contract'}`` lets LLVM fuse ``o + alpha * sum`` into
-  one FMA: no reassociation, only one rounding fewer, so the tolerance above still holds. The batch
-  is zero-padded to the tile width (32, 16 or 8) with the lowest measured cost, ``MT_COST``: 16
-  from batch 9 to 16 and 41 to 48 (q = 1, 3), 32 from 25 to 32.
-* ``prange`` runs over chunks of output units, each with its own rows of ``out`` and tables: race-free.
+  x.T is made by ``_transpose_into`` (blocked; NumPy's ``x.T`` copy and the final transpose took
+  0.4-0.6 ms of a 4 ms call at batch 32, 4096^2).
+  Per thread a block of output units; for each batch tile of MT columns and each group of JT
+  sub-vectors (``JT_OF``: 4 at MT = 32, 8 at MT = 16, 8 or 16 at MT = 8: 16K-32K floats, L2)
+  the thread builds just that tile of tables and uses it on all its rows. Build and query are
+  straight-line code over MT with uint64 indices and all loads before stores, so LLVM's SLP
+  vectoriser (NUMBA_SLP_VECTORIZE=1, set by ``import tinyzip``) emits ymm adds; the q bit planes
+  accumulate in registers before one store, and the loop over planes is unrolled where that
+  measured faster (``QS_OF``: q = 1, 2 at MT = 32, +10%; q = 2, 3 at MT = 8, up to +35%; MT = 16
+  has only the q = 1, 3 kernels, where it beat MT = 8).
+  The JT look-ups of a plane are summed as a balanced tree (short dependency chain), and
+  ``fastmath={'contract'}`` lets LLVM fuse ``o + alpha * sum`` into one FMA: no reassociation,
+  only one rounding fewer, so the tolerance above still holds. The batch is zero-padded to the
+  tile width (32, 16 or 8) with the lowest measured cost, ``MT_COST``: 16 from batch 9 to 16 and
+  41 to 48 (q = 1, 3), 32 from 25 to 32.
+* ``prange`` runs over chunks of output units; each chunk writes only its own rows of ``out``
+  and owns its table buffer, so the loop is race-free.
 
 Dispatch (``lut_linear``, rule in ``use_lut``): where the LUT path measured slower than numpy
 float32 (M = 1 on layers under 4M weights, 1M at q = 1; N q < 1024 at any batch; above batch 32,
@@ -225,7 +228,8 @@ class LutWeights:
     plane (pad keys 0). ``keys_nqt`` uint8 (N, q, Kb) is the reference layout
     (``lut_matmul_reference``, the dense fallback); ``keys_qgn`` uint8 (q, Kb/8, N, 8) feeds both
     kernels: the 8 keys of one unit and group of 64 inputs are adjacent (so the weights sit in
-    memory twice: 2q bits per weight); ``alpha`` float32 (q, N); ``dense``: W as float32, once needed."""
+    memory twice: 2q bits per weight); ``alpha`` float32 (q, N). ``dense`` (K, N) caches the
+    dequantized float32 W the first time the dense path needs it."""
 
     K: int
     N: int
