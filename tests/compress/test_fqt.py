@@ -136,20 +136,66 @@ def test_ptq_calibration_on_padded_batches_is_the_statistic_of_the_real_tokens(b
     assert set(hooks) == set(expected)
 
 
-@given(st.lists(st.tuples(st.integers(1, 5), st.integers(1, 5), st.integers(1, 3)), min_size=1, max_size=3),
-       st.integers(0, 3), st.integers(0, 3), st.data())
-def test_qat_ema_ranges_and_loss_do_not_see_extra_padding(shapes, extra_src, extra_tgt, data):
-    """ema (FQT training): the same batches of equal-length sentences, with and without extra PAD
-    columns, give the same EMA ranges (updated then used to fake-quantize, batch after batch) and
-    the same loss."""
-    plain, padded = _hooks("ema"), _hooks("ema")
-    for S, T, B in shapes:
-        pairs = [(data.draw(st.lists(st.integers(1, V - 1), min_size=S, max_size=S)),
-                  data.draw(st.lists(st.integers(1, V - 1), min_size=T, max_size=T))) for _ in range(B)]
+def _equal_length_batches(shapes, data):
+    """One batch of B drawn pairs (source length S, target length T) per (S, T, B)."""
+    return [[(data.draw(st.lists(st.integers(1, V - 1), min_size=S, max_size=S)),
+              data.draw(st.lists(st.integers(1, V - 1), min_size=T, max_size=T))) for _ in range(B)]
+            for S, T, B in shapes]
+
+
+shapes_st = st.lists(st.tuples(st.integers(1, 5), st.integers(1, 5), st.integers(1, 3)), min_size=1, max_size=3)
+
+
+@given(shapes_st, st.integers(0, 3), st.integers(0, 3), st.data())
+def test_ema_ranges_and_loss_of_batches_with_extra_padding_equal_those_without(shapes, extra_src, extra_tgt,
+                                                                               data):
+    """FQT's EMA of min/max, batch after batch, recorded on batches with extra PAD columns equals the
+    one recorded on the same batches without them, and so does the loss ("calibrate": x passes
+    through). Across shapes the real values agree to float64 rounding only, hence the tolerance;
+    with fake quantization on, one rounding can carry a value across a grid step (see next test)."""
+    plain, padded = _hooks("calibrate"), _hooks("calibrate")
+    for pairs in _equal_length_batches(shapes, data):
         loss, _, _ = _train(PARAMS, _batch(pairs), plain)
         loss_padded, _, _ = _train(PARAMS, _batch(pairs, extra_src, extra_tgt), padded)
         assert loss_padded == pytest.approx(loss, rel=1e-9)
     _assert_same_ranges(_ranges(padded), _ranges(plain))
+
+
+def _with_noise_at_padding(hooks, rng):
+    """The same quantizers, handed inputs whose PAD rows hold random values instead of the model's.
+    Not the probabilities: their masked entries include (real query, PAD key), which the model keeps
+    at exact zeros and real rows use; their PAD query rows follow from the noisy Q, K, V."""
+    noisy = {}
+    for point, (fwd, bwd) in hooks.items():
+        if point.endswith(".probs"):
+            noisy[point] = (fwd, bwd)
+            continue
+
+        def forward(x, valid=None, fwd=fwd):
+            if valid is not None and not valid.all():
+                x = x.copy()
+                pad = ~np.broadcast_to(valid, x.shape[:valid.ndim])
+                x[pad] = rng.uniform(-10.0, 10.0, x[pad].shape)
+            return fwd(x, valid)
+
+        forward.takes_valid = True
+        noisy[point] = (forward, bwd)
+    return noisy
+
+
+@given(shapes_st, st.integers(0, 3), st.integers(0, 3), st.integers(0, 2**32 - 1), st.data())
+def test_qat_ema_ranges_and_loss_do_not_see_what_padding_holds(shapes, extra_src, extra_tgt, seed, data):
+    """ema (FQT training): batch after batch, the EMA ranges (updated, then used to fake-quantize)
+    and the loss of padded batches are the same whatever the PAD rows hold, here random values at
+    every hooked input. Both runs have the same shapes, so the real rows' arithmetic is the same
+    and the comparison is exact."""
+    model_pad, noisy_pad = _hooks("ema"), _hooks("ema")
+    noisy_hooks = _with_noise_at_padding(noisy_pad, np.random.default_rng(seed))
+    for pairs in _equal_length_batches(shapes, data):
+        batch = _batch(pairs, extra_src, extra_tgt)
+        loss, _, _ = _train(PARAMS, batch, model_pad)
+        assert _train(PARAMS, batch, noisy_hooks)[0] == loss
+    assert _ranges(noisy_pad) == _ranges(model_pad)
 
 
 @pytest.mark.parametrize("mode", ["observe", "calibrate", "ema"])
