@@ -151,6 +151,7 @@ def _int8_matmul(packed):
     """Per-tensor or per-channel uniform codes (symmetric or affine, 2-8 bits) on the int8 kernel:
     y = S_x S_W (qx (q - Z_W)), Jacob Eq. (7) with the zero point of each output column; x
     quantized per row on the fly, or with the static (S_x, Z_x) of ``meta["act"]`` (see above)."""
+    from tinyzip.kernels import aligned_copy
     from tinyzip.kernels.int8 import (FALLBACK_BATCH, HAS_AVX2, PACKED_FALLBACK_BATCH, int8_linear_prepared,
                                       int8_linear_static, pack_weight, prepare_int8_weights, prepare_weight)
     meta = packed.meta
@@ -177,7 +178,7 @@ def _int8_matmul(packed):
     def matmul(x):
         x = np.ascontiguousarray(x, dtype=np.float32)
         if x.shape[0] >= weights.fallback_batch and weights.W_hat is None:
-            weights.W_hat = uniform.unpack_uniform(packed)  # float32 W, made once when a large batch needs it
+            weights.W_hat = aligned_copy(uniform.unpack_uniform(packed))  # float32 W, once, on a cache line
         return int8_linear_prepared(x, weights)
 
     return matmul

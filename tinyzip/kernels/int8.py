@@ -45,7 +45,7 @@ from tinyzip.compress.uniform import (  # noqa: F401  (the references this file 
     INT32_MAX, int8_linear_reference, int8_linear_static_reference, int8_matmul_reference, qrange,
     quantize_rows_reference, quantize_static_reference, requantize_reference,
 )
-from tinyzip.kernels import all_finite, parallel_and_serial
+from tinyzip.kernels import aligned_empty, all_finite, parallel_and_serial
 from tinyzip.kernels.int8_avx2 import (HAS_AVX2, pack_weight, packed_linear_kernel, packed_linear_kernel_serial,
                                        static_codes_kernel)
 
@@ -375,7 +375,7 @@ def int8_linear_prepared(x, weights: Int8Weights, bias=None, *, serial_work=SERI
         if not all_finite(x):
             raise ValueError("x contains NaN or inf")
         if weights.W_hat is None:
-            W_hat = np.empty((N, K), np.float32)
+            W_hat = aligned_empty((N, K), np.float32)
             _dequantize_kernel(weights.W_t, weights.w_scale, weights.w_zero, W_hat)
             weights.W_hat = W_hat.T  # (K, N) view: sgemm reads the transposed layout at full speed
         y = x @ weights.W_hat  # (M, N)

@@ -68,7 +68,7 @@ from numba import get_num_threads, njit, prange, set_num_threads
 
 from tinyzip.compress.base import PackedTensor
 from tinyzip.compress.binary_codes import dequantize, unpack_codes
-from tinyzip.kernels import _lut_generated, all_finite
+from tinyzip.kernels import _lut_generated, aligned_copy, all_finite
 
 MU = 8                                 # inputs per key
 MTS = (32, 16, 8)                      # batch tile widths of the batched kernels
@@ -317,7 +317,7 @@ def lut_linear(x: np.ndarray, prepared: LutWeights, bias: np.ndarray | None = No
         raise ValueError("x contains NaN or inf")
     if dense:
         if prepared.dense is None:
-            prepared.dense = np.ascontiguousarray(_dequantized(prepared))           # (K, N)
+            prepared.dense = aligned_copy(_dequantized(prepared))                   # (K, N)
         y = x @ prepared.dense
     else:
         # small calls run on one thread: a parallel region costs tens of microseconds and its
