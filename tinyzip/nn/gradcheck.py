@@ -19,7 +19,8 @@ that atol: on a two-layer Pre-LN Transformer with every hidden state, score and 
 (sum |out * dout| = 585) one entry of 24 missed by 1.9e-8 on one CPU and passed on another. The
 fourth-order difference agrees with that backward within 7.2e-10 over every checked entry at
 h = 5e-5 (3.4e-9 at 1e-4, where truncation dominates; 3.7e-9 at 1e-5, where round-off does).
-Inputs must stay more than 2h from any kink.
+Inputs must stay more than 2h from any kink: where kinks crowd (a whole ReLU model perturbed
+through a value many weights share, tutorial 03) pass a smaller ``eps``, e.g. 1e-6.
 """
 import numpy as np
 
