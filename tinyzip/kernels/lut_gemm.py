@@ -311,7 +311,7 @@ def lut_linear(x: np.ndarray, prepared: LutWeights, bias: np.ndarray | None = No
                              or bias.shape != (prepared.N,)):
         raise ValueError(f"bias must be float32 of shape ({prepared.N},), got {getattr(bias, 'dtype', None)} "
                          f"{getattr(bias, 'shape', None)}")
-    M, (N, q, Kb) = x.shape[0], prepared.keys_nqt.shape
+    M, (N, q, _) = x.shape[0], prepared.keys_nqt.shape
     dense = path == "dense" or (path == "auto" and not use_lut(M, q, prepared.K, N))
     if (dense or M == 1) and not all_finite(x):             # the batched LUT path checks x as it copies it
         raise ValueError("x contains NaN or inf")
