@@ -31,3 +31,16 @@ def matmul_pair_st(draw, max_side=17, dtype=np.float64, bound=10.0):
     x = draw(hynp.arrays(dtype, (M, K), elements=floats_st(dtype, bound)))
     W = draw(hynp.arrays(dtype, (K, N), elements=floats_st(dtype, bound)))
     return x, W
+
+
+@st.composite
+def linear_st(draw, max_side=17):
+    """``(x, W, w_scale, w_zero, bias)`` for an int8 linear layer: x float32 (M, K), W int8 (K, N) in
+    -127..127, per-column scales, zero points or None, a float32 bias or None."""
+    M, K, N = (draw(st.integers(1, max_side)) for _ in range(3))
+    x = draw(hynp.arrays(np.float32, (M, K), elements=floats_st(np.float32, 10.0)))
+    W = draw(hynp.arrays(np.int8, (K, N), elements=st.integers(-127, 127)))
+    w_scale = draw(hynp.arrays(np.float32, N, elements=st.floats(2.0 ** -10, 1.0, width=32)))
+    w_zero = draw(st.none() | hynp.arrays(np.int32, N, elements=st.integers(-20, 20)))
+    bias = draw(st.none() | hynp.arrays(np.float32, N, elements=floats_st(np.float32, 5.0)))
+    return x, W, w_scale, w_zero, bias

@@ -152,7 +152,7 @@ def _int8_matmul(packed):
     y = S_x S_W (qx (q - Z_W)), Jacob Eq. (7) with the zero point of each output column; x
     quantized per row on the fly, or with the static (S_x, Z_x) of ``meta["act"]`` (see above)."""
     from tinyzip.kernels import aligned_copy
-    from tinyzip.kernels.int8 import (FALLBACK_BATCH, HAS_AVX2, PACKED_FALLBACK_BATCH, int8_linear_prepared,
+    from tinyzip.kernels.int8 import (FALLBACK_BATCH, HAS_AVX2, HAS_VNNI, PACKED_FALLBACK_BATCH, int8_linear_prepared,
                                       int8_linear_static, pack_weight, prepare_int8_weights, prepare_weight)
     meta = packed.meta
     act = act_qparams(packed)
@@ -162,22 +162,24 @@ def _int8_matmul(packed):
         return None                                  # the kernel takes one (S, Z) per output column
     W_q, scale, zero = uniform_codes(packed)
     W_t = prepare_weight(W_q)                        # (N, K)
-    W_packed = pack_weight(W_t) if HAS_AVX2 else None  # the pmaddwd layout: int8 wins up to larger batches
     if act is not None:
         x_scale, x_zero, bits, unsigned = act
-        weights = prepare_int8_weights(W_t, scale, w_zero=zero, W_packed=W_packed)
+        weights = prepare_int8_weights(W_t, scale, w_zero=zero, W_packed=pack_weight(W_t) if HAS_AVX2 else None)
 
         def static_matmul(x):                        # Eq. (4) with (S_x, Z_x): (M, K) -> (M, N)
             return int8_linear_static(np.ascontiguousarray(x, dtype=np.float32), weights, x_scale, x_zero, bits,
                                       unsigned)
 
         return static_matmul
-    weights = prepare_int8_weights(W_t, scale, w_zero=zero, W_packed=W_packed,
-                                   fallback_batch=PACKED_FALLBACK_BATCH if W_packed is not None else FALLBACK_BATCH)
+    # VNNI (vpdpbusd) beats float32 sgemm at every batch measured (1.6-3.1x at 128-512 rows, 1024^2 to
+    # 4096^2): no fallback; the AVX2 pmaddwd layout wins up to larger batches than the portable kernel
+    fallback = None if HAS_VNNI else PACKED_FALLBACK_BATCH if HAS_AVX2 else FALLBACK_BATCH
+    weights = prepare_int8_weights(W_t, scale, w_zero=zero, fallback_batch=fallback, vnni=True,
+                                   W_packed=pack_weight(W_t) if HAS_AVX2 and not HAS_VNNI else None)
 
     def matmul(x):
         x = np.ascontiguousarray(x, dtype=np.float32)
-        if x.shape[0] >= weights.fallback_batch and weights.W_hat is None:
+        if weights.fallback_batch is not None and x.shape[0] >= weights.fallback_batch and weights.W_hat is None:
             weights.W_hat = aligned_copy(uniform.unpack_uniform(packed))  # float32 W, once, on a cache line
         return int8_linear_prepared(x, weights)
 

@@ -14,7 +14,7 @@ from hypothesis.extra import numpy as hynp
 from tinyzip.compress import integer_only
 from tinyzip.compress import uniform as U
 from tinyzip.kernels import int8 as I
-from tests.strategies import floats_st
+from tests.strategies import linear_st
 
 i8 = st.integers(-128, 127)
 
@@ -72,17 +72,6 @@ def test_single_rounding_requantize_equals_its_reference_bit_for_bit(case):
     acc, M0, shift, z_out = case
     np.testing.assert_array_equal(I.requantize(acc, M0, shift, z_out, rounding="single"),
                                   integer_only.requantize_single_reference(acc, M0, shift, z_out))
-
-
-@st.composite
-def linear_st(draw, max_side=17):
-    M, K, N = (draw(st.integers(1, max_side)) for _ in range(3))
-    x = draw(hynp.arrays(np.float32, (M, K), elements=floats_st(np.float32, 10.0)))
-    W = draw(hynp.arrays(np.int8, (K, N), elements=st.integers(-127, 127)))
-    w_scale = draw(hynp.arrays(np.float32, N, elements=st.floats(2.0 ** -10, 1.0, width=32)))
-    w_zero = draw(st.none() | hynp.arrays(np.int32, N, elements=st.integers(-20, 20)))
-    bias = draw(st.none() | hynp.arrays(np.float32, N, elements=floats_st(np.float32, 5.0)))
-    return x, W, w_scale, w_zero, bias
 
 
 @given(linear_st(), st.sampled_from(["NK", "KN"]), st.sampled_from([0, I.SERIAL_WORK]))

@@ -12,7 +12,7 @@ Computes (Jacob et al. 2018, arXiv:1712.05877, Eq. (4) and (7); references in
                   static (S_x, Z_x) (weights+activations files)               == int8_linear_static_reference
 
 Layout: ``W_t = W.T``, (N, K), C-contiguous (``prepare_weight``): a dot product's operands are contiguous
-along k; on AVX2 CPUs also ``pack_weight(W_t)`` (``int8_avx2.py``); ``prepare_int8_weights`` keeps both.
+along k; ``prepare_int8_weights`` also keeps ``pack_weight(W_t)`` (AVX2) and ``pack_vnni(W_t)`` (VNNI).
 
 Dtype contract: int8 x int8 products summed in an int32 accumulator that wraps (two's complement);
 Eq. (7) expands the zero points, so the result is exact whenever the true sum fits int32. The
@@ -21,19 +21,16 @@ wrappers refuse inputs whose worst case K * max|qx - zx| * max|W - zw| + max|bia
 
 Optimisations:
 * ``prange`` over blocks of 4 output columns n (rows of W_t): threads never share an output element.
-* 2 x 4 register tile (2 rows of qx x 4 rows of W_t, 8 int32 accumulators) over a contiguous k loop:
-  each loaded byte is reused 2 or 4 times (1 thread, K=4096: 2x4 and 4x2 33 GMAC/s, 4x4 25, 1x1 21).
-  ``acc = np.int32(acc + np.int32(a) * np.int32(b))`` keeps the arithmetic 32-bit (vpmovsxbd +
-  vpmulld + vpaddd in the tiles; LLVM picks vpmaddwd only for the 1 x 1 loop, which is slower).
-* Row remainders use a 1 x 4 tile, column remainders a scalar dot product.
-* Activations are quantized symmetrically per row: Eq. (7) needs no column sums of W (a second pass
-  over W); only asymmetric weights add the row sums of qx.
+* 2 x 4 register tile (2 rows of qx x 4 rows of W_t) over a contiguous k loop, 1 x 4 row and scalar
+  column remainders (1 thread, K=4096: 2x4 and 4x2 33 GMAC/s, 4x4 25, 1x1 21); ``np.int32(acc +
+  np.int32(a) * np.int32(b))`` keeps the arithmetic 32-bit (vpmovsxbd + vpmulld + vpaddd).
+* x is quantized symmetrically per row: Eq. (7) needs no column sums of W; Z_W adds row sums of qx.
 * Packed path (AVX2, ``W_packed``): ``int8_avx2.py``'s vpmaddwd microkernel (4 x 24 register tile,
   ~70 GMAC/s per thread against ~33 for the 2 x 4 tile). Without AVX2 ``W_packed`` is ignored.
-* A layer's weight is checked once (``prepare_int8_weights``); a call checks x in the quantizer's
-  max|x| pass: 40-45 us less per call, 512 x 512 at batch 1 2.2x faster, 4096^2 1.3x (weights in L3).
-* Dispatch: one thread below ``SERIAL_WORK`` multiply-adds, the parallel kernel below ``fallback_batch``
-  rows (``FALLBACK_BATCH``; ``PACKED_FALLBACK_BATCH`` packed), OpenBLAS sgemm on W_hat from there on.
+* VNNI path (AVX512_VNNI, ``vnni=True``, dynamic x): ``int8_vnni.py``'s vpdpbusd, 64 MACs an instruction.
+* A weight is checked once (``prepare_int8_weights``), x in the quantizer's max|x| pass (40-45 us less a call).
+* Dispatch: one thread below ``SERIAL_WORK`` multiply-adds; from ``fallback_batch`` rows (``FALLBACK_BATCH``,
+  ``PACKED_FALLBACK_BATCH`` packed; the model bridge sets none on VNNI) OpenBLAS sgemm on W_hat.
 * No fastmath: the float epilogue is the reference's float64 expression, bit for bit.
 """
 from dataclasses import dataclass, field
@@ -48,17 +45,15 @@ from tinyzip.compress.uniform import (  # noqa: F401  (the references this file 
 from tinyzip.kernels import aligned_empty, all_finite, parallel_and_serial
 from tinyzip.kernels.int8_avx2 import (HAS_AVX2, pack_weight, packed_linear_kernel, packed_linear_kernel_serial,
                                        static_codes_kernel)
+from tinyzip.kernels.int8_vnni import (HAS_VNNI, offset_column_sums, pack_vnni, vnni_linear_kernel,
+                                       vnni_linear_kernel_serial)
 
-# Batch size from which int8_linear hands over to dequantize + BLAS sgemm: the 2 x 4 int32 tile
-# (8-lane vpmaddwd, about 16 GMAC/s per thread) loses to OpenBLAS's FMA kernel once W stops being
-# the bottleneck. Measured on 4096 x 4096 against x @ W: 2 threads quiet 1.31x at 8, 0.88x at 32;
-# 1 thread under load 1.84-2.26x at 8, 1.28x at 24, 1.02-1.15x at 32.
+# Batch size from which int8_linear hands over to dequantize + BLAS sgemm: the 2 x 4 tile loses to
+# OpenBLAS once W stops being the bottleneck (4096^2 vs x @ W: 2 threads 1.31x at 8, 0.88x at 32).
 FALLBACK_BATCH = 32
-# The same for the packed pmaddwd path (pass it as ``fallback_batch`` with ``W_packed``). Measured
-# 1 thread under load vs x @ W, 4096 x 4096: 1.5-1.7x at 128 rows; 1024 x 1024: 0.9-1.1x at 128.
+# The same with ``W_packed`` (1 thread vs x @ W at 128 rows: 4096^2 1.5-1.7x, 1024^2 0.9-1.1x).
 PACKED_FALLBACK_BATCH = 128
-# Below this many multiply-adds one thread finishes before a sleeping (OMP_WAIT_POLICY=PASSIVE)
-# second thread wakes up, so int8_linear runs the same kernel body serially.
+# Below this many multiply-adds one thread finishes before a sleeping second thread wakes up.
 SERIAL_WORK = 2 ** 21
 ROUNDINGS = ("gemmlowp", "single")   # requantize's output stage: two roundings (Jacob, gemmlowp) or one (TFLite)
 
@@ -104,8 +99,7 @@ def _dot_block(a, wt, m_rows, acc, n0, nn):
 @njit(parallel=True, cache=True)
 def _int8_gemm_kernel(a, wt, za, zw, bias, rowsum, colsum, acc):
     """acc = raw - zw rowsum - za colsum + K za zw + bias (Eq. 7), in wrapping int32."""
-    M, K = a.shape
-    N = wt.shape[0]
+    (M, K), N = a.shape, wt.shape[0]
     for nb in prange((N + 3) // 4):
         n0 = nb * 4
         nn = min(4, N - n0)
@@ -166,8 +160,7 @@ def _quantize_rows_kernel(x, qx, scale):
 
 def _linear_body(a, wt, sx, sw, zw, rowsum, bias, acc, y):
     """y = float32((sx[m] sw[n]) (raw - zw[n] rowsum[m]) + bias[n]); acc is int32 scratch."""
-    M = a.shape[0]
-    N = wt.shape[0]
+    M, N = a.shape[0], wt.shape[0]
     for nb in prange((N + 3) // 4):
         n0 = nb * 4
         nn = min(4, N - n0)
@@ -277,6 +270,8 @@ class Int8Weights:
     W_packed: np.ndarray | None          # pack_weight(W_t), used on AVX2 CPUs
     fallback_batch: int | None           # from this many rows on, float32 sgemm (None: never)
     W_hat: np.ndarray | None = field(default=None, repr=False)  # float32 (K, N), made at the first fallback
+    W_vnni: np.ndarray | None = field(default=None, repr=False)  # pack_vnni(W_t), made on AVX512_VNNI CPUs
+    colsum128: np.ndarray | None = field(default=None, repr=False)  # offset_column_sums(W_t), with W_vnni
     has_zero: bool = field(init=False)   # any Z_W != 0: the kernel then subtracts Z_W * rowsum(qx)
     w_bound: int = field(init=False)     # max |W_t - Z_W| <= 128 + max |Z_W|, for the overflow guards
     zero_bias: np.ndarray = field(init=False, repr=False)       # (N,) float64 zeros, for bias=None
@@ -288,7 +283,7 @@ class Int8Weights:
 
 
 def prepare_int8_weights(W_q, w_scale, *, w_zero=None, layout="NK", fallback_batch=FALLBACK_BATCH, W_hat=None,
-                         W_packed=None) -> Int8Weights:
+                         W_packed=None, vnni=False) -> Int8Weights:
     """Check and keep one weight for ``int8_linear_prepared``; the arguments are ``int8_linear``'s."""
     if layout not in ("NK", "KN"):
         raise ValueError(f"layout must be 'NK' (W.T, fast) or 'KN' (W), got {layout!r}")
@@ -305,6 +300,8 @@ def prepare_int8_weights(W_q, w_scale, *, w_zero=None, layout="NK", fallback_bat
         raise TypeError(f"W_packed must be pack_weight(W_t): a C-contiguous int8 {packed_shape} array, got "
                         f"{getattr(W_packed, 'dtype', type(W_packed).__name__)} {getattr(W_packed, 'shape', '')}")
     weights = Int8Weights(W_t, sw, zw, W_packed if HAS_AVX2 else None, fallback_batch, W_hat)
+    if vnni and HAS_VNNI:
+        weights.W_vnni, weights.colsum128 = pack_vnni(W_t), offset_column_sums(W_t)
     _guard_overflow(K, 127, weights.w_bound)
     return weights
 
@@ -325,9 +322,8 @@ def int8_linear_static(x, weights: Int8Weights, x_scale, x_zero, bits, unsigned=
     weights+activations files, on a weight from ``prepare_int8_weights`` (whose ``fallback_batch`` does
     not apply). Equals ``int8_linear_static_reference(x, W_t.T, ...)`` bit for bit.
 
-    With ``W_packed`` (AVX2) the pmaddwd kernel multiplies the int16 qx - Z_x (|qx - Z_x| <= 255: every
-    pair sum is exact; ``static_codes_kernel`` makes them in one pass) and Eq. (7)'s Z_W is its row-sum
-    correction; otherwise the portable ``int8_gemm``. No float fallback at any batch size.
+    With ``W_packed`` (AVX2) the pmaddwd kernel multiplies the int16 qx - Z_x (|qx - Z_x| <= 255, made in
+    one pass by ``static_codes_kernel``; Z_W is Eq. (7)'s row-sum correction), else ``int8_gemm`` runs.
     """
     M, K, N = _check_x(x, weights)
     if not (np.isfinite(x_scale) and x_scale > 0):
@@ -350,19 +346,20 @@ def int8_linear_static(x, weights: Int8Weights, x_scale, x_zero, bits, unsigned=
 
 
 def int8_linear(x, W_q, w_scale, bias=None, *, w_zero=None, layout="NK", fallback_batch=FALLBACK_BATCH,
-                W_hat=None, serial_work=SERIAL_WORK, W_packed=None):
+                W_hat=None, serial_work=SERIAL_WORK, W_packed=None, vnni=False):
     """y = x @ W_hat + b with W_hat = w_scale (W_q - w_zero), x (M, K) float32 quantized per row on the fly.
 
     W_q int8: (N, K) = W.T with ``layout="NK"`` (``prepare_weight``), or (K, N) with "KN"; w_scale,
-    w_zero, bias (N,). ``W_packed = pack_weight(W.T)`` runs the AVX2 pmaddwd kernel (same result;
-    ignored without AVX2). Below ``fallback_batch`` rows (None: always) the result equals
-    ``int8_linear_reference`` bit for bit; from there on it is float32 sgemm on ``W_hat`` (float32
-    (K, N), dequantized here if not given; x is then not quantized). Below ``serial_work`` multiply-adds
-    (M N K) the kernel runs on one thread, with the same result. Called many times with one weight
-    (a model layer): ``prepare_int8_weights`` once, then ``int8_linear_prepared``.
+    w_zero, bias (N,). ``W_packed = pack_weight(W.T)`` runs the AVX2 pmaddwd kernel, ``vnni=True`` packs
+    W for the AVX512_VNNI vpdpbusd one, which then runs (same result; each needs its CPU feature).
+    Below ``fallback_batch`` rows (None: always) the result equals ``int8_linear_reference`` bit for
+    bit; from there on it is float32 sgemm on ``W_hat`` (float32 (K, N), dequantized here if not given;
+    x is then not quantized). Below ``serial_work`` multiply-adds (M N K) the kernel runs on one
+    thread, with the same result. Called many times with one weight (a model layer):
+    ``prepare_int8_weights`` once, then ``int8_linear_prepared``.
     """
     weights = prepare_int8_weights(W_q, w_scale, w_zero=w_zero, layout=layout, fallback_batch=fallback_batch,
-                                   W_hat=W_hat, W_packed=W_packed)
+                                   W_hat=W_hat, W_packed=W_packed, vnni=vnni)
     return int8_linear_prepared(x, weights, bias, serial_work=serial_work)
 
 
@@ -382,19 +379,22 @@ def int8_linear_prepared(x, weights: Int8Weights, bias=None, *, serial_work=SERI
         return y if bias is None else y + b.astype(np.float32)
     parallel = M * N * K >= serial_work
     sx, rowsum, y = np.empty(M, np.float64), np.zeros(M, np.int32), np.empty((M, N), np.float32)
-    packed = weights.W_packed
-    qx = np.zeros((M, 2 * packed.shape[1]) if packed is not None else (M, K),
-                  np.int16 if packed is not None else np.int8)  # packed: (M, 2 ceil(K/2)), k pairs read as int32 (LE)
+    vnni, packed = weights.W_vnni, weights.W_packed  # codes read as int32: VNNI int8 k quads, AVX2 int16 pairs
+    qx, acc_cols = ((np.zeros((M, 4 * vnni.shape[1]), np.int8), 16 * vnni.shape[0]) if vnni is not None else
+                    (np.zeros((M, 2 * packed.shape[1]), np.int16), 8 * packed.shape[0]) if packed is not None else
+                    (np.zeros((M, K), np.int8), N))
     if not _quantize_rows_kernel(x, qx, sx):
         raise ValueError("x contains NaN or inf")
     if weights.has_zero:
         _rowsum_kernel(qx, rowsum)
-    if packed is not None:
-        acc = np.empty((M, 8 * packed.shape[0]), np.int32)
+    acc, common = np.empty((M, acc_cols), np.int32), (sx, weights.w_scale, weights.w_zero)
+    if vnni is not None:
+        kernel = vnni_linear_kernel if parallel else vnni_linear_kernel_serial
+        kernel(qx.view(np.int32), vnni, *common, weights.colsum128, rowsum, b, acc, y)
+    elif packed is not None:
         kernel = packed_linear_kernel if parallel else packed_linear_kernel_serial
-        kernel(qx.view(np.int32), packed, sx, weights.w_scale, weights.w_zero, rowsum, b, acc, y)
-        return y
-    acc = np.empty((M, N), np.int32)
-    kernel = _linear_kernel if parallel else _linear_kernel_serial
-    kernel(qx, weights.W_t, sx, weights.w_scale, weights.w_zero, rowsum, b, acc, y)
+        kernel(qx.view(np.int32), packed, *common, rowsum, b, acc, y)
+    else:
+        kernel = _linear_kernel if parallel else _linear_kernel_serial
+        kernel(qx, weights.W_t, *common, rowsum, b, acc, y)
     return y
