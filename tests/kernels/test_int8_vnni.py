@@ -90,10 +90,10 @@ def test_nan_or_inf_anywhere_in_x_raises_on_vnni(case, bad, data):
 
 
 @needs_vnni
-def test_the_model_bridge_runs_dynamic_int8_layers_on_vnni_without_fallback():
+def test_the_model_bridge_runs_dynamic_int8_layers_on_vnni_below_its_fallback_batch():
+    from tinyzip import compressed
     rng = np.random.default_rng(0)
     packed = U.pack_uniform(rng.standard_normal((40, 24)).astype(np.float32), 8, "channel")
-    x = rng.standard_normal((300, 40)).astype(np.float32)
-    from tinyzip import compressed
+    x = rng.standard_normal((I.PACKED_FALLBACK_BATCH - 1, 40)).astype(np.float32)
     W_q, scale, zero = compressed.uniform_codes(packed)
     np.testing.assert_array_equal(compressed._int8_matmul(packed)(x), U.int8_linear_reference(x, W_q, scale, zero))

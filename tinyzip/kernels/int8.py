@@ -29,8 +29,8 @@ Optimisations:
   ~70 GMAC/s per thread against ~33 for the 2 x 4 tile). Without AVX2 ``W_packed`` is ignored.
 * VNNI path (AVX512_VNNI, ``vnni=True``, dynamic x): ``int8_vnni.py``'s vpdpbusd, 64 MACs an instruction.
 * A weight is checked once (``prepare_int8_weights``), x in the quantizer's max|x| pass (40-45 us less a call).
-* Dispatch: one thread below ``SERIAL_WORK`` multiply-adds; from ``fallback_batch`` rows (``FALLBACK_BATCH``,
-  ``PACKED_FALLBACK_BATCH`` packed; the model bridge sets none on VNNI) OpenBLAS sgemm on W_hat.
+* Dispatch: one thread below ``SERIAL_WORK`` multiply-adds; from ``fallback_batch`` rows (``FALLBACK_BATCH``;
+  ``PACKED_FALLBACK_BATCH`` with either packed layout) OpenBLAS sgemm on W_hat.
 * No fastmath: the float epilogue is the reference's float64 expression, bit for bit.
 """
 from dataclasses import dataclass, field
