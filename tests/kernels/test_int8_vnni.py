@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 import tinyzip  # noqa: F401  (environment before numba)
 from tinyzip.compress import uniform as U
 from tinyzip.kernels import int8 as I
-from tinyzip.kernels.int8_vnni import offset_column_sums, pack_vnni
+from tinyzip.kernels.int8_vnni import accumulator_start, pack_vnni
 
 from tests.strategies import linear_st
 
@@ -29,21 +29,24 @@ def test_pack_vnni_puts_four_k_of_sixteen_columns_in_each_64_bytes(N, K, seed):
     np.testing.assert_array_equal(Wv[b, j, 4 * c + i], expected)
 
 
-@given(st.integers(1, 6), st.integers(1, 50), st.integers(1, 9), st.integers(0, 2 ** 31))
-def test_the_unsigned_offset_comes_back_exactly_in_wrapping_int32(M, K, N, seed):
-    """sum_k (qx + 128) W - 128 colsum(W) = sum_k qx W, each side in two's-complement int32."""
+@given(st.integers(1, 6), st.integers(1, 50), st.integers(1, 40), st.integers(0, 2 ** 31))
+def test_the_unsigned_offset_comes_off_exactly_in_wrapping_int32(M, K, N, seed):
+    """start[n] + sum_k (qx + 128) W = sum_k qx W, the accumulator in two's-complement int32;
+    start is zero past N (the padded columns)."""
     rng = np.random.default_rng(seed)
     qx = rng.integers(-127, 128, (M, K)).astype(np.int64)
     W_t = rng.integers(-128, 128, (N, K)).astype(np.int8)
-    raw = ((qx + 128) @ W_t.T.astype(np.int64)).astype(np.int32)              # what vpdpbusd accumulates
-    assert np.array_equal((raw - offset_column_sums(W_t)).astype(np.int32), (qx @ W_t.T.astype(np.int64)))
+    start = accumulator_start(W_t)
+    assert start.shape == (16 * -(-N // 16),) and not start[N:].any()
+    acc = (start[:N].astype(np.int64) + (qx + 128) @ W_t.T.astype(np.int64)).astype(np.int32)  # what vpdpbusd leaves
+    assert np.array_equal(acc, qx @ W_t.T.astype(np.int64))
 
 
-def test_offset_column_sums_wrap_like_int32_at_the_largest_k():
-    """K = 132104 columns of -128: 128 * sum = -2^14 K leaves int32; the stored value is it mod 2^32."""
+def test_accumulator_start_wraps_like_int32_at_the_largest_k():
+    """K = 132104 columns of -128: -128 * sum = 2^14 K leaves int32; the stored value is it mod 2^32."""
     W_t = np.full((3, 132104), -128, np.int8)
-    wrapped = (-(2 ** 14) * 132104) % 2 ** 32 - 2 ** 32 * ((-(2 ** 14) * 132104) % 2 ** 32 >= 2 ** 31)
-    assert np.all(offset_column_sums(W_t) == wrapped)
+    v = (2 ** 14 * 132104) % 2 ** 32
+    assert np.all(accumulator_start(W_t)[:3] == (v - 2 ** 32 if v >= 2 ** 31 else v))
 
 
 @needs_vnni

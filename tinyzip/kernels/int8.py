@@ -45,7 +45,7 @@ from tinyzip.compress.uniform import (  # noqa: F401  (the references this file 
 from tinyzip.kernels import aligned_empty, all_finite, parallel_and_serial
 from tinyzip.kernels.int8_avx2 import (HAS_AVX2, pack_weight, packed_linear_kernel, packed_linear_kernel_serial,
                                        static_codes_kernel)
-from tinyzip.kernels.int8_vnni import (HAS_VNNI, offset_column_sums, pack_vnni, vnni_linear_kernel,
+from tinyzip.kernels.int8_vnni import (HAS_VNNI, accumulator_start, pack_vnni, vnni_linear_kernel,
                                        vnni_linear_kernel_serial)
 
 # Batch size from which int8_linear hands over to dequantize + BLAS sgemm: the 2 x 4 tile loses to
@@ -271,7 +271,7 @@ class Int8Weights:
     fallback_batch: int | None           # from this many rows on, float32 sgemm (None: never)
     W_hat: np.ndarray | None = field(default=None, repr=False)  # float32 (K, N), made at the first fallback
     W_vnni: np.ndarray | None = field(default=None, repr=False)  # pack_vnni(W_t), made on AVX512_VNNI CPUs
-    colsum128: np.ndarray | None = field(default=None, repr=False)  # offset_column_sums(W_t), with W_vnni
+    vnni_start: np.ndarray | None = field(default=None, repr=False)  # accumulator_start(W_t), with W_vnni
     has_zero: bool = field(init=False)   # any Z_W != 0: the kernel then subtracts Z_W * rowsum(qx)
     w_bound: int = field(init=False)     # max |W_t - Z_W| <= 128 + max |Z_W|, for the overflow guards
     zero_bias: np.ndarray = field(init=False, repr=False)       # (N,) float64 zeros, for bias=None
@@ -301,7 +301,7 @@ def prepare_int8_weights(W_q, w_scale, *, w_zero=None, layout="NK", fallback_bat
                         f"{getattr(W_packed, 'dtype', type(W_packed).__name__)} {getattr(W_packed, 'shape', '')}")
     weights = Int8Weights(W_t, sw, zw, W_packed if HAS_AVX2 else None, fallback_batch, W_hat)
     if vnni and HAS_VNNI:
-        weights.W_vnni, weights.colsum128 = pack_vnni(W_t), offset_column_sums(W_t)
+        weights.W_vnni, weights.vnni_start = pack_vnni(W_t), accumulator_start(W_t)
     _guard_overflow(K, 127, weights.w_bound)
     return weights
 
@@ -390,7 +390,7 @@ def int8_linear_prepared(x, weights: Int8Weights, bias=None, *, serial_work=SERI
     acc, common = np.empty((M, acc_cols), np.int32), (sx, weights.w_scale, weights.w_zero)
     if vnni is not None:
         kernel = vnni_linear_kernel if parallel else vnni_linear_kernel_serial
-        kernel(qx.view(np.int32), vnni, *common, weights.colsum128, rowsum, b, acc, y)
+        kernel(qx.view(np.int32), vnni, weights.vnni_start, *common, rowsum, b, acc, y)
     elif packed is not None:
         kernel = packed_linear_kernel if parallel else packed_linear_kernel_serial
         kernel(qx.view(np.int32), packed, *common, rowsum, b, acc, y)

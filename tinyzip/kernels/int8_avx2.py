@@ -138,6 +138,21 @@ def _packed_group(xp, wp, acc, b0, kc):
                 m += 1
 
 
+@njit(cache=True)
+def dequantize_columns(acc, sx, sw, zw, rowsum, bias, y, n0, n1):
+    """The epilogue for output columns n0..n1 - 1 of every row m:
+    y[m, n] = float32((sx[m] sw[n]) (acc[m, n] - zw[n] rowsum[m]) + bias[n]), float64 inside.
+    Written on slices: indexed by a range whose ends are arguments, Numba keeps its negative-index
+    wrap-around and LLVM does not vectorise the loop (1920 rows x 512 columns, one thread: 1.8-2.2 ms
+    against 0.28-0.36 ms on slices), which made the epilogue cost more than a K = 128 product."""
+    s_w, z_w, b = sw[n0:n1], zw[n0:n1], bias[n0:n1]
+    for m in range(y.shape[0]):
+        scale, r = sx[m], rowsum[m]
+        a, out = acc[m, n0:n1], y[m, n0:n1]
+        for j in range(out.shape[0]):
+            out[j] = np.float32((scale * s_w[j]) * np.float64(np.int32(a[j] - z_w[j] * r)) + b[j])
+
+
 def _packed_linear_body(xp, wp, sx, sw, zw, rowsum, bias, acc, y):
     """_linear_body on the packed layout; acc is (M, 8 ceil(N / 8)) int32 scratch."""
     M, N = y.shape
@@ -145,10 +160,7 @@ def _packed_linear_body(xp, wp, sx, sw, zw, rowsum, bias, acc, y):
     for g in prange((wp.shape[0] + _NR - 1) // _NR):
         b0 = g * _NR
         _packed_group(xp, wp, acc, b0, kc)
-        for m in range(M):
-            for n in range(8 * b0, min(N, 8 * (b0 + _NR))):
-                c = np.int32(acc[m, n] - zw[n] * rowsum[m])
-                y[m, n] = np.float32((sx[m] * sw[n]) * np.float64(c) + bias[n])
+        dequantize_columns(acc, sx, sw, zw, rowsum, bias, y, 8 * b0, min(N, 8 * (b0 + _NR)))
 
 
 packed_linear_kernel, packed_linear_kernel_serial = parallel_and_serial(_packed_linear_body)

@@ -10,21 +10,23 @@ each group of four products to an int32 lane, without saturation:
 
 The activation codes qx are signed (-127..127, ``int8.py``'s per-row symmetric quantizer), so the
 kernel feeds u = qx + 128 (qx's sign bit flipped: one vpxord per row and k-quad) and takes the
-offset back in the epilogue, exactly, with the column sums of W computed once per weight:
+offset back exactly by starting each accumulator at minus 128 times its column sum of W
+(``accumulator_start``, computed once per weight):
 
-    sum_k (qx[m, k] + 128) W_t[n, k] = sum_k qx[m, k] W_t[n, k] + 128 colsum[n]
+    -128 colsum[n] + sum_k (qx[m, k] + 128) W_t[n, k] = sum_k qx[m, k] W_t[n, k]
 
-The int32 lanes wrap (two's complement), and so does 128 colsum[n]; the difference is exact
-whenever the true sum fits int32, the bound ``int8.py`` already enforces. Padding: W is zero
-there, so the padded qx (0, fed as 128) adds nothing.
+The int32 lanes wrap (two's complement), and so does 128 colsum[n]; the result is exact whenever
+the true sum fits int32, the bound ``int8.py`` already enforces. Padding: W is zero there, so the
+padded qx (0, fed as 128) adds nothing.
 
 One instruction does 64 multiply-adds, against 16 for vpmaddwd on ymm (``int8_avx2.py``). Register
 tile: 4 rows x 4 blocks of 16 columns = 16 zmm accumulators (of 32); k blocked by 64 quads so 4
 rows x 256 B of x and 4 x 4 KB of weights stay in L1. ``HAS_VNNI`` is False without AVX512_VNNI
 or when NUMBA_CPU_NAME names another target; callers then keep the AVX2 (or portable) kernel.
 
-The epilogue is ``int8.py``'s: y = float32((sx[m] sw[n]) (acc - 128 colsum[n] - zw[n] rowsum[m])
-+ bias[n]) in float64, no fastmath, so the result equals ``int8_linear_reference`` bit for bit.
+The epilogue is the AVX2 path's (``int8_avx2.dequantize_columns``): y = float32((sx[m] sw[n])
+(acc - zw[n] rowsum[m]) + bias[n]) in float64, no fastmath, so the result equals
+``int8_linear_reference`` bit for bit.
 """
 import llvmlite.binding as llvm_binding
 import numpy as np
@@ -34,6 +36,7 @@ from numba.core import cgutils, config
 from numba.extending import intrinsic
 
 from tinyzip.kernels import parallel_and_serial
+from tinyzip.kernels.int8_avx2 import dequantize_columns
 
 
 def _cpu_has_vnni():
@@ -63,24 +66,28 @@ def pack_vnni(W_t):
     return np.ascontiguousarray(padded.reshape(NB, _COLS, K4, 4).transpose(0, 2, 1, 3)).reshape(NB, K4, 4 * _COLS)
 
 
-def offset_column_sums(W_t):
-    """128 sum_k W_t[n, k] for each output column n, as wrapping int32 (the epilogue's correction)."""
-    return (128 * W_t.astype(np.int64).sum(axis=1)).astype(np.int32)
+def accumulator_start(W_t):
+    """-128 sum_k W_t[n, k] for each output column n, as wrapping int32, zero-padded to 16 ceil(N/16):
+    where the kernel's accumulators start, so that the offset of x comes off exactly."""
+    start = np.zeros(_COLS * -(-W_t.shape[0] // _COLS), np.int32)
+    start[:W_t.shape[0]] = (-128 * W_t.astype(np.int64).sum(axis=1)).astype(np.int32)
+    return start
 
 
 def _make_tile(MR, NR):
-    """An intrinsic tile(xq, wv, acc, m0, b0, k0, k1): for r < MR, c < NR
+    """An intrinsic tile(xq, wv, acc, start, m0, b0, k0, k1): for r < MR, c < NR
     acc[m0 + r, 16 (b0 + c) : 16 (b0 + c + 1)] (+)= sum_{j = k0}^{k1 - 1} dpbusd(xq[m0 + r, j] ^ 0x80808080,
-    wv[b0 + c, j]), starting from 0 when k0 == 0 (else from acc). xq holds 4 int8 codes per int32."""
+    wv[b0 + c, j]), starting from start[16 (b0 + c) : ...] when k0 == 0 (else from acc). xq holds 4
+    int8 codes per int32."""
     @intrinsic
-    def tile(typingctx, xq, wv, acc, m0, b0, k0, k1):
+    def tile(typingctx, xq, wv, acc, start, m0, b0, k0, k1):
         if not (isinstance(xq, types.Array) and xq.dtype == types.int32 and wv.dtype == types.int8
-                and acc.dtype == types.int32):
+                and acc.dtype == types.int32 and start.dtype == types.int32):
             return None
 
         def codegen(context, builder, sig, args):
-            xa, wa, aa = (context.make_array(t)(context, builder, a) for t, a in zip(sig.args[:3], args[:3]))
-            m0v, b0v, k0v, k1v = (context.cast(builder, a, t, types.intp) for t, a in zip(sig.args[3:], args[3:]))
+            xa, wa, aa, sa = (context.make_array(t)(context, builder, a) for t, a in zip(sig.args[:4], args[:4]))
+            m0v, b0v, k0v, k1v = (context.cast(builder, a, t, types.intp) for t, a in zip(sig.args[4:], args[4:]))
             intp = context.get_value_type(types.intp)
 
             def const(i):
@@ -98,11 +105,13 @@ def _make_tile(MR, NR):
                                                                                   const(_COLS)))]),
                                     _V16I32.as_pointer()) for c in range(NR)] for r in range(MR)]
             first = builder.icmp_signed("==", k0v, const(0))
+            starts = [builder.load(builder.bitcast(builder.gep(sa.data, [builder.mul(builder.add(b0v, const(c)),
+                                                                                      const(_COLS))]),
+                                                   _V16I32.as_pointer()), align=4) for c in range(NR)]
             accs = [[cgutils.alloca_once(builder, _V16I32) for c in range(NR)] for r in range(MR)]
             for r in range(MR):
                 for c in range(NR):
-                    start = builder.select(first, ir.Constant(_V16I32, None), builder.load(out[r][c], align=4))
-                    builder.store(start, accs[r][c])
+                    builder.store(builder.select(first, starts[c], builder.load(out[r][c], align=4)), accs[r][c])
             with cgutils.for_range_slice(builder, k0v, k1v, const(1)) as (j, _):
                 w = [builder.load(builder.gep(w_blocks[c], [j]), align=1) for c in range(NR)]
                 for r in range(MR):
@@ -115,7 +124,7 @@ def _make_tile(MR, NR):
                 for c in range(NR):
                     builder.store(builder.load(accs[r][c]), out[r][c], align=4)
             return context.get_dummy_value()
-        return types.void(xq, wv, acc, m0, b0, k0, k1), codegen
+        return types.void(xq, wv, acc, start, m0, b0, k0, k1), codegen
     return tile
 
 
@@ -124,8 +133,8 @@ _tile_full, _tile_row, _tile_col, _tile_one = _make_tile(_MR, _NR), _make_tile(1
 
 
 @njit(cache=True)
-def _vnni_group(xq, wv, acc, b0, kc):
-    """acc[:, 16 b0 : 16 (b0 + _NR)] = raw int32 sums of (qx + 128) W for all rows, kc k-quads at a time."""
+def _vnni_group(xq, wv, acc, start, b0, kc):
+    """acc[:, 16 b0 : 16 (b0 + _NR)] = start + the int32 sums of (qx + 128) W for all rows, kc k-quads at a time."""
     M, K4 = xq.shape
     nb = min(_NR, wv.shape[0] - b0)
     for k0 in range(0, K4, kc):
@@ -134,30 +143,27 @@ def _vnni_group(xq, wv, acc, b0, kc):
             m = 0
             while m + _MR <= M:
                 if nb == _NR:
-                    _tile_full(xq, wv, acc, m, b, k0, k1)
+                    _tile_full(xq, wv, acc, start, m, b, k0, k1)
                 else:
-                    _tile_col(xq, wv, acc, m, b, k0, k1)
+                    _tile_col(xq, wv, acc, start, m, b, k0, k1)
                 m += _MR
             while m < M:
                 if nb == _NR:
-                    _tile_row(xq, wv, acc, m, b, k0, k1)
+                    _tile_row(xq, wv, acc, start, m, b, k0, k1)
                 else:
-                    _tile_one(xq, wv, acc, m, b, k0, k1)
+                    _tile_one(xq, wv, acc, start, m, b, k0, k1)
                 m += 1
 
 
-def _vnni_linear_body(xq, wv, sx, sw, zw, colsum128, rowsum, bias, acc, y):
-    """y = float32((sx[m] sw[n]) (acc - 128 colsum[n] - zw[n] rowsum[m]) + bias[n]); acc is
-    (M, 16 ceil(N / 16)) int32 scratch, xq the (M, ceil(K/4)) int32 view of the int8 codes."""
+def _vnni_linear_body(xq, wv, start, sx, sw, zw, rowsum, bias, acc, y):
+    """y = float32((sx[m] sw[n]) (acc - zw[n] rowsum[m]) + bias[n]); acc is (M, 16 ceil(N / 16))
+    int32 scratch, xq the (M, ceil(K/4)) int32 view of the int8 codes, start ``accumulator_start``."""
     M, N = y.shape
     kc = _KC if M >= _MR else xq.shape[1]  # under _MR rows x is read once: stream W without breaks
     for g in prange((wv.shape[0] + _NR - 1) // _NR):
         b0 = g * _NR
-        _vnni_group(xq, wv, acc, b0, kc)
-        for m in range(M):
-            for n in range(_COLS * b0, min(N, _COLS * (b0 + _NR))):
-                c = np.int32(acc[m, n] - colsum128[n] - zw[n] * rowsum[m])
-                y[m, n] = np.float32((sx[m] * sw[n]) * np.float64(c) + bias[n])
+        _vnni_group(xq, wv, acc, start, b0, kc)
+        dequantize_columns(acc, sx, sw, zw, rowsum, bias, y, _COLS * b0, min(N, _COLS * (b0 + _NR)))
 
 
 vnni_linear_kernel, vnni_linear_kernel_serial = parallel_and_serial(_vnni_linear_body)
