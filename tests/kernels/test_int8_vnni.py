@@ -1,6 +1,8 @@
 """Tests of tinyzip.kernels.int8_vnni, the AVX-512 VNNI (vpdpbusd) int8 microkernel: its layout and
-the unsigned-offset identity hold on any CPU; the kernel itself, which needs AVX512_VNNI, equals
-Jacob's Eq. (7) reference (``int8_linear_reference``) bit for bit."""
+the unsigned-offset identity, and layers built with ``vnni=True`` against Jacob's Eq. (7) reference
+(``int8_linear_reference``) bit for bit. Those layers run the VNNI kernel exactly where the CPU has
+AVX512_VNNI (checked first) and the AVX2 or portable kernel elsewhere, so every test asserts on
+every CPU."""
 import numpy as np
 import pytest
 from hypothesis import given
@@ -13,7 +15,12 @@ from tinyzip.kernels.int8_vnni import accumulator_start, pack_vnni
 
 from tests.strategies import linear_st
 
-needs_vnni = pytest.mark.skipif(not I.HAS_VNNI, reason="this CPU has no AVX512_VNNI (vpdpbusd): nothing to run")
+
+
+def test_vnni_layers_use_the_vnni_kernel_exactly_where_the_cpu_has_it():
+    weights = I.prepare_int8_weights(np.ones((5, 7), np.int8), np.ones(5), vnni=True)
+    assert (weights.W_vnni is not None) == I.HAS_VNNI == (weights.vnni_start is not None)
+    assert I.prepare_int8_weights(np.ones((5, 7), np.int8), np.ones(5)).W_vnni is None   # only when asked
 
 
 @given(st.integers(1, 40), st.integers(1, 30), st.integers(0, 2 ** 31))
@@ -49,7 +56,6 @@ def test_accumulator_start_wraps_like_int32_at_the_largest_k():
     assert np.all(accumulator_start(W_t)[:3] == (v - 2 ** 32 if v >= 2 ** 31 else v))
 
 
-@needs_vnni
 @given(linear_st(max_side=53), st.sampled_from([0, I.SERIAL_WORK]))
 def test_int8_linear_on_vnni_equals_reference_bit_for_bit(case, serial_work):
     """Shapes cross the 4-row x 64-column tile, K not a multiple of 4; zero points, bias, 1 row."""
@@ -59,7 +65,6 @@ def test_int8_linear_on_vnni_equals_reference_bit_for_bit(case, serial_work):
     np.testing.assert_array_equal(y, U.int8_linear_reference(x, W, w_scale, w_zero, bias))
 
 
-@needs_vnni
 @pytest.mark.parametrize("M, K, N", [(9, 1201, 53), (3, 600, 30), (130, 300, 70)])
 def test_int8_linear_on_vnni_crosses_the_k_blocks(M, K, N):
     """K past the 64-quad cache block (and its remainder), a batch past 128 rows: still the reference."""
@@ -71,7 +76,6 @@ def test_int8_linear_on_vnni_crosses_the_k_blocks(M, K, N):
     np.testing.assert_array_equal(y, U.int8_linear_reference(x, W, w_scale, w_zero))
 
 
-@needs_vnni
 def test_int8_linear_on_vnni_at_the_largest_k_does_not_overflow():
     """qx = -127 (x all -1), W all -128: K = 132104 is the largest K with K * 127 * 128 <= 2^31 - 1; the
     raw sums (qx + 128 = 1) and the offset 128 colsum wrap, their difference does not."""
@@ -82,7 +86,6 @@ def test_int8_linear_on_vnni_at_the_largest_k_does_not_overflow():
     assert np.all(y == np.float32(K * 127 * 128 / 127))  # S_x = 1/127, S_W = 1
 
 
-@needs_vnni
 @given(linear_st(max_side=9), st.sampled_from([np.nan, np.inf, -np.inf]), st.data())
 def test_nan_or_inf_anywhere_in_x_raises_on_vnni(case, bad, data):
     x, W, w_scale, w_zero, bias = case
@@ -92,7 +95,6 @@ def test_nan_or_inf_anywhere_in_x_raises_on_vnni(case, bad, data):
         I.int8_linear(x, I.prepare_weight(W), w_scale, bias, w_zero=w_zero, fallback_batch=None, vnni=True)
 
 
-@needs_vnni
 def test_the_model_bridge_runs_dynamic_int8_layers_on_vnni_below_its_fallback_batch():
     from tinyzip import compressed
     rng = np.random.default_rng(0)
