@@ -172,8 +172,8 @@ def _int8_matmul(packed):
 
         return static_matmul
     # the packed layouts (AVX2 pmaddwd, AVX-512 VNNI) win up to larger batches than the portable kernel.
-    # VNNI beats sgemm at 128-512 rows on 1024^2-4096^2 (1.6-3.1x) but loses on the small-K layers of
-    # the shipped model (K = 128, 1920 rows: 0.3-0.6x; its per-output float64 epilogue dominates)
+    # VNNI beats sgemm at 128-512 rows on 1024^2-4096^2 (1.6-3.1x) but not on the shipped model's
+    # K = 128 layers (1920 x 128 x 512: 0.72x; its per-call buffers, an int32 accumulator as large as y)
     fallback = PACKED_FALLBACK_BATCH if HAS_AVX2 or HAS_VNNI else FALLBACK_BATCH
     weights = prepare_int8_weights(W_t, scale, w_zero=zero, fallback_batch=fallback, vnni=True,
                                    W_packed=pack_weight(W_t) if HAS_AVX2 and not HAS_VNNI else None)

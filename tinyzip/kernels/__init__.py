@@ -1,6 +1,6 @@
 """Numba kernels. ``parallel_and_serial`` builds the two compiled variants of one kernel body;
-``all_finite`` is the layers' NaN/inf check of their input; ``aligned_empty`` and ``aligned_copy`` allocate the float32
-weights the layers keep for NumPy (and the kernels' scratch) on a cache-line boundary."""
+``all_finite`` is the layers' NaN/inf check of their input; ``aligned_empty`` and ``aligned_copy``
+put the float32 weights the layers keep for NumPy on a cache-line boundary."""
 import types
 
 import numpy as np
