@@ -32,15 +32,16 @@ from numba.extending import intrinsic
 from tinyzip.kernels import parallel_and_serial
 
 
-def _cpu_has_avx2():
-    """Numba compiles for the host CPU unless NUMBA_CPU_NAME names another target; only then
-    can the AVX2 intrinsic be used (otherwise int8_linear keeps the portable kernel)."""
+def host_cpu_has(feature):
+    """True when Numba compiles for this CPU (NUMBA_CPU_NAME unset or "host") and LLVM lists
+    ``feature`` ("avx2", "avx512vnni") for it: only then can an intrinsic that needs it be used
+    (otherwise int8_linear keeps another kernel)."""
     if config.CPU_NAME not in (None, "host"):
         return False
-    return "+avx2" in llvm_binding.get_host_cpu_features().flatten().split(",")
+    return "+" + feature in llvm_binding.get_host_cpu_features().flatten().split(",")
 
 
-HAS_AVX2 = _cpu_has_avx2()
+HAS_AVX2 = host_cpu_has("avx2")
 _MR, _NR = 4, 3  # register tile: 4 rows x 3 blocks of 8 columns = 12 ymm accumulators (of 16)
 _KC = 256        # k-pairs per cache block: 4 rows x 1 KB of x + 3 x 4 KB of weights stay in L1
 _V16I8, _V16I16, _V8I32 = ir.VectorType(ir.IntType(8), 16), ir.VectorType(ir.IntType(16), 16), \

@@ -28,25 +28,17 @@ The epilogue is the AVX2 path's (``int8_avx2.dequantize_columns``): y = float32(
 (acc - zw[n] rowsum[m]) + bias[n]) in float64, no fastmath, so the result equals
 ``int8_linear_reference`` bit for bit.
 """
-import llvmlite.binding as llvm_binding
 import numpy as np
 from llvmlite import ir
 from numba import njit, prange, types
-from numba.core import cgutils, config
+from numba.core import cgutils
 from numba.extending import intrinsic
 
 from tinyzip.kernels import parallel_and_serial
-from tinyzip.kernels.int8_avx2 import dequantize_columns
+from tinyzip.kernels.int8_avx2 import dequantize_columns, host_cpu_has
 
 
-def _cpu_has_vnni():
-    """True when Numba compiles for this CPU (NUMBA_CPU_NAME unset or "host") and it has AVX512_VNNI."""
-    if config.CPU_NAME not in (None, "host"):
-        return False
-    return "+avx512vnni" in llvm_binding.get_host_cpu_features().flatten().split(",")
-
-
-HAS_VNNI = _cpu_has_vnni()
+HAS_VNNI = host_cpu_has("avx512vnni")
 _MR, _NR = 4, 4  # register tile: 4 rows x 4 blocks of 16 columns = 16 zmm accumulators (of 32)
 _KC = 64         # k-quads per cache block: 4 rows x 256 B of x + 4 x 4 KB of weights stay in L1
 _COLS = 16       # output columns per block (int32 lanes of a zmm)
