@@ -53,8 +53,7 @@ from tinyzip.kernels.int8_vnni import (HAS_VNNI, accumulator_start, pack_vnni, v
 FALLBACK_BATCH = 32
 # The same with ``W_packed`` (1 thread vs x @ W at 128 rows: 4096^2 1.5-1.7x, 1024^2 0.9-1.1x).
 PACKED_FALLBACK_BATCH = 128
-# Below this many multiply-adds one thread finishes before a sleeping second thread wakes up.
-SERIAL_WORK = 2 ** 21
+SERIAL_WORK = 2 ** 21  # below this many multiply-adds one thread ends before a sleeping second one wakes
 ROUNDINGS = ("gemmlowp", "single")   # requantize's output stage: two roundings (Jacob, gemmlowp) or one (TFLite)
 
 
@@ -141,17 +140,18 @@ def _requantize_kernel(acc, M0, shift, z_out, qmin, qmax, single, out):
 
 @njit(cache=True)
 def _quantize_rows_kernel(x, qx, scale):
-    """Per-row symmetric int8: S = max|x| / 127 (1 if the row is zero), q = clamp(rint(x / S), +-127).
-    Returns False, at once, on a NaN or inf in x (the pass over x that finds max|x| checks it too).
-    Serial: M K work against the GEMM's M K N, and one parallel launch fewer per call."""
+    """Per-row symmetric int8: S = max|x| / 127 (1 if the row is zero), q = clamp(rint(x / S), +-127);
+    False at once on NaN/inf. max|x| is an integer max over x's float32 bits without the sign (|x|'s
+    order; NaN, inf >= 0x7F800000): it vectorises, a float max with an early exit did not (3x faster)."""
+    bits, one = x.view(np.int32), np.empty(1, np.int32)                # x: C-contiguous float32 (M, K)
     for m in range(x.shape[0]):
-        amax = 0.0
+        big = np.int32(0)
         for k in range(x.shape[1]):
-            v = abs(np.float64(x[m, k]))
-            if not np.isfinite(v):
-                return False
-            amax = max(amax, v)
-        s = amax / 127.0 if amax > 0.0 else 1.0
+            big = max(big, bits[m, k] & np.int32(0x7FFFFFFF))
+        if big >= np.int32(0x7F800000):
+            return False
+        one[0] = big
+        s = np.float64(one.view(np.float32)[0]) / 127.0 if big > 0 else 1.0
         scale[m] = s
         for k in range(x.shape[1]):
             qx[m, k] = np.int8(min(max(np.rint(np.float64(x[m, k]) / s), -127.0), 127.0))
