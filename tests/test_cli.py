@@ -200,7 +200,12 @@ def test_bench_kernels_cold_marks_every_row(tmp_path):
                    "--repeats", "1", "--cold", "--json", str(path))
     assert run.returncode == 0, run.stderr
     assert "--cold" in run.stdout
-    assert [r["caches"] for r in json.loads(path.read_text())["results"]] == ["cold", "cold"]
+    result = json.loads(path.read_text())
+    assert [r["caches"] for r in result["results"]] == ["cold", "cold"]
+    from tinyzip.kernels import int8
+    assert result["machine"]["cpu"]                                  # LLVM's name of the CPU model
+    assert result["machine"]["int8_kernel"] == ("avx512-vnni" if int8.HAS_VNNI else "avx2" if int8.HAS_AVX2
+                                                else "portable")
 
 
 def test_bench_kernels_default_list_is_the_benchmarks():
