@@ -154,6 +154,7 @@ def _int8_matmul(packed):
     from tinyzip.kernels import aligned_copy
     from tinyzip.kernels.int8 import (FALLBACK_BATCH, HAS_AVX2, HAS_VNNI, PACKED_FALLBACK_BATCH, int8_linear_prepared,
                                       int8_linear_static, pack_weight, prepare_int8_weights, prepare_weight)
+    from tinyzip.kernels.int8_vnni import EVERY_BATCH_K
     meta = packed.meta
     act = act_qparams(packed)
     if meta["granularity"] == "bucket":
@@ -171,10 +172,11 @@ def _int8_matmul(packed):
                                       unsigned)
 
         return static_matmul
-    # the packed layouts (AVX2 pmaddwd, AVX-512 VNNI) win up to larger batches than the portable kernel.
-    # VNNI beats sgemm at 128-512 rows on 1024^2-4096^2 (1.6-3.1x) but not on the shipped model's
-    # K = 128 layers (1920 x 128 x 512: 0.72x; its per-call buffers, an int32 accumulator as large as y)
-    fallback = PACKED_FALLBACK_BATCH if HAS_AVX2 or HAS_VNNI else FALLBACK_BATCH
+    # the packed layouts (AVX2 pmaddwd, AVX-512 VNNI) win up to larger batches than the portable kernel;
+    # VNNI from K = EVERY_BATCH_K at every batch (the shipped model's K = 128 and 512 layers keep the
+    # float path from PACKED_FALLBACK_BATCH rows: 1920 x 128 x 512 0.75x, an int32 accumulator as large as y)
+    fallback = (None if HAS_VNNI and W_t.shape[1] >= EVERY_BATCH_K else
+                PACKED_FALLBACK_BATCH if HAS_AVX2 or HAS_VNNI else FALLBACK_BATCH)
     weights = prepare_int8_weights(W_t, scale, w_zero=zero, fallback_batch=fallback, vnni=True,
                                    W_packed=pack_weight(W_t) if HAS_AVX2 and not HAS_VNNI else None)
 

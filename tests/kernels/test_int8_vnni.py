@@ -102,3 +102,17 @@ def test_the_model_bridge_runs_dynamic_int8_layers_on_vnni_below_its_fallback_ba
     x = rng.standard_normal((I.PACKED_FALLBACK_BATCH - 1, 40)).astype(np.float32)
     W_q, scale, zero = compressed.uniform_codes(packed)
     np.testing.assert_array_equal(compressed._int8_matmul(packed)(x), U.int8_linear_reference(x, W_q, scale, zero))
+
+
+def test_the_bridge_keeps_vnni_at_every_batch_from_every_batch_k_and_falls_back_below():
+    """At PACKED_FALLBACK_BATCH rows a K = EVERY_BATCH_K layer is Eq. (7) bit for bit on VNNI CPUs
+    (no float fallback) and x @ unpack(packed) elsewhere; a K = EVERY_BATCH_K - 1 layer falls back everywhere."""
+    from tinyzip import compressed
+    from tinyzip.kernels.int8_vnni import EVERY_BATCH_K
+    rng = np.random.default_rng(1)
+    for K, on_vnni in ((EVERY_BATCH_K, I.HAS_VNNI), (EVERY_BATCH_K - 1, False)):
+        packed = U.pack_uniform(rng.standard_normal((K, 20)).astype(np.float32), 8, "channel")
+        x = rng.standard_normal((I.PACKED_FALLBACK_BATCH, K)).astype(np.float32)
+        W_q, scale, zero = compressed.uniform_codes(packed)
+        expected = U.int8_linear_reference(x, W_q, scale, zero) if on_vnni else x @ compressed.unpack(packed)
+        np.testing.assert_array_equal(compressed._int8_matmul(packed)(x), expected)
