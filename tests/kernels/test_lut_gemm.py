@@ -76,6 +76,7 @@ def test_eq3_kernel_equals_dense_matmul_with_dequantized_weights(case, with_bias
 def test_eq3_parallel_kernels_equal_dense_matmul(M, q, monkeypatch):
     """Hypothesis shapes are small, so they run on one thread; force the parallel path here."""
     monkeypatch.setattr(lg, "SERIAL_WORK", 0)
+    monkeypatch.setattr(lg.lut_gemv_avx512, "SERIAL_WORK", 0)
     rng = np.random.default_rng(M)
     x = rng.normal(size=(M, 77)).astype(np.float32)
     codes = rng.choice(np.array([-1, 1], np.int8), size=(q, 77, 23))
@@ -105,7 +106,11 @@ def test_dispatch_rule_keeps_lut_where_it_wins_and_falls_back_where_it_loses():
     assert lg.use_lut(1, 2, 4096, 4096) and lg.use_lut(8, 3, 256, 1024)
     assert not lg.use_lut(128, 3, 1024, 1024) and lg.use_lut(128, 3, 4096, 4096)
     assert not lg.use_lut(128, 3, 4096, 1024) and not lg.use_lut(256, 3, 4096, 4096)
-    assert not lg.use_lut(1, 1, 64, 64) and not lg.use_lut(1, 2, 1024, 1024)
+    if lg.lut_gemv_avx512.HAS_AVX512:   # one row: the vpermps kernel (1.2-8x numpy from 256 x 1024 up)
+        assert lg.use_lut(1, 3, 256, 1024) and lg.use_lut(1, 3, 1024, 256) and not lg.use_lut(1, 1, 512, 128)
+    else:
+        assert not lg.use_lut(1, 1, 64, 64) and not lg.use_lut(1, 2, 1024, 1024)
+    assert not lg.use_lut(1, 4, 4096, 4096)
     assert not lg.use_lut(8, 1, 1024, 256) and not lg.use_lut(8, 4, 4096, 4096)
     assert lg.use_lut(128, 2, 4096, 1024) and lg.use_lut(64, 2, 1024, 1024) and lg.use_lut(128, 1, 4096, 1024)
     assert not lg.use_lut(128, 2, 512, 512) and not lg.use_lut(256, 2, 4096, 4096)

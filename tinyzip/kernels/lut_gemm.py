@@ -25,12 +25,13 @@ Dtypes: x float32, keys uint8, alphas float32, accumulation float32, output floa
 is built by doubling, Eq. (2), not Gray code.
 
 Optimisations (perf-notes sections 3, 7, 8):
-* M = 1 (``_lut_gemv_kernel``): one parallel region; each of the ``nchunks`` chunks builds every
-  table (K/8 x 256 floats, cheap), then walks the groups of 8 sub-vectors in the outer loop and
+* M = 1 on AVX-512, q <= 3 (``lut_gemv_avx512.py``): each table split into two 16-float halves,
+  one zmm each, looked up for 16 units by one ``vpermps`` (2 threads, Zen 4, vs numpy: 1024^2
+  1.7-4.2x, 4096^2 4.1-8.5x, where this file's kernel read 0.53-1.38x and 1.7-3.6x).
+* M = 1 elsewhere (``_lut_gemv_kernel``): one parallel region; each of the ``nchunks`` chunks builds
+  every table (K/8 x 256 floats, cheap), then walks the groups of 8 sub-vectors in the outer loop and
   its output units in the inner one, so the group's 8 tables (8 KB) stay in L1 while the keys
-  (the batched layout below) stream past; y[n] accumulates in memory (N floats, L1/L2). This
-  replaced a unit-major loop over the whole 512 KB table (4096^2, same run, 1-thread: 1.55x ->
-  2.13x numpy at q = 1, 0.82x -> 1.69x at q = 2, 0.58x -> 1.04x at q = 3).
+  (the batched layout below) stream past; y[n] accumulates in memory (N floats, L1/L2).
 * M >= 2 (``_lut_gemm_mt{MT}_q{Q}_kernel`` in ``_lut_generated.py``, written by
   ``_generated_source``; regenerate with ``lut_gemm.write_generated()``): keys stored
   (q, Kb/8, N, 8) uint8, so the keys of one output unit are adjacent bytes (a key load is one
@@ -55,10 +56,9 @@ Optimisations (perf-notes sections 3, 7, 8):
   and owns its table buffer, so the loop is race-free.
 
 Dispatch (``lut_linear``, rule in ``use_lut``): where the LUT path measured slower than numpy
-float32 (M = 1 on layers under 4M weights, 1M at q = 1; N q < 1024 at any batch; above batch 32,
-q = 2 under 1M weights and q = 3 under 16M; q = 2, 3 above batch 128; q > 3), dequantize once, cache the
-float32 W in the prepared weights, and use x @ W: NumPy's own float32 product, the baseline itself,
-plus the input checks.
+float32 (M = 1 under 256K weights on AVX-512, else under 4M, 1M at q = 1; N q < 1024 at any batch;
+above batch 32, q = 2 under 1M weights and q = 3 under 16M; q = 2, 3 above batch 128; q > 3),
+x @ W on the dequantized float32 W (made once, kept): NumPy's own product plus the input checks.
 """
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -68,7 +68,7 @@ from numba import get_num_threads, njit, prange, set_num_threads
 
 from tinyzip.compress.base import PackedTensor
 from tinyzip.compress.binary_codes import dequantize, unpack_codes
-from tinyzip.kernels import _lut_generated, aligned_copy, all_finite
+from tinyzip.kernels import _lut_generated, aligned_copy, all_finite, lut_gemv_avx512
 
 MU = 8                                 # inputs per key
 MTS = (32, 16, 8)                      # batch tile widths of the batched kernels
@@ -228,8 +228,9 @@ class LutWeights:
     plane (pad keys 0). ``keys_nqt`` uint8 (N, q, Kb) is the reference layout
     (``lut_matmul_reference``, the dense fallback); ``keys_qgn`` uint8 (q, Kb/8, N, 8) feeds both
     kernels: the 8 keys of one unit and group of 64 inputs are adjacent (so the weights sit in
-    memory twice: 2q bits per weight); ``alpha`` float32 (q, N). ``dense`` (K, N) caches the
-    dequantized float32 W the first time the dense path needs it."""
+    memory twice: 2q bits per weight); ``alpha`` float32 (q, N). ``blocks`` (keys, alpha) in
+    ``lut_gemv_avx512.pack_blocks``' layout, on AVX-512 CPUs for q <= 3 (a third copy of the keys).
+    ``dense`` (K, N) caches the dequantized float32 W the first time the dense path needs it."""
 
     K: int
     N: int
@@ -237,6 +238,7 @@ class LutWeights:
     keys_nqt: np.ndarray
     keys_qgn: np.ndarray
     alpha: np.ndarray
+    blocks: tuple | None = field(default=None, repr=False)
     dense: np.ndarray | None = field(default=None, repr=False)
 
 
@@ -260,8 +262,10 @@ def prepare_lut_weights(packed: PackedTensor | None = None, *, codes=None, alpha
     keys = np.packbits(bits, axis=2, bitorder="little")                    # (q, N, Kb)
     alpha32 = np.ascontiguousarray(alphas, dtype=np.float32)
     keys_qgn = np.ascontiguousarray(keys.reshape(q, N, Kb // MU, MU).transpose(0, 2, 1, 3))  # (q, Kb/8, N, 8)
-    return LutWeights(K, N, q, np.ascontiguousarray(keys.transpose(1, 0, 2)),   # (N, q, Kb)
-                      keys_qgn, alpha32)
+    keys_nqt = np.ascontiguousarray(keys.transpose(1, 0, 2))                                   # (N, q, Kb)
+    blocks = (lut_gemv_avx512.pack_blocks(keys_nqt, alpha32)
+              if lut_gemv_avx512.HAS_AVX512 and q <= lut_gemv_avx512.MAX_Q else None)
+    return LutWeights(K, N, q, keys_nqt, keys_qgn, alpha32, blocks)
 
 
 def use_lut(M: int, q: int, K: int, N: int) -> bool:
@@ -281,11 +285,13 @@ def use_lut(M: int, q: int, K: int, N: int) -> bool:
     is since the in-kernel transpose and copy): q=2 at M = 64 / 128 1.23 / 1.19x on 1024^2, 1.37 / 1.29x
     on 4096x1024, 2.05 / 1.78x on 4096^2; q=3 0.96 / 0.94x, 1.11 / 0.95x (0.92-1.14 by pass), 1.43 / 1.27x.
     So above M = 32: q=2 from 1M weights up, q=3 from 16M, up to the measured M = 128; dense beyond.
+    M = 1 on AVX-512 (``lut_gemv_avx512``, 2 threads, 2026-11-24): 1.2-2.5x on 256x1024 and 1024x256,
+    0.8-1.1x on 512x128 and 128x512 (11-14 us calls, q = 1-3): LUT from 256K weights.
     """
     if q > 3:
         return False
-    if M == 1:
-        return K * N >= 1 << 22 or (q == 1 and K * N >= 1 << 20)
+    if M == 1:                                    # on AVX-512 (q <= 3 here) the vpermps kernel
+        return K * N >= 1 << 18 if lut_gemv_avx512.HAS_AVX512 else K * N >= 1 << 22 or (q == 1 and K * N >= 1 << 20)
     if N * q < 1024:
         return False
     if M <= 32:
@@ -323,7 +329,8 @@ def lut_linear(x: np.ndarray, prepared: LutWeights, bias: np.ndarray | None = No
         # small calls run on one thread: a parallel region costs tens of microseconds and its
         # closing barrier waits for every worker (perf-notes section 9, "run small layers serially")
         threads = get_num_threads()
-        set_num_threads(1 if M * prepared.K * N * q < SERIAL_WORK else threads)
+        serial_work = lut_gemv_avx512.SERIAL_WORK if M == 1 and prepared.blocks is not None else SERIAL_WORK
+        set_num_threads(1 if M * prepared.K * N * q < serial_work else threads)
         try:
             y = _lut_matmul(x, prepared, min(get_num_threads(), N))
         finally:
@@ -344,6 +351,8 @@ def _lut_matmul(x, prepared, nchunks):
     if M == 1:
         xp = np.zeros(MU * Kb, dtype=np.float32)                           # zero-padded inputs
         xp[:prepared.K] = x[0]
+        if prepared.blocks is not None:
+            return lut_gemv_avx512.lut_gemv(xp, *prepared.blocks, N)[None, :]
         y = np.empty(N, dtype=np.float32)
         _lut_gemv_kernel(xp, prepared.keys_qgn, prepared.alpha, y, nchunks)
         return y[None, :]                                                  # (1, N)
