@@ -206,6 +206,8 @@ def test_bench_kernels_cold_marks_every_row(tmp_path):
     assert result["machine"]["cpu"]                                  # LLVM's name of the CPU model
     assert result["machine"]["int8_kernel"] == ("avx512-vnni" if int8.HAS_VNNI else "avx2" if int8.HAS_AVX2
                                                 else "portable")
+    from tinyzip.kernels.lut_gemv_avx512 import HAS_AVX512
+    assert result["machine"]["lut_gemv_kernel"] == ("avx512-vpermps" if HAS_AVX512 else "scalar")
 
 
 def test_bench_kernels_default_list_is_the_benchmarks():

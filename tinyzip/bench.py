@@ -37,13 +37,15 @@ def _seconds(fn, repeats: int) -> tuple[float, float]:
 
 def machine_info() -> dict:
     """What the numbers depend on: CPU count and model (LLVM's name for it: the project's machines
-    changed from Zen 3 to Zen 4 between two sessions unannounced), the int8 kernel that model gets,
-    NumPy version, BLAS threads setting, load."""
+    changed from Zen 3 to Zen 4 between two sessions unannounced), the int8 and one-row LUT kernels
+    that model gets, NumPy version, BLAS threads setting, load."""
     import llvmlite.binding as llvm_binding
 
     from tinyzip.kernels.int8 import HAS_AVX2, HAS_VNNI
+    from tinyzip.kernels.lut_gemv_avx512 import HAS_AVX512
     return {"cpus": os.cpu_count(), "machine": platform.machine(), "cpu": llvm_binding.get_host_cpu_name(),
             "int8_kernel": "avx512-vnni" if HAS_VNNI else "avx2" if HAS_AVX2 else "portable",
+            "lut_gemv_kernel": "avx512-vpermps" if HAS_AVX512 else "scalar",
             "python": platform.python_version(),
             "numpy": np.__version__, "openblas_num_threads": os.environ.get("OPENBLAS_NUM_THREADS"),
             "loadavg": list(os.getloadavg()) if hasattr(os, "getloadavg") else None}
