@@ -155,6 +155,18 @@ assert np.array_equal(T, direct.astype(np.float32))
 assert np.array_equal(T[255 - np.arange(256)], -T)
 
 # %% [markdown]
+# The one-row kernel on AVX-512 CPUs (`kernels/lut_gemv_avx512.py`) never builds the 256 entries.
+# A key's entry is the signed sum over its low nibble's four inputs plus the one over its high
+# nibble's: `T[key] = L[key & 15] + H[key >> 4]`. Two 16-entry tables hold the same information,
+# each fits one 512-bit register, and one `vpermps` instruction looks up 16 output units at once.
+
+# %%
+keys = np.arange(256)
+L, H = ((2 * bits_of[:16, :4] - 1) @ x8[0, 4 * h:4 * h + 4].astype(np.int64) for h in (0, 1))
+print(f"L = {L.tolist()}")
+assert np.array_equal(L[keys & 15] + H[keys >> 4], direct)
+
+# %% [markdown]
 # ## Step 5 — the LUT matmul against the dense product
 #
 # `lut_linear` runs the kernel on packed keys (K = 32 is padded with zero inputs to a multiple of
