@@ -203,6 +203,7 @@ def _lut_matmul(packed):
 
 
 def _codebook_matmul(packed):
+    from tinyzip.kernels import codebook_avx512
     from tinyzip.kernels.codebook import codebook_matmul
     if packed.method == "kmeans+huffman":            # Huffman is a storage code: decode once at load
         packed = huffman.kmeans_from_huffman(packed)
@@ -210,7 +211,10 @@ def _codebook_matmul(packed):
     if codebook.size > 256:
         return None
     idx8 = np.ascontiguousarray(idx, dtype=np.uint8)
-    return lambda x: codebook_matmul(np.ascontiguousarray(x, dtype=np.float32), idx8, codebook)
+    # one-row products on AVX-512 read the indices in 64-column blocks (a second copy, 1 byte a weight)
+    blocks = (codebook_avx512.pack_blocks(idx8)
+              if codebook_avx512.HAS_AVX512 and codebook.size <= codebook_avx512.TABLE else None)
+    return lambda x: codebook_matmul(np.ascontiguousarray(x, dtype=np.float32), idx8, codebook, blocks)
 
 
 def _sparse_matmul(packed):
