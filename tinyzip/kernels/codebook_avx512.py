@@ -21,8 +21,8 @@ indices of 16 and more, which ``vpermps`` would wrap, are caught by an OR of eve
 (``seen``): the wrapper then raises. Float32 products and sums, summed along k per column in order
 (no FMA contraction), so it agrees with x @ W within ``codebook.py``'s bound 2 gamma_K (|x| @ |W|).
 
-``HAS_AVX512`` is False without AVX-512F or when NUMBA_CPU_NAME names another target; ``codebook.py``
-then keeps its own kernel.
+``HAS_AVX512`` (``lut_gemv_avx512``'s, with the vector types and ``vpermps``) is False without
+AVX-512F or when NUMBA_CPU_NAME names another target; ``codebook.py`` then keeps its own kernel.
 """
 import numpy as np
 from llvmlite import ir
@@ -31,15 +31,13 @@ from numba.core import cgutils
 from numba.extending import intrinsic
 
 from tinyzip.kernels import parallel_and_serial
-from tinyzip.kernels.int8_avx2 import host_cpu_has
+from tinyzip.kernels.lut_gemv_avx512 import HAS_AVX512  # noqa: F401  (callers ask this module)
+from tinyzip.kernels.lut_gemv_avx512 import F32X16, I8X16, I32X16, vpermps
 
-HAS_AVX512 = host_cpu_has("avx512f")
 TABLE = 16        # codebook entries one zmm register holds
 COLS = 64         # output columns per block: 4 zmm accumulators
 # K N below this runs on one thread (one / two threads: 4096x1024 372 / 410 us, 4096^2 1242 / 985 us)
 SERIAL_WORK = 1 << 23
-_F16, _I16, _B16 = ir.VectorType(ir.FloatType(), 16), ir.VectorType(ir.IntType(32), 16), \
-    ir.VectorType(ir.IntType(8), 16)
 
 
 def pack_blocks(idx):
@@ -79,22 +77,21 @@ def _block(typingctx, table, blocks, x, b, out, seen):
         def const(i):
             return ir.Constant(intp, i)
         K = cgutils.unpack_tuple(builder, ba.shape, 3)[1]
-        permps = cgutils.get_or_insert_function(
-            builder.module, ir.FunctionType(_F16, [_F16, _I16]), "llvm.x86.avx512.permvar.sf.512")
-        codebook = builder.load(builder.bitcast(ta.data, _F16.as_pointer()), align=4)
-        seen_ptr = builder.gep(builder.bitcast(sa.data, _I16.as_pointer()), [bv])
+        permps = vpermps(builder)
+        codebook = builder.load(builder.bitcast(ta.data, F32X16.as_pointer()), align=4)
+        seen_ptr = builder.gep(builder.bitcast(sa.data, I32X16.as_pointer()), [bv])
         seen_acc = cgutils.alloca_once_value(builder, builder.load(seen_ptr, align=4))
-        accs = [cgutils.alloca_once_value(builder, ir.Constant(_F16, [0.0] * 16)) for _ in range(COLS // 16)]
-        block = builder.gep(builder.bitcast(ba.data, _B16.as_pointer()), [builder.mul(bv, builder.mul(K, const(4)))])
+        accs = [cgutils.alloca_once_value(builder, ir.Constant(F32X16, [0.0] * 16)) for _ in range(COLS // 16)]
+        block = builder.gep(builder.bitcast(ba.data, I8X16.as_pointer()), [builder.mul(bv, builder.mul(K, const(4)))])
         x_ptr = builder.bitcast(xa.data, ir.FloatType().as_pointer())
         with cgutils.for_range(builder, K) as loop:
             k = loop.index
-            xk = builder.insert_element(ir.Constant(_F16, ir.Undefined), builder.load(builder.gep(x_ptr, [k])),
+            xk = builder.insert_element(ir.Constant(F32X16, ir.Undefined), builder.load(builder.gep(x_ptr, [k])),
                                         ir.Constant(ir.IntType(32), 0))
-            xk = builder.shuffle_vector(xk, xk, ir.Constant(_I16, None))              # x[k] in 16 lanes
+            xk = builder.shuffle_vector(xk, xk, ir.Constant(I32X16, None))              # x[k] in 16 lanes
             for r, acc in enumerate(accs):
                 indices = builder.zext(builder.load(builder.gep(block, [builder.add(builder.mul(k, const(4)),
-                                                                                   const(r))]), align=1), _I16)
+                                                                                   const(r))]), align=1), I32X16)
                 builder.store(builder.or_(builder.load(seen_acc), indices), seen_acc)
                 weights = builder.call(permps, [codebook, indices])                    # W[k, 16 columns]
                 # y[n] += x[k] codebook[idx[k, n]]
@@ -102,7 +99,7 @@ def _block(typingctx, table, blocks, x, b, out, seen):
         out_ptr = builder.bitcast(oa.data, ir.FloatType().as_pointer())
         for r, acc in enumerate(accs):
             column = builder.add(builder.mul(bv, const(COLS)), const(16 * r))
-            target = builder.bitcast(builder.gep(out_ptr, [column]), _F16.as_pointer())
+            target = builder.bitcast(builder.gep(out_ptr, [column]), F32X16.as_pointer())
             builder.store(builder.load(acc), target, align=4)
         builder.store(builder.load(seen_acc), seen_ptr, align=4)
         return context.get_dummy_value()

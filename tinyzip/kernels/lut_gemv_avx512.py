@@ -41,8 +41,14 @@ HAS_AVX512 = host_cpu_has("avx512f")
 SERIAL_WORK = 1 << 23
 R = 2            # zmm blocks of 16 output units per register tile: 2 R q accumulators (q <= 3: 12 of 32)
 MAX_Q = 3        # bit planes with a kernel here (``lut_gemm.use_lut`` sends q > 3 to the dense path)
-_F16, _I16, _B16 = ir.VectorType(ir.FloatType(), 16), ir.VectorType(ir.IntType(32), 16), \
+F32X16, I32X16, I8X16 = ir.VectorType(ir.FloatType(), 16), ir.VectorType(ir.IntType(32), 16), \
     ir.VectorType(ir.IntType(8), 16)
+
+
+def vpermps(builder):
+    """The zmm ``vpermps`` for codegen: call(table, index) -> table[index[i] & 15] in lane i."""
+    return cgutils.get_or_insert_function(builder.module, ir.FunctionType(F32X16, [F32X16, I32X16]),
+                                          "llvm.x86.avx512.permvar.sf.512")
 
 
 def pack_blocks(keys_nqt, alpha):
@@ -96,15 +102,14 @@ def _make_block(q):
                 return ir.Constant(intp, i)
             Kb = cgutils.unpack_tuple(builder, ka.shape, 4)[1]
             NP = cgutils.unpack_tuple(builder, aa.shape, 2)[1]
-            permps = cgutils.get_or_insert_function(
-                builder.module, ir.FunctionType(_F16, [_F16, _I16]), "llvm.x86.avx512.permvar.sf.512")
-            table_ptr = builder.bitcast(ta.data, _F16.as_pointer())              # tables[u] is one zmm
-            block_keys = builder.gep(builder.bitcast(ka.data, _B16.as_pointer()),
+            permps = vpermps(builder)
+            table_ptr = builder.bitcast(ta.data, F32X16.as_pointer())              # tables[u] is one zmm
+            block_keys = builder.gep(builder.bitcast(ka.data, I8X16.as_pointer()),
                                      [builder.mul(builder.mul(bv, Kb), const(q * R))])
-            zero = ir.Constant(_F16, [0.0] * 16)
+            zero = ir.Constant(F32X16, [0.0] * 16)
             acc = {(r, i, h): cgutils.alloca_once_value(builder, zero) for r in range(R) for i in range(q)
                    for h in range(2)}
-            four = ir.Constant(_I16, [4] * 16)
+            four = ir.Constant(I32X16, [4] * 16)
             with cgutils.for_range(builder, Kb) as loop:
                 t = loop.index
                 low = builder.load(builder.gep(table_ptr, [builder.mul(t, const(2))]), align=4)
@@ -113,7 +118,7 @@ def _make_block(q):
                     for r in range(R):
                         k8 = builder.load(builder.gep(block_keys, [builder.add(builder.mul(t, const(q * R)),
                                                                                const(i * R + r))]), align=1)
-                        k32 = builder.zext(k8, _I16)
+                        k32 = builder.zext(k8, I32X16)
                         # Eq. (1'): vpermps reads the low 4 bits of each lane's index
                         for h, (tab, idx) in enumerate(((low, k32), (high, builder.lshr(k32, four)))):
                             a = acc[r, i, h]
@@ -126,11 +131,11 @@ def _make_block(q):
                 for i in range(q):
                     a_i = builder.load(builder.bitcast(builder.gep(alpha_ptr, [builder.add(builder.mul(const(i), NP),
                                                                                             unit)]),
-                                                       _F16.as_pointer()), align=4)
+                                                       F32X16.as_pointer()), align=4)
                     # Eq. (3')
                     plane = builder.fadd(builder.load(acc[r, i, 0]), builder.load(acc[r, i, 1]))
                     y = builder.fadd(y, builder.fmul(a_i, plane))
-                builder.store(y, builder.bitcast(builder.gep(out_ptr, [unit]), _F16.as_pointer()), align=4)
+                builder.store(y, builder.bitcast(builder.gep(out_ptr, [unit]), F32X16.as_pointer()), align=4)
             return context.get_dummy_value()
         return types.void(tables, keys, alpha, out, b), codegen
     return block
