@@ -1,6 +1,6 @@
-"""Tests of tinyzip/kernels/codebook_avx512.py, the one-row codebook matmul with a codebook of at
-most 16 entries in one zmm register (vpermps), through ``codebook_matmul(..., blocks)``: it runs
-there on AVX-512 CPUs and ``codebook.py``'s kernel elsewhere, so every test asserts on every CPU.
+"""Tests of tinyzip/kernels/codebook_avx512.py, the codebook matmul with a codebook of at most 16
+entries in one zmm register (vpermps), through ``codebook_matmul(..., blocks)``: it runs there on
+AVX-512 CPUs and ``codebook.py``'s kernel elsewhere, so every test asserts on every CPU.
 Bound: ``test_codebook.dot_bound`` (gamma_K per side, Higham Sec. 3.1)."""
 import numpy as np
 import pytest
@@ -16,29 +16,31 @@ from tinyzip.kernels.codebook import codebook_matmul, codebook_matmul_reference
 
 
 @st.composite
-def one_row_st(draw, integers=False):
-    """x (1, K), idx (K, N) < k <= 16, codebook (k,): N crosses the 64-column blocks."""
+def case_st(draw, integers=False):
+    """x (M, K), idx (K, N) < k <= 16, codebook (k,): N crosses the 64-column blocks, M the row
+    tiles of 6, 4 and 1 (and 8 as two of 4)."""
+    M = draw(st.sampled_from([1, 2, 4, 5, 6, 7, 8, 9, 13]))
     K, N, k = draw(st.integers(1, 300)), draw(st.integers(1, 200)), draw(st.integers(1, 16))
     values = st.integers(-8, 8).map(float) if integers else floats_st(np.float32)
-    x = draw(hynp.arrays(np.float32, (1, K), elements=values))
+    x = draw(hynp.arrays(np.float32, (M, K), elements=values))
     idx = draw(hynp.arrays(np.uint8, (K, N), elements=st.integers(0, k - 1)))
     codebook = draw(hynp.arrays(np.float32, k, elements=values))
     return x, idx, codebook
 
 
-@given(case=one_row_st())
-def test_one_row_equals_reference_within_the_dot_product_bound(case):
+@given(case=case_st())
+def test_kernel_equals_reference_within_the_dot_product_bound(case):
     x, idx, codebook = case
     y = codebook_matmul(x, idx, codebook, cv.pack_blocks(idx))
-    assert y.dtype == np.float32 and y.shape == (1, idx.shape[1])
+    assert y.dtype == np.float32 and y.shape == (x.shape[0], idx.shape[1]) and y.flags.c_contiguous
     ref = codebook_matmul_reference(x, idx, codebook)
     assert (np.abs(y.astype(np.float64) - ref) <= dot_bound(x, codebook[idx])).all()
 
 
-@given(case=one_row_st(integers=True))
-def test_one_row_is_exact_on_integer_data(case):
+@given(case=case_st(integers=True))
+def test_kernel_is_exact_on_integer_data(case):
     """Small integers: every sum is exact in float32, so y equals the exact product bit for bit;
-    a wrong index, lane or block would show."""
+    a wrong index, lane, row or block would show."""
     x, idx, codebook = case
     exact = x.astype(np.float64) @ codebook[idx].astype(np.float64)
     np.testing.assert_array_equal(codebook_matmul(x, idx, codebook, cv.pack_blocks(idx)), exact)
@@ -60,8 +62,9 @@ def test_an_index_beyond_the_codebook_is_an_error_also_where_vpermps_would_wrap_
     index read is ORed into a check, so each bad index raises."""
     idx = np.zeros((70, 100), np.uint8)
     idx[69, 99] = bad
-    with pytest.raises(ValueError, match=f"up to {bad}"):
-        codebook_matmul(np.ones((1, 70), np.float32), idx, np.ones(4, np.float32), cv.pack_blocks(idx))
+    for rows in (1, 6):
+        with pytest.raises(ValueError, match=f"up to {bad}"):
+            codebook_matmul(np.ones((rows, 70), np.float32), idx, np.ones(4, np.float32), cv.pack_blocks(idx))
 
 
 def test_blocks_of_another_idx_are_refused():
@@ -72,10 +75,11 @@ def test_blocks_of_another_idx_are_refused():
         cv.pack_blocks(idx.astype(np.int16))
 
 
-def test_large_layers_on_both_thread_counts_equal_the_reference(monkeypatch):
+@pytest.mark.parametrize("M", [1, 11])
+def test_large_layers_on_both_thread_counts_equal_the_reference(M, monkeypatch):
     rng = np.random.default_rng(1)
     K, N = 1000, 333
-    x = rng.normal(size=(1, K)).astype(np.float32)
+    x = rng.normal(size=(M, K)).astype(np.float32)
     idx = rng.integers(0, 16, (K, N), dtype=np.uint8)
     codebook = rng.normal(size=16).astype(np.float32)
     ref = codebook_matmul_reference(x, idx, codebook)

@@ -38,9 +38,9 @@ Optimisations:
 * Limits, measured: LLVM emits no vector gather, so the look-up costs about one cycle per
   weight; at batch 1 the kernel is slower than NumPy's float32 GEMV (which streams 4 bytes per
   weight at memory speed) and its gain is memory: 1 byte per weight instead of 4.
-* One row of x, at most 16 codebook entries, AVX-512, ``blocks`` given: ``codebook_avx512.py``
-  looks up 16 weights with one ``vpermps`` from a register and streams the indices in 64-column
-  blocks, faster than NumPy's float32 GEMV (see there).
+* At most 16 codebook entries, AVX-512, ``blocks`` given: ``codebook_avx512.py`` looks up 16
+  weights with one ``vpermps`` from a register, feeds them straight into a register tile of
+  multiply-adds and streams the indices in 64-column blocks.
 * Out-of-range indices: the codebook is padded to 256 entries with NaN, so an index >= k can
   never read outside memory and turns its outputs into NaN; the wrapper then names the error.
   Checking ``idx.max()`` up front would cost a full pass over idx on every call.
@@ -95,8 +95,8 @@ def codebook_matmul(x: np.ndarray, idx: np.ndarray, codebook: np.ndarray, blocks
     """y = x @ codebook[idx] without building W. x (M, K) float32, idx (K, N) uint8 -> (M, N).
 
     ``blocks``: ``codebook_avx512.pack_blocks(idx)``, kept by a caller that multiplies by one idx
-    many times (the model bridge); one-row x with at most 16 codebook entries then runs the
-    ``vpermps`` kernel on AVX-512 CPUs."""
+    many times (the model bridge); with at most 16 codebook entries ``codebook_avx512``'s
+    ``vpermps`` kernel then runs on AVX-512 CPUs."""
     _check(x, idx, codebook)
     lut = np.full(MAX_K, np.nan, dtype=np.float32)                         # (256,)
     lut[: codebook.size] = codebook
@@ -104,9 +104,8 @@ def codebook_matmul(x: np.ndarray, idx: np.ndarray, codebook: np.ndarray, blocks
     if blocks is not None and blocks.shape != (-(-N // codebook_avx512.COLS), K, codebook_avx512.COLS):
         raise ValueError(f"blocks {blocks.shape} is not codebook_avx512.pack_blocks of idx {idx.shape}")
     out_of_range = False
-    if blocks is not None and x.shape[0] == 1 and codebook.size <= codebook_avx512.TABLE and codebook_avx512.HAS_AVX512:
-        y, out_of_range = codebook_avx512.codebook_gemv(x[0], blocks, lut[:codebook_avx512.TABLE], N)
-        out = y[None, :]
+    if blocks is not None and codebook.size <= codebook_avx512.TABLE and codebook_avx512.HAS_AVX512:
+        out, out_of_range = codebook_avx512.codebook_matmul_blocks(x, blocks, lut[:codebook_avx512.TABLE], N)
     else:
         out = np.empty((x.shape[0], N), dtype=np.float32)                 # (M, N)
         _codebook_matmul_kernel(x, idx, lut, out, _block_width(N))
