@@ -211,7 +211,7 @@ def _codebook_matmul(packed):
     if codebook.size > 256:
         return None
     idx8 = np.ascontiguousarray(idx, dtype=np.uint8)
-    # one-row products on AVX-512 read the indices in 64-column blocks (a second copy, 1 byte a weight)
+    # on AVX-512, at most 16 entries: the kernel reads the indices in 64-column blocks (1 more byte a weight)
     blocks = (codebook_avx512.pack_blocks(idx8)
               if codebook_avx512.HAS_AVX512 and codebook.size <= codebook_avx512.TABLE else None)
     return lambda x: codebook_matmul(np.ascontiguousarray(x, dtype=np.float32), idx8, codebook, blocks)
