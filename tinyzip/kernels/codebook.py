@@ -28,6 +28,7 @@ Optimisations:
 * ``prange`` over blocks of NB output columns (two per thread, 32..1024 wide): a block writes
   only its own columns of ``out`` and owns its buffers (``w0..w3``, ``acc``), so the loop is
   race-free and parallel even at M = 1. Wide blocks read each idx row in long contiguous runs.
+  Under ``SERIAL_WORK`` multiply-adds a serial twin runs instead (no parallel region to start).
 * Per block, four rows of the weight tile are dequantized into ``w0..w3`` (NB,) (a scalar
   gather from the codebook, which sits in L1) and then used for all M rows of x, so the gather
   is paid once per weight, not once per weight and batch row.
@@ -46,12 +47,15 @@ Optimisations:
   Checking ``idx.max()`` up front would cost a full pass over idx on every call.
 """
 import numpy as np
-from numba import get_num_threads, njit, prange
+from numba import get_num_threads, prange
 
 from tinyzip.compress.kmeans import shared_weights_forward
-from tinyzip.kernels import all_finite, codebook_avx512
+from tinyzip.kernels import all_finite, codebook_avx512, parallel_and_serial
 
 MAX_K = 256
+# M K N below this runs on one thread: a parallel region costs 60-130 us to start here (one / two
+# threads: 128x128 at batch 1 22 / 83 us, 128x512 at batch 8 50 / 76 us; 1024^2 at batch 1 358 / 244 us)
+SERIAL_WORK = 1 << 20
 
 
 def codebook_matmul_reference(x: np.ndarray, idx: np.ndarray, codebook: np.ndarray) -> np.ndarray:
@@ -108,7 +112,8 @@ def codebook_matmul(x: np.ndarray, idx: np.ndarray, codebook: np.ndarray, blocks
         out, out_of_range = codebook_avx512.codebook_matmul_blocks(x, blocks, lut[:codebook_avx512.TABLE], N)
     else:
         out = np.empty((x.shape[0], N), dtype=np.float32)                 # (M, N)
-        _codebook_matmul_kernel(x, idx, lut, out, _block_width(N))
+        kernel = _codebook_matmul_kernel if x.shape[0] * K * N >= SERIAL_WORK else _codebook_matmul_kernel_serial
+        kernel(x, idx, lut, out, _block_width(N))
     if out_of_range or codebook.size < MAX_K and np.isnan(out).any():
         if int(idx.max()) >= codebook.size:
             raise ValueError(f"idx has values up to {int(idx.max())}, but the codebook has only "
@@ -116,8 +121,7 @@ def codebook_matmul(x: np.ndarray, idx: np.ndarray, codebook: np.ndarray, blocks
     return out
 
 
-@njit(parallel=True, cache=True)
-def _codebook_matmul_kernel(x, idx, lut, out, nb):
+def _codebook_matmul_body(x, idx, lut, out, nb):
     # Indices are uint64 where it matters: Numba's signed indices carry a negative-index
     # wrap-around select that blocks vectorisation (perf-notes section 7.3).
     M, K = x.shape
@@ -156,3 +160,6 @@ def _codebook_matmul_kernel(x, idx, lut, out, nb):
         for m in range(M):
             for j in range(L):
                 out[m, n0 + j] = acc[m, j]
+
+
+_codebook_matmul_kernel, _codebook_matmul_kernel_serial = parallel_and_serial(_codebook_matmul_body)
