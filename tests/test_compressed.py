@@ -5,7 +5,8 @@ import pytest
 from hypothesis import given, strategies as st
 
 from tinyzip import container
-from tinyzip.compress import binarization, binary_codes, chung, fqt, huffman, kmeans, magnitude_pruning, uniform
+from tinyzip.compress import (binarization, binary_codes, chung, fqt, huffman, kmeans, magnitude_pruning, ternary,
+                              uniform)
 from tinyzip.compress.base import PackedTensor
 from tinyzip.compressed import dequantize_all, kernel_matmuls, pack_float, static_act_hooks, unpack
 from tinyzip.decode import greedy_decode
@@ -18,6 +19,7 @@ FORMATS = {
     "uniform-4": lambda W: uniform.pack_uniform(W, 4),
     "binary_codes-2": lambda W: binary_codes.pack_binary_codes(*binary_codes.binary_codes(W, 2)),
     "binary": lambda W: binarization.pack_binary(W),
+    "ternary": lambda W: ternary.pack_ternary(W, "tensor"),
     "sparse": lambda W: magnitude_pruning.pack_sparse(magnitude_pruning.topk_mask(W, 0.8) * W),
 }
 

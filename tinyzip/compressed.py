@@ -6,8 +6,9 @@ which method file reads which packed format back (an explicit table, no registry
 * ``unpack(packed)`` -> the dense float32 tensor (any method): the "dequantized" path, exact
   reference semantics, used for evaluation and as the oracle of the kernel path;
 * ``kernel_matmuls(packed)`` -> ``{weight name: callable(x2d) -> x2d @ W}`` for every tensor whose
-  format has a real kernel (int8 GEMM, BiQGEMM LUT, codebook, CSC sparse): the model forward takes this
-  dict as its ``matmuls`` argument, so compressed weights are multiplied in their packed form.
+  format has a real kernel (int8 GEMM; BiQGEMM LUT for binary codes, 1-bit and ternary weights;
+  codebook; CSC sparse): the model forward takes this dict as its ``matmuls`` argument, so
+  compressed weights are multiplied in their packed form.
 
 * ``static_act_hooks(packed)`` -> the frozen activation quantizers of a weights+activations file
   that no kernel applies (Q, K, V and softmax outputs, FQT's operands of Q K^T and P V): the model
@@ -34,7 +35,8 @@ kernel's per-output-column scales cannot express: it fake-quantizes its input wi
 """
 import numpy as np
 
-from tinyzip.compress import binarization, binary_codes, chung, fqt, huffman, kmeans, magnitude_pruning, uniform
+from tinyzip.compress import (binarization, binary_codes, chung, fqt, huffman, kmeans, magnitude_pruning, ternary,
+                              uniform)
 from tinyzip.compress.base import PackedTensor
 from tinyzip.packing import unpack_uint
 
@@ -67,6 +69,7 @@ UNPACK = {
     "binary": binarization.unpack_binary,
     "binary_codes": binary_codes.unpack_binary_codes,
     "binary_codes_mixed": chung.unpack_embedding_codes,   # frequency-aware embeddings
+    "ternary": ternary.unpack_ternary,
 }
 
 
@@ -197,6 +200,12 @@ def _lut_matmul(packed):
         W = binarization.unpack_binary(packed)
         alpha = packed.arrays["alpha"].reshape(1, -1).astype(np.float32)
         prepared = prepare_lut_weights(codes=np.where(W >= 0, 1, -1)[None].astype(np.int8), alphas=alpha)
+    elif packed.method == "ternary":                 # alpha T = (alpha/2)(b_1 + b_2): binary codes, q=2
+        if packed.meta["granularity"] == "row":      # one alpha per input row: not a per-unit scale
+            return None
+        T, alpha = ternary.unpack_codes(packed)
+        codes, alphas = ternary.as_binary_codes(T, np.broadcast_to(alpha, (1, T.shape[1])).reshape(-1))
+        prepared = prepare_lut_weights(codes=codes, alphas=alphas)
     else:
         prepared = prepare_lut_weights(packed)
     return lambda x: lut_linear(np.ascontiguousarray(x, dtype=np.float32), prepared)
@@ -227,6 +236,7 @@ KERNELS = {
     "uniform": _int8_matmul,
     "binary_codes": _lut_matmul,
     "binary": _lut_matmul,
+    "ternary": _lut_matmul,
     "kmeans": _codebook_matmul,
     "kmeans+huffman": _codebook_matmul,
     "sparse": _sparse_matmul,
