@@ -12,9 +12,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from tinyzip.compress import binarization, chung, fqt, huffman, kmeans, magnitude_pruning, uniform
+from tinyzip.compress import binarization, chung, fqt, huffman, kmeans, magnitude_pruning, ternary, uniform
 from tinyzip.compress.base import Method
-from tinyzip.compressed import pack_float
+from tinyzip.compressed import is_embedding, pack_float
 from tinyzip.data import make_batches
 from tinyzip.nn.optim import adam
 from tinyzip.train import train
@@ -139,6 +139,16 @@ def row_binarization(ctx, params, steps=300):
     return "binarization", 1, packed
 
 
+def row_ternary(ctx, params, steps=60):
+    """TernaryBERT's TWN: one alpha per Linear matrix, one per token row of the embedding, latent
+    weights clipped to [-2.5, 2.5] in the forward, trained through the STE (no distillation). Runs
+    on BiQGEMM as a 2-bit binary code (the embedding, a lookup, is dequantized)."""
+    granularities = {n: "row" if is_embedding(n) else "tensor" for n in matrices(params)}
+    params = finetune(ctx, params, ternary.ternary_method(granularities), steps, f"ternary-{steps}")
+    packed = pack_model(params, lambda n, W: ternary.pack_ternary(W, granularities[n]), granularities)
+    return "ternary", 2, packed
+
+
 def row_uniform(ctx, params, bits=8, steps=0, activations=False, calib_batches=8):
     """Per-channel symmetric uniform weights (Jacob 2018 / FQT); PTQ when steps = 0, else QAT.
 
@@ -205,6 +215,7 @@ def plan(task: str, full: bool):
             (row_kmeans, {"bits": 4, "steps": 0}),
             (row_deep_compression, {"sparsity": 0.5, "steps": 60, "rounds": 1, "share_steps": 0}),
             (row_binarization, {"steps": 40}),
+            (row_ternary, {"steps": 60}),
             (row_uniform, {"bits": 8, "steps": 0}),
             (row_uniform, {"bits": 4, "steps": 0}),
             (row_binary_codes, {"q": 2, "steps": 60, "fit": "alternating"}),
@@ -215,6 +226,7 @@ def plan(task: str, full: bool):
                 + [(row_binary_codes, {"q": q, "steps": 0, "fit": fit}) for q in (2, 3, 4)
                    for fit in ("greedy", "alternating")]
                 + [(row_uniform, {"bits": b, "steps": 0, "activations": True}) for b in (8, 6, 4)]
+                + [(row_ternary, {"steps": 0})]
                 + [(row_uniform, {"bits": b, "steps": 400}) for b in (8, 6, 4)]
                 + [(row_uniform, {"bits": b, "steps": 400, "activations": True}) for b in (8, 6, 4)]
                 + [(row_kmeans, {"bits": b, "steps": 400}) for b in (4, 3)]
@@ -225,13 +237,15 @@ def plan(task: str, full: bool):
                    (row_pruning, {"sparsity": 0.8, "steps": 4000}),
                    (row_deep_compression, {"sparsity": 0.8, "steps": 4000, "share_steps": 400}),
                    (row_pruning, {"sparsity": 0.9, "steps": 4000}),
-                   (row_binarization, {"steps": 2000})])
+                   (row_binarization, {"steps": 2000}),
+                   (row_ternary, {"steps": 2000})])
     if not full:
         return [
             (row_pruning, {"sparsity": 0.8, "steps": 100}),
             (row_kmeans, {"bits": 4, "steps": 30}),
             (row_deep_compression, {"sparsity": 0.9, "bits": 3, "steps": 100, "share_steps": 30}),
             (row_binarization, {"steps": 60}),
+            (row_ternary, {"steps": 60}),
             (row_uniform, {"bits": 8, "steps": 0}),
             (row_uniform, {"bits": 4, "steps": 40}),
             (row_binary_codes, {"q": 2, "steps": 60, "fit": "greedy"}),
@@ -240,7 +254,8 @@ def plan(task: str, full: bool):
             + [(row_kmeans, {"bits": b, "steps": 200}) for b in (8, 5, 4, 3, 2)]
             + [(row_deep_compression, {"steps": 600}),
                (row_deep_compression, {"sparsity": 0.9, "bits": 3, "steps": 600, "share_steps": 200}),
-               (row_binarization, {"steps": 600})]
+               (row_binarization, {"steps": 600}),
+               (row_ternary, {"steps": 0}), (row_ternary, {"steps": 600})]
             + [(row_uniform, {"bits": b, "steps": 0}) for b in (8, 6, 4)]
             + [(row_uniform, {"bits": b, "steps": 400}) for b in (8, 6, 4)]
             + [(row_uniform, {"bits": b, "steps": s, "activations": True}) for s in (0, 400) for b in (8, 6, 4)]
