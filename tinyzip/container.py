@@ -5,7 +5,7 @@ manifest ``manifest.json`` (written last). A data member is the raw little-endia
 array of every tensor of one method, back to back, with no per-array header. The compression ratio
 tinyzip reports is ``file_ratio``: bytes of the float32 model file / bytes of the ``.tz`` file.
 
-Manifest schema, format version 2 (all keys required, no others)::
+Manifest schema, format version 2 (all keys required, no others; ``manifest.py`` checks it on load)::
 
     {"format": "tinyzip.tz", "format_version": 2,
      "config": {...}, "extra": {...},                     # JSON objects, opaque to the container
@@ -43,11 +43,8 @@ Determinism: fixed timestamps (1980-01-01), sorted tensors and keys, sorted JSON
 -> save gives identical bytes (with the same zlib). Writes go to a temporary file in the target's
 directory, then ``os.replace``: a failed or interrupted write leaves any old file intact.
 """
-import hashlib
-import json
 import math
 import os
-import re
 import tempfile
 import zipfile
 import zlib
@@ -57,17 +54,14 @@ import numpy as np
 
 from tinyzip.compress.base import PackedTensor
 from tinyzip.errors import FileFormatError
+from tinyzip.manifest import (FORMAT, FORMAT_VERSION, KEY_RE, KINDS, MEMBER_RE, canonical, float32_bytes, json_value,
+                              parse_manifest, sha256)
 
-FORMAT = "tinyzip.tz"
-FORMAT_VERSION = 2
 MANIFEST = "manifest.json"
 MAX_MANIFEST_BYTES = 64 << 20        # tokenizer merges fit easily; a 1 GB "manifest" is an attack
 MAX_DEFLATE_RATIO = 1032             # DEFLATE expands one byte to at most ~1032 (a 258-byte match in 2 bits)
 DEFLATE_LEVEL = 9
 _ZIP_DATE = (1980, 1, 1, 0, 0, 0)
-_KEY_RE = re.compile(r"[A-Za-z0-9_]+\Z")
-_MEMBER_RE = re.compile(r"[0-9]{2,}\.bin\Z")
-_KINDS = "biuf"                      # bool, signed, unsigned, float arrays; nothing else is stored
 
 
 @dataclass(frozen=True)
@@ -81,40 +75,6 @@ class TzFile:
     manifest: dict
     file_bytes: int = 0
     stored_bytes: dict = field(default_factory=dict)
-
-
-def float32_bytes(shape) -> int:
-    """Bytes the tensor takes as float32: 4 * prod(shape)."""
-    return 4 * math.prod(int(s) for s in shape)
-
-
-def _canonical(obj) -> bytes:
-    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=True,
-                      allow_nan=False).encode("ascii")
-
-
-def _sha256(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
-
-
-def _json_value(value, where: str):
-    """``value`` as plain JSON types (tuples -> lists, NumPy scalars -> Python); TypeError otherwise."""
-    if isinstance(value, np.generic) and value.dtype.kind in "biuf":
-        value = value.item()
-    if value is None or isinstance(value, (bool, int, str)):
-        return value
-    if isinstance(value, float):
-        if not math.isfinite(value):
-            raise ValueError(f"{where} is {value}; JSON has no NaN/inf")
-        return value
-    if isinstance(value, (list, tuple)):
-        return [_json_value(v, f"{where}[{i}]") for i, v in enumerate(value)]
-    if isinstance(value, dict):
-        for k in value:
-            if not isinstance(k, str):
-                raise TypeError(f"{where} has a non-str key {k!r} ({type(k).__name__})")
-        return {k: _json_value(v, f"{where}[{k!r}]") for k, v in value.items()}
-    raise TypeError(f"{where} is a {type(value).__name__}, not a JSON value")
 
 
 def _prepare(packed: dict) -> list:
@@ -138,9 +98,9 @@ def _prepare(packed: dict) -> list:
         arrays = {}
         for key in sorted(t.arrays):
             a = t.arrays[key]
-            if not isinstance(key, str) or not _KEY_RE.match(key):
+            if not isinstance(key, str) or not KEY_RE.match(key):
                 raise ValueError(f"packed[{name!r}] array key {key!r} must match [A-Za-z0-9_]+")
-            if not isinstance(a, np.ndarray) or a.dtype.kind not in _KINDS:
+            if not isinstance(a, np.ndarray) or a.dtype.kind not in KINDS:
                 raise TypeError(f"packed[{name!r}].arrays[{key!r}] must be a bool/int/uint/float "
                                 f"ndarray, got {getattr(a, 'dtype', type(a).__name__)}")
             arrays[key] = np.require(a, a.dtype.newbyteorder("<"), ["C"])  # keeps 0-d shape
@@ -154,15 +114,15 @@ def save_tz(path, packed: dict, config: dict, extra: dict | None = None) -> int:
     if not isinstance(config, dict) or not (extra is None or isinstance(extra, dict)):
         raise TypeError("config must be a dict and extra a dict or None")
     items = _prepare(packed)
-    config = _json_value(config, "config")
-    extra = _json_value({} if extra is None else extra, "extra")
+    config = json_value(config, "config")
+    extra = json_value({} if extra is None else extra, "extra")
     tensors, member_of, pieces = [], {}, {}
     for name, t, arrays in items:
         member = member_of.setdefault(t.method, f"{len(member_of):02d}.bin")   # one per method
         pieces.setdefault(member, []).extend(a.tobytes() for a in arrays.values())
         tensors.append({
             "name": name, "method": t.method, "shape": [int(s) for s in t.shape],
-            "meta": _json_value(t.meta, f"packed[{name!r}].meta"), "member": member,
+            "meta": json_value(t.meta, f"packed[{name!r}].meta"), "member": member,
             "arrays": {key: {"dtype": a.dtype.str, "shape": list(a.shape)} for key, a in arrays.items()},
             "float32_bytes": float32_bytes(t.shape),
             "packed_bytes": int(sum(a.nbytes for a in arrays.values())),
@@ -175,12 +135,12 @@ def save_tz(path, packed: dict, config: dict, extra: dict | None = None) -> int:
                 members = {}
                 for member, chunks in pieces.items():
                     data = b"".join(chunks)
-                    members[member] = {"sha256": _sha256(data), "bytes": len(data)}
+                    members[member] = {"sha256": sha256(data), "bytes": len(data)}
                     _write_member(zf, member, data)
                 manifest = {"format": FORMAT, "format_version": FORMAT_VERSION, "config": config,
                             "extra": extra, "tensors": tensors, "members": members}
-                manifest["checksum"] = _sha256(_canonical(manifest))
-                _write_member(zf, MANIFEST, _canonical(manifest))
+                manifest["checksum"] = sha256(canonical(manifest))
+                _write_member(zf, MANIFEST, canonical(manifest))
             fh.flush()
             os.fsync(fh.fileno())
         os.chmod(tmp, 0o644)
@@ -206,117 +166,6 @@ def _write_member(zf: zipfile.ZipFile, name: str, data: bytes) -> None:
     info.create_system = 3
     info.external_attr = 0o644 << 16
     zf.writestr(info, data, compresslevel=DEFLATE_LEVEL if deflate else None)
-
-
-def _no_duplicates(pairs):
-    keys = [k for k, _ in pairs]
-    if len(set(keys)) != len(keys):
-        raise ValueError(f"duplicate JSON key {sorted(k for k in keys if keys.count(k) > 1)[0]!r}")
-    return dict(pairs)
-
-
-def _reject_constant(name):
-    raise ValueError(f"non-JSON constant {name}")
-
-
-def _field(obj: dict, key: str, typ: type, where: str):
-    """``obj[key]`` if it has type ``typ`` (bool is not an int here), else a ValueError naming it."""
-    value = obj[key]
-    if not isinstance(value, typ) or (typ is int and isinstance(value, bool)):
-        raise ValueError(f"manifest {where}.{key} must be {typ.__name__}, got {type(value).__name__}")
-    return value
-
-
-def _shape(obj: dict, where: str) -> tuple:
-    shape = _field(obj, "shape", list, where)
-    if not all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in shape):
-        raise ValueError(f"manifest {where}.shape must be non-negative ints, got {shape!r}")
-    return tuple(shape)
-
-
-def _dtype(obj: dict, where: str) -> np.dtype:
-    dtype = _field(obj, "dtype", str, where)
-    try:
-        ok = np.dtype(dtype).str == dtype and np.dtype(dtype).kind in _KINDS
-    except TypeError:
-        ok = False
-    if not ok or dtype[0] not in "<|":
-        raise ValueError(f"manifest {where}.dtype {dtype!r} is not a little-endian number type")
-    return np.dtype(dtype)
-
-
-def _exact_keys(obj, keys: set, where: str) -> None:
-    if not isinstance(obj, dict):
-        raise ValueError(f"manifest {where} must be an object, got {type(obj).__name__}")
-    if set(obj) != keys:
-        raise ValueError(f"manifest {where} has keys {sorted(obj)}, expected {sorted(keys)}")
-
-
-_TOP_KEYS = {"format", "format_version", "config", "extra", "tensors", "members", "checksum"}
-_TENSOR_KEYS = {"name", "method", "shape", "meta", "member", "arrays", "float32_bytes", "packed_bytes"}
-_ARRAY_KEYS = {"dtype", "shape"}
-_MEMBER_KEYS = {"sha256", "bytes"}
-
-
-def _parse_manifest(raw: bytes) -> dict:
-    """Decode, version-check, checksum-check and schema-check the manifest (ValueError on failure)."""
-    try:
-        manifest = json.loads(raw.decode("utf-8"), object_pairs_hook=_no_duplicates,
-                              parse_constant=_reject_constant)
-    except (UnicodeDecodeError, RecursionError) as e:
-        raise ValueError(f"manifest is not JSON ({type(e).__name__})") from None
-    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
-        raise ValueError(f"manifest does not declare format {FORMAT!r} (not a .tz file?)")
-    version = manifest.get("format_version")
-    if type(version) is not int or version != FORMAT_VERSION:
-        raise ValueError(f"format version {version!r} is not supported (this tinyzip reads version "
-                         f"{FORMAT_VERSION}; export the model again)")
-    _exact_keys(manifest, _TOP_KEYS, "top level")
-    body = {k: v for k, v in manifest.items() if k != "checksum"}
-    if manifest["checksum"] != _sha256(_canonical(body)):
-        raise ValueError("manifest checksum mismatch (the manifest was edited or is corrupt)")
-    _field(manifest, "config", dict, "top level")
-    _field(manifest, "extra", dict, "top level")
-    members = _field(manifest, "members", dict, "top level")
-    for name, m in members.items():
-        where = f"members[{name!r}]"
-        if not _MEMBER_RE.match(name):
-            raise ValueError(f"manifest member name {name!r} is not allowed")
-        _exact_keys(m, _MEMBER_KEYS, where)
-        _field(m, "sha256", str, where)
-        if _field(m, "bytes", int, where) < 0:
-            raise ValueError(f"manifest {where}.bytes is negative")
-    filled = dict.fromkeys(members, 0)                # bytes of the arrays laid out in each member
-    names = []
-    for i, t in enumerate(_field(manifest, "tensors", list, "top level")):
-        where = f"tensors[{i}]"
-        _exact_keys(t, _TENSOR_KEYS, where)
-        for key, typ in [("name", str), ("method", str), ("meta", dict), ("member", str),
-                         ("arrays", dict), ("float32_bytes", int), ("packed_bytes", int)]:
-            _field(t, key, typ, where)
-        shape = _shape(t, where)
-        names.append(t["name"])
-        if t["float32_bytes"] != float32_bytes(shape):
-            raise ValueError(f"manifest {where}.float32_bytes {t['float32_bytes']} != 4 * prod{shape}")
-        if t["member"] not in members:
-            raise ValueError(f"manifest {where}.member {t['member']!r} is not a listed member")
-        packed_bytes = 0
-        for key, spec in t["arrays"].items():
-            if not _KEY_RE.match(key):
-                raise ValueError(f"manifest {where}.arrays key {key!r} must match [A-Za-z0-9_]+")
-            _exact_keys(spec, _ARRAY_KEYS, f"{where}.arrays[{key!r}]")
-            packed_bytes += math.prod(_shape(spec, where)) * _dtype(spec, where).itemsize
-        if t["packed_bytes"] != packed_bytes:
-            raise ValueError(f"manifest {where}.packed_bytes {t['packed_bytes']} != {packed_bytes}, "
-                             f"the bytes of its arrays")
-        filled[t["member"]] += packed_bytes
-    if any(a >= b for a, b in zip(names, names[1:])):
-        raise ValueError("manifest tensors are not sorted by name without repeats")
-    for name, nbytes in filled.items():
-        if nbytes != members[name]["bytes"]:
-            raise ValueError(f"manifest member {name!r} has {members[name]['bytes']} bytes, its "
-                             f"tensors' arrays {nbytes}")
-    return manifest
 
 
 def _read_member(zf: zipfile.ZipFile, info: zipfile.ZipInfo, size: int) -> bytes:
@@ -373,9 +222,9 @@ def _load(zf: zipfile.ZipFile, size: int) -> TzFile:
     if infos[MANIFEST].file_size > MAX_MANIFEST_BYTES:
         raise ValueError(f"{MANIFEST} is {infos[MANIFEST].file_size} bytes, over the "
                          f"{MAX_MANIFEST_BYTES}-byte limit")
-    manifest = _parse_manifest(_read_member(zf, infos[MANIFEST], size))   # first: its version
+    manifest = parse_manifest(_read_member(zf, infos[MANIFEST], size))   # first: its version
     for name in infos:
-        if name != MANIFEST and not _MEMBER_RE.match(name):
+        if name != MANIFEST and not MEMBER_RE.match(name):
             raise ValueError(f"member name {name!r} is not allowed (path components or foreign file)")
     listed = set(manifest["members"])
     if listed != set(infos) - {MANIFEST}:
@@ -387,7 +236,7 @@ def _load(zf: zipfile.ZipFile, size: int) -> TzFile:
             raise ValueError(f"member {member!r} has {infos[member].file_size} bytes, manifest says "
                              f"{spec['bytes']}")
         data[member] = _read_member(zf, infos[member], size)
-        if _sha256(data[member]) != spec["sha256"]:
+        if sha256(data[member]) != spec["sha256"]:
             raise ValueError(f"member {member!r}: sha256 mismatch (corrupt or tampered)")
     offset, packed = dict.fromkeys(data, 0), {}
     for t in manifest["tensors"]:
@@ -436,7 +285,7 @@ def format_inspect(tz: TzFile) -> str:
     rule = fmt.format(*("-" * w for w in widths))
     manifest = tz.stored_bytes.get(MANIFEST, 0)
     headers = tz.file_bytes - stored - manifest
-    raw = len(_canonical(tz.manifest))
+    raw = len(canonical(tz.manifest))
     lines = [fmt.format(*head), rule] + [fmt.format(*c) for c in cells] + [rule, fmt.format(*total)]
     return "\n".join(lines + [
         f"container overhead: {manifest + headers:,} bytes = manifest {manifest:,} (config, extra, "
