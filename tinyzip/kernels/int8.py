@@ -43,7 +43,7 @@ from tinyzip.compress.uniform import (  # noqa: F401  (the references this file 
     quantize_rows_reference, quantize_static_reference, requantize_reference,
 )
 from tinyzip.kernels import aligned_empty, all_finite, parallel_and_serial
-from tinyzip.kernels.int8_avx2 import (HAS_AVX2, pack_weight, packed_linear_kernel, packed_linear_kernel_serial,
+from tinyzip.kernels.int8_avx2 import (HAS_AVX2, pack_weight, packed_linear_kernel, packed_linear_kernel_serial,  # noqa: F401 (pack_weight is public here)
                                        static_codes_kernel)
 from tinyzip.kernels.int8_vnni import (HAS_VNNI, accumulator_start, pack_vnni, vnni_linear_kernel,
                                        vnni_linear_kernel_serial)
