@@ -73,6 +73,18 @@ def test_frequency_aware_embedding_reads_back_row_by_row():
         np.testing.assert_allclose(E_hat[ids], binary_codes.dequantize(B, alpha).T, rtol=1e-6, atol=1e-7)
 
 
+@pytest.mark.parametrize("fmt", sorted(FORMATS))
+def test_a_tensor_missing_an_array_is_a_clear_error_naming_it(fmt, tmp_path):
+    """A checksum-valid file whose tensor lacks an array its method reads (written by other code)
+    fails to load with a ValueError naming the tensor and the key, not a KeyError."""
+    packed = FORMATS[fmt](np.random.default_rng(5).normal(size=(6, 10)))
+    for key in packed.arrays:
+        arrays = {k: v for k, v in packed.arrays.items() if k != key}
+        container.save_tz(tmp_path / "m.tz", {"W": PackedTensor(packed.method, packed.shape, arrays, packed.meta)}, {})
+        with pytest.raises(ValueError, match=f"tensor 'W': .*lacks '{key}'"):
+            dequantize_all(container.load_tz(tmp_path / "m.tz").packed)
+
+
 def test_unknown_method_is_a_clear_error():
     with pytest.raises(ValueError, match="unknown packed method"):
         unpack(PackedTensor("nope", (1,), {}))

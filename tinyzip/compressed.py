@@ -74,15 +74,26 @@ UNPACK = {
 
 
 def unpack(packed: PackedTensor) -> np.ndarray:
-    """The dense float32 tensor a packed tensor stands for."""
+    """The dense float32 tensor a packed tensor stands for. A tensor without an array or meta
+    key its method reads (a file written by other code) is a ValueError naming the key."""
     if packed.method not in UNPACK:
         raise ValueError(f"unknown packed method {packed.method!r}; known: {sorted(UNPACK)}")
-    return np.ascontiguousarray(UNPACK[packed.method](packed), dtype=np.float32)
+    try:
+        return np.ascontiguousarray(UNPACK[packed.method](packed), dtype=np.float32)
+    except KeyError as e:
+        raise ValueError(f"{packed.method!r} tensor lacks {e} (arrays {sorted(packed.arrays)}, "
+                         f"meta {sorted(packed.meta)})") from None
 
 
 def dequantize_all(packed: dict) -> dict:
     """``{name: PackedTensor}`` -> the float32 params dict the model forward takes."""
-    return {name: unpack(p) for name, p in packed.items()}
+    params = {}
+    for name, p in packed.items():
+        try:
+            params[name] = unpack(p)
+        except ValueError as e:
+            raise ValueError(f"tensor {name!r}: {e}") from None
+    return params
 
 
 # ---- the kernel path -------------------------------------------------------------------------
@@ -201,9 +212,9 @@ def _lut_matmul(packed):
         alpha = packed.arrays["alpha"].reshape(1, -1).astype(np.float32)
         prepared = prepare_lut_weights(codes=np.where(W >= 0, 1, -1)[None].astype(np.int8), alphas=alpha)
     elif packed.method == "ternary":                 # alpha T = (alpha/2)(b_1 + b_2): binary codes, q=2
+        T, alpha = ternary.unpack_codes(packed)      # checks the arrays and meta first
         if packed.meta["granularity"] == "row":      # one alpha per input row: not a per-unit scale
             return None
-        T, alpha = ternary.unpack_codes(packed)
         codes, alphas = ternary.as_binary_codes(T, np.broadcast_to(alpha, (1, T.shape[1])).reshape(-1))
         prepared = prepare_lut_weights(codes=codes, alphas=alphas)
     else:
