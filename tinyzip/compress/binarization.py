@@ -61,7 +61,8 @@ GRANULARITIES = ("tensor", "output", "row")
 _AXES = {"tensor": None, "output": 0, "row": 1}
 
 
-def _check_weight(W):
+def check_weight(W):
+    """A non-empty, finite, 2-D float ndarray, or a TypeError / ValueError saying what it is not."""
     if not isinstance(W, np.ndarray):
         raise TypeError(f"W must be a numpy array, got {type(W).__name__}")
     if not np.issubdtype(W.dtype, np.floating):
@@ -72,7 +73,8 @@ def _check_weight(W):
         raise ValueError("W has NaN or inf entries")
 
 
-def _check_granularity(granularity):
+def granularity_axis(granularity):
+    """The axis a granularity reduces over (None: the whole tensor); a ValueError for others."""
     if granularity not in GRANULARITIES:
         raise ValueError(f"granularity must be one of {GRANULARITIES}, got {granularity!r}")
     return _AXES[granularity]
@@ -85,15 +87,15 @@ def sign(W: np.ndarray) -> np.ndarray:
 
 def optimal_scale(W: np.ndarray, granularity: str = "output") -> np.ndarray:
     """XNOR-Net: alpha* = mean |W| over each group, keepdims shape (all-zero group -> 0)."""
-    _check_weight(W)
-    axis = _check_granularity(granularity)
+    check_weight(W)
+    axis = granularity_axis(granularity)
     # XNOR-Net: alpha* = W . Sign(W) / n = mean |W|
     return np.mean(np.abs(W), axis=axis, keepdims=True, dtype=np.float64).astype(W.dtype)
 
 
 def binarize(W: np.ndarray, granularity: str | None = "output") -> np.ndarray:
     """W_eff = alpha* Sign(W); ``granularity=None`` gives BinaryNet's unscaled +1/-1."""
-    _check_weight(W)
+    check_weight(W)
     B = sign(W).astype(W.dtype)
     return B if granularity is None else optimal_scale(W, granularity) * B
 
@@ -177,7 +179,7 @@ def binarization_method(names, granularity: str | None = "output", word2bits: in
         word2bits_quantize(np.zeros(1), word2bits)                 # validates bits early
         return Method("binarization-word2bits", {n: Word2BitsTransform(word2bits) for n in names})
     if granularity is not None:
-        _check_granularity(granularity)
+        granularity_axis(granularity)
     return Method("binarization", {n: BinaryTransform(granularity) for n in names},
                   after_step=lambda params: clip_latent(params, names))
 
@@ -192,8 +194,8 @@ def pack_binary(W: np.ndarray, granularity: str = "output",
     "alpha": float32 (1,) | (D_out,) | (N,)}``, ``meta = {"granularity"}``. ``alpha`` defaults to
     the XNOR optimum; pass 1.0 for BinaryNet's +1/-1 or 1/3 for Word2Bits' 1-bit levels.
     """
-    _check_weight(W)
-    axis = _check_granularity(granularity)
+    check_weight(W)
+    axis = granularity_axis(granularity)
     if alpha is None:
         alpha = optimal_scale(W, granularity)
     alpha = np.broadcast_to(np.asarray(alpha, dtype=np.float32),

@@ -49,29 +49,12 @@ from dataclasses import dataclass
 import numpy as np
 
 from tinyzip.compress.base import Method, PackedTensor
+# the same (D_in, D_out) granularities and weight checks as the binary case
+from tinyzip.compress.binarization import GRANULARITIES, check_weight, granularity_axis
 from tinyzip.packing import pack_uint, unpack_uint
 
-GRANULARITIES = ("tensor", "output", "row")
-_AXES = {"tensor": None, "output": 0, "row": 1}
 DELTA_FACTOR = 0.7          # (T5)
 CLIP = 2.5                  # (T6), TernaryBERT's clip_val
-
-
-def _check_weight(W):
-    if not isinstance(W, np.ndarray):
-        raise TypeError(f"W must be a numpy array, got {type(W).__name__}")
-    if not np.issubdtype(W.dtype, np.floating):
-        raise TypeError(f"W must be a float array, got dtype {W.dtype}")
-    if W.ndim != 2 or W.size == 0:
-        raise ValueError(f"W must be a non-empty 2-D matrix, got shape {W.shape}")
-    if not np.all(np.isfinite(W)):
-        raise ValueError("W has NaN or inf entries")
-
-
-def _axis(granularity):
-    if granularity not in GRANULARITIES:
-        raise ValueError(f"granularity must be one of {GRANULARITIES}, got {granularity!r}")
-    return _AXES[granularity]
 
 
 def _check_clip(clip):
@@ -81,28 +64,29 @@ def _check_clip(clip):
 
 def clip_weights(W: np.ndarray, clip: float | None = CLIP) -> np.ndarray:
     """(T6): TernaryBERT clips the latent weights to [-clip, clip] before ternarizing (None: no clip)."""
-    _check_weight(W)
+    check_weight(W)
     _check_clip(clip)
     return W if clip is None else np.clip(W, -clip, clip)
 
 
 def twn_threshold(W: np.ndarray, granularity: str = "tensor") -> np.ndarray:
     """(T5): Delta = 0.7 mean|W| per group, keepdims shape."""
-    _check_weight(W)
+    check_weight(W)
     # Eq. (T5)
-    return DELTA_FACTOR * np.mean(np.abs(W), axis=_axis(granularity), keepdims=True)
+    return DELTA_FACTOR * np.mean(np.abs(W), axis=granularity_axis(granularity), keepdims=True)
 
 
 def ternary_codes(W: np.ndarray, delta) -> np.ndarray:
     """(T2): T = +1 where W > Delta, -1 where W < -Delta, else 0 (int8); ``delta`` broadcasts."""
-    _check_weight(W)
+    check_weight(W)
     # Eq. (T2)
     return ((W > delta).astype(np.int8) - (W < -delta).astype(np.int8))
 
 
 def optimal_scale(W: np.ndarray, T: np.ndarray, granularity: str = "tensor") -> np.ndarray:
     """(T3): alpha* = mean |W| over the kept entries (T != 0) of each group; 0 for a group with none."""
-    axis = _axis(granularity)
+    check_weight(W)
+    axis = granularity_axis(granularity)
     kept = T != 0
     count = np.sum(kept, axis=axis, keepdims=True)
     # Eq. (T3)
@@ -126,8 +110,8 @@ def optimal_threshold(W: np.ndarray, granularity: str = "tensor") -> np.ndarray:
     kept), so (T2)'s strict > keeps the maximizing set. A cut inside a run of equal |W| = a never
     wins: keeping j more of them scores (S + j a)^2 / (k + j), whose derivative in j has the sign of
     a (2k + j) - S, so it falls then rises and its maximum is at an end of the run."""
-    _check_weight(W)
-    axis = _axis(granularity)
+    check_weight(W)
+    axis = granularity_axis(granularity)
     groups = np.abs(W).reshape(1, -1) if axis is None else np.moveaxis(np.abs(W), axis, -1).reshape(-1, W.shape[axis])
     desc = -np.sort(-groups.astype(np.float64), axis=1)             # |W| descending, per group
     k = np.arange(1, desc.shape[1] + 1)
@@ -177,7 +161,7 @@ def ternary_method(granularities: dict, clip: float | None = CLIP) -> Method:
     for the word embedding). Latent weights stay float and unclipped; the clip is in the forward."""
     _check_clip(clip)
     for g in granularities.values():
-        _axis(g)
+        granularity_axis(g)
     return Method("ternary", {n: TernaryTransform(g, clip) for n, g in granularities.items()})
 
 
