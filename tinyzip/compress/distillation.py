@@ -1,0 +1,166 @@
+"""Knowledge distillation: Hinton et al.'s soft targets, and the layer losses TernaryBERT trains with.
+
+Papers
+------
+* Geoffrey Hinton, Oriol Vinyals, Jeff Dean (2015). "Distilling the Knowledge in a Neural
+  Network". arXiv:1503.02531. The student matches the teacher's output distribution softened by a
+  temperature T; the soft term is scaled by T^2 so its gradients keep their size as T changes.
+* Xiaoqi Jiao, Yichun Yin, Lifeng Shang, Xin Jiang, Xiao Chen, Linlin Li, Fang Wang, Qun Liu
+  (2020). "TinyBERT: Distilling BERT for Natural Language Understanding". Findings of EMNLP 2020,
+  arXiv:1909.10351. Mean squared errors between the student's and the teacher's hidden states and
+  attention scores (before the softmax), layer by layer.
+* Wei Zhang et al. (2020). "TernaryBERT". arXiv:2009.12812. Trains its quantized student (initialized
+  from the teacher, same shape) with L = L_pred + L_trm: soft cross-entropy at T = 1 on the outputs
+  plus TinyBERT's layer losses over every hidden state (the embedding output included) and every
+  attention score matrix, with equal weights.
+
+Notation map (paper -> code)
+----------------------------
+z, v (student, teacher logits), T (temperature)   -> ``z``, ``v`` (B, T, V), ``temperature``
+q, p (their softened distributions)                -> ``q``, ``p``
+H^l, A^l (hidden state after layer l, l = 0 the embedding output; attention scores)
+    -> the model's states "enc.hidden", "dec.hidden" (layers + 1 each, (B, S|T, D)) and
+       "enc.scores", "dec.self_scores", "dec.cross_scores" (one per layer, (B, heads, T, S))
+
+Equations (labelled (K1)-(K5) here; Hinton et al. do not number them)
+---------------------------------------------------------------------
+(K1) q = softmax(z / T),  p = softmax(v / T)                       (per target token, over V)
+(K2) L_soft = T^2 (1/N) sum_tokens sum_k p_k (log p_k - log q_k)   (KL(p || q), averaged over the N
+     non-PAD target tokens, summed over classes: PyTorch's "batchmean", not "mean")
+(K3) dL_soft / dz = T (q - p) / N                                  (the T^2 scaling's reason: the
+     gradient of KL at temperature T is (q - p) / T)
+(K4) L = alpha L_soft + (1 - alpha) L_hard,  L_hard = the model's label-smoothed cross-entropy at T = 1
+(K5) L_trm = sum_l mean_valid (H_S^l - H_T^l)^2 + sum_l mean_allowed (A_S^l - A_T^l)^2
+     "valid": the positions of real tokens; "allowed": the (query, key) pairs the attention mask
+     keeps (real query, real key, and key <= query in the decoder's self-attention)
+     Total: L + beta L_trm.  TernaryBERT: alpha = 1, T = 1, beta = 1.
+
+Choices
+-------
+* The soft term is the KL, not TernaryBERT's soft cross-entropy: they differ by the teacher's
+  entropy H(p), a constant, so the gradients are the same and the loss is 0 when q = p.
+* The means of (K5) run over real positions only; TinyBERT's code averages over padded positions
+  too, where both models' states are set to zero. Our states there are not zero, and not outputs.
+* The teacher runs without dropout or activation quantizers and gets no gradient.
+"""
+from dataclasses import dataclass
+
+import numpy as np
+
+from tinyzip.nn.layers import log_softmax_forward
+from tinyzip.nn.losses import PAD, cross_entropy_backward, cross_entropy_forward
+
+HIDDEN_KEYS = ("enc.hidden", "dec.hidden")
+SCORE_KEYS = ("enc.scores", "dec.self_scores", "dec.cross_scores")
+
+
+def _check_pair(name, student, teacher):
+    for who, x in (("student", student), ("teacher", teacher)):
+        if not isinstance(x, np.ndarray) or not np.issubdtype(x.dtype, np.floating):
+            raise TypeError(f"{who} {name} must be a float ndarray, got {getattr(x, 'dtype', type(x).__name__)}")
+        if not np.all(np.isfinite(x)):
+            raise ValueError(f"{who} {name} has NaN or inf entries")
+    if student.shape != teacher.shape:
+        raise ValueError(f"student {name} {student.shape} and teacher {name} {teacher.shape} differ in shape")
+
+
+def soft_target_loss(z, v, valid, temperature: float = 1.0) -> tuple[float, np.ndarray]:
+    """(K1)-(K3): (L_soft, dL_soft/dz) for student logits z and teacher logits v (..., V), over the
+    positions where ``valid`` (z.shape[:-1], bool) is True."""
+    _check_pair("logits", z, v)
+    valid = np.asarray(valid, dtype=bool)
+    if valid.shape != z.shape[:-1] or not valid.any():
+        raise ValueError(f"valid must be a boolean {z.shape[:-1]} array with a True entry, got {valid.shape}")
+    if not (np.isfinite(temperature) and temperature > 0):
+        raise ValueError(f"temperature must be finite and > 0, got {temperature}")
+    n = int(valid.sum())
+    # Eq. (K1)
+    log_q, _ = log_softmax_forward(z / temperature)
+    log_p, _ = log_softmax_forward(v / temperature)
+    p = np.exp(log_p)
+    # Eq. (K2)
+    kl = np.sum(p * (log_p - log_q), axis=-1)
+    loss = temperature ** 2 * float(np.sum(kl[valid], dtype=np.float64)) / n
+    # Eq. (K3)
+    dz = (temperature / n) * (np.exp(log_q) - p) * valid[..., None]
+    return loss, dz.astype(z.dtype)
+
+
+def state_mse(student, teacher, keep) -> tuple[float, np.ndarray]:
+    """One term of (K5): (mean over the entries ``keep`` marks of (student - teacher)^2, its gradient
+    w.r.t. student). ``keep`` is a boolean array that broadcasts to the states' shape."""
+    _check_pair("state", student, teacher)
+    keep = np.broadcast_to(np.asarray(keep, dtype=bool), student.shape)
+    count = int(keep.sum())
+    if count == 0:
+        raise ValueError("state_mse: no entry to compare (keep is all False)")
+    diff = np.where(keep, student - teacher, 0)
+    return float(np.sum(diff * diff, dtype=np.float64)) / count, (2.0 / count) * diff
+
+
+def state_masks(src, tgt_in) -> dict:
+    """For each state key, the boolean array of the entries (K5) compares: real source / target
+    positions for hidden states (B, S | T, 1); real (query, key) pairs the attention keeps for scores
+    (B, 1, T, S), causal in the decoder's self-attention."""
+    src_ok, tgt_ok = np.asarray(src) != PAD, np.asarray(tgt_in) != PAD          # (B, S), (B, T)
+    T = tgt_ok.shape[1]
+    causal = np.tril(np.ones((T, T), dtype=bool))                               # key <= query
+    return {"enc.hidden": src_ok[:, :, None], "dec.hidden": tgt_ok[:, :, None],
+            "enc.scores": src_ok[:, None, :, None] & src_ok[:, None, None, :],
+            "dec.self_scores": tgt_ok[:, None, :, None] & tgt_ok[:, None, None, :] & causal,
+            "dec.cross_scores": tgt_ok[:, None, :, None] & src_ok[:, None, None, :]}
+
+
+def layer_loss(student_states: dict, teacher_states: dict, masks: dict) -> tuple[float, dict]:
+    """(K5): (L_trm, dstates) summed over every hidden state and score matrix of both stacks;
+    ``dstates`` has the model backward's ``dstates`` form ({key: [array per layer]})."""
+    total, dstates = 0.0, {}
+    for key in HIDDEN_KEYS + SCORE_KEYS:
+        s_list, t_list = student_states.get(key, []), teacher_states.get(key, [])
+        if len(s_list) != len(t_list):
+            raise ValueError(f"{key}: the student has {len(s_list)} layers' states, the teacher {len(t_list)}")
+        dstates[key] = []
+        for s, t in zip(s_list, t_list):
+            loss, ds = state_mse(s, t, masks[key])
+            total += loss
+            dstates[key].append(ds)
+    return total, dstates
+
+
+@dataclass
+class Distiller:
+    """Training with (K4) + beta (K5) against a fixed teacher of the same shape (TernaryBERT's
+    setting): a drop-in for the model in ``train.train`` (it has ``loss_and_grads``).
+
+    ``model`` runs both the student (the params being trained, with dropout and the method's
+    activation hooks) and the teacher (``teacher_params``, no dropout, no hooks, no gradient)."""
+
+    model: object
+    teacher_params: dict
+    alpha: float = 1.0
+    temperature: float = 1.0
+    beta: float = 1.0
+
+    def __post_init__(self):
+        if not 0.0 <= self.alpha <= 1.0:
+            raise ValueError(f"alpha must be in [0, 1], got {self.alpha}")
+        if not (np.isfinite(self.temperature) and self.temperature > 0) or not self.beta >= 0:
+            raise ValueError(f"temperature must be > 0 and beta >= 0, got {self.temperature}, {self.beta}")
+
+    def loss_and_grads(self, params, src, tgt_in, tgt_out, *, rng=None, act_hooks=None, head_mask=None):
+        layers = self.beta > 0
+        v, t_cache = self.model.forward(self.teacher_params, src, tgt_in, return_states=layers)
+        z, cache = self.model.forward(params, src, tgt_in, rng=rng, act_hooks=act_hooks, head_mask=head_mask,
+                                      return_states=layers)
+        hard, h_cache = cross_entropy_forward(z, tgt_out, self.model.config.label_smoothing, PAD)
+        soft, dz_soft = soft_target_loss(z, v, np.asarray(tgt_out) != PAD, self.temperature)
+        # Eq. (K4)
+        loss = self.alpha * soft + (1.0 - self.alpha) * hard
+        dz = self.alpha * dz_soft + (1.0 - self.alpha) * cross_entropy_backward(1.0, h_cache)
+        trm, dstates = 0.0, None
+        if layers:
+            trm, dstates = layer_loss(cache.states, t_cache.states, state_masks(src, tgt_in))
+            dstates = {k: [self.beta * d.astype(z.dtype) for d in ds] for k, ds in dstates.items()}
+        grads = self.model.backward(dz.astype(z.dtype), cache, dstates)
+        return loss + self.beta * trm, grads, {"tokens": h_cache.tokens, "nll": h_cache.nll, "soft": soft,
+                                               "layers": trm}
