@@ -8,7 +8,9 @@ from hypothesis import given, strategies as st
 
 from tinyzip.nn.transformer import Seq2Seq, Seq2SeqConfig
 from tinyzip.report import evenly_spaced
-from tinyzip.rows import Context, plan, row_name, row_uniform
+from tinyzip.compress import ternary
+from tinyzip.compressed import unpack
+from tinyzip.rows import Context, plan, row_name, row_ternary, row_uniform
 from tinyzip.translation import PRESETS
 
 
@@ -63,3 +65,25 @@ def test_wa_uniform_row_exports_a_static_input_range_for_every_matrix(steps):
         assert (act is not None) == (W.ndim == 2)
         if act is not None:
             assert act["bits"] == 4 and act["unsigned"] == n.endswith("ffn.W_2") and act["scale"] > 0
+
+
+@pytest.mark.parametrize("distill", [False, True])
+def test_ternary_row_packs_every_matrix_at_two_bits_with_embedding_rows(distill):
+    """TernaryBERT's granularity: one alpha per Linear matrix, one per token row of the embedding;
+    with ``distill`` the fine-tuning runs on the Distiller against the baseline, which stays as it was."""
+    config = Seq2SeqConfig(src_vocab=30, tgt_vocab=30, D=16, H=2, F=24, enc_layers=1, dec_layers=1)
+    model = Seq2Seq(config)
+    params = model.init_params(np.random.default_rng(0))
+    baseline = {k: v.copy() for k, v in params.items()}
+    rng = np.random.default_rng(1)
+    train_ids = [(list(rng.integers(4, 30, n)), list(rng.integers(4, 30, n))) for n in rng.integers(2, 8, 40)]
+    ctx = Context(SimpleNamespace(model=model, params=params), train_ids, [], "", PRESETS["copy"], 0)
+    name, bits, packed = row_ternary(ctx, params, steps=3, distill=distill)
+    assert name == ("ternary-distilled" if distill else "ternary") and bits == 2
+    matrices = [n for n, W in params.items() if W.ndim == 2]
+    assert all(packed[n].method == ("ternary" if n in matrices else "float32") for n in params)
+    assert all(packed[n].meta["granularity"] == ("row" if n == "emb" else "tensor") for n in matrices)
+    moved = [n for n in matrices                     # fine-tuning changed what is stored
+             if not np.array_equal(unpack(packed[n]), unpack(ternary.pack_ternary(params[n], packed[n].meta["granularity"])))]
+    assert moved
+    assert all(np.array_equal(params[k], baseline[k]) for k in params)

@@ -12,7 +12,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from tinyzip.compress import binarization, chung, fqt, huffman, kmeans, magnitude_pruning, ternary, uniform
+from tinyzip.compress import (binarization, chung, distillation, fqt, huffman, kmeans, magnitude_pruning, ternary,
+                              uniform)
 from tinyzip.compress.base import Method
 from tinyzip.compressed import is_embedding, pack_float
 from tinyzip.data import make_batches
@@ -43,15 +44,17 @@ def finetune_peak_lr(preset) -> float:
     return min(0.5 * preset.peak_lr, preset.schedule(preset.steps))
 
 
-def finetune(ctx: Context, params: dict, method: Method, steps: int, tag: str) -> dict:
-    """``steps`` of training through ``method`` (lr: :func:`finetune_peak_lr`, warmup steps/10).
+def finetune(ctx: Context, params: dict, method: Method, steps: int, tag: str, model=None) -> dict:
+    """``steps`` of training through ``method`` (lr: :func:`finetune_peak_lr`, warmup steps/10), on
+    ``model``'s loss (default: the baseline's model, i.e. its cross-entropy; a ``Distiller`` for
+    distillation).
 
     With ``ctx.checkpoint_dir`` the run checkpoints as ``<tag>.ckpt.npz`` every 50 steps and a
     rerun resumes there (a finished one returns its params at once). The method is rebuilt by
     the caller from the same inputs, so its state (masks, assignments) is the same on resume."""
     if steps <= 0:
         return params
-    model, preset = ctx.translator.model, ctx.preset
+    model, preset = model or ctx.translator.model, ctx.preset
     peak, warmup = finetune_peak_lr(preset), max(steps // 10, 1)
 
     def batches(epoch):
@@ -139,14 +142,19 @@ def row_binarization(ctx, params, steps=300):
     return "binarization", 1, packed
 
 
-def row_ternary(ctx, params, steps=60):
+def row_ternary(ctx, params, steps=60, distill=False):
     """TernaryBERT's TWN: one alpha per Linear matrix, one per token row of the embedding, latent
-    weights clipped to [-2.5, 2.5] in the forward, trained through the STE (no distillation). Runs
-    on BiQGEMM as a 2-bit binary code (the embedding, a lookup, is dequantized)."""
+    weights clipped to [-2.5, 2.5] in the forward, trained through the STE on the task's
+    cross-entropy, or with ``distill`` on TernaryBERT's loss: soft targets of the float baseline at
+    T = 1 plus its hidden-state and attention-score MSEs (``distillation.Distiller``, the student
+    starting from the teacher). Runs on BiQGEMM as a 2-bit binary code (the embedding, a lookup, is
+    dequantized)."""
     granularities = {n: "row" if is_embedding(n) else "tensor" for n in matrices(params)}
-    params = finetune(ctx, params, ternary.ternary_method(granularities), steps, f"ternary-{steps}")
+    teacher = distillation.Distiller(ctx.translator.model, ctx.translator.params) if distill else None
+    params = finetune(ctx, params, ternary.ternary_method(granularities), steps,
+                      f"ternary{'-distilled' if distill else ''}-{steps}", model=teacher)
     packed = pack_model(params, lambda n, W: ternary.pack_ternary(W, granularities[n]), granularities)
-    return "ternary", 2, packed
+    return f"ternary{'-distilled' if distill else ''}", 2, packed
 
 
 def row_uniform(ctx, params, bits=8, steps=0, activations=False, calib_batches=8):
@@ -238,7 +246,7 @@ def plan(task: str, full: bool):
                    (row_deep_compression, {"sparsity": 0.8, "steps": 4000, "share_steps": 400}),
                    (row_pruning, {"sparsity": 0.9, "steps": 4000}),
                    (row_binarization, {"steps": 2000}),
-                   (row_ternary, {"steps": 2000})])
+                   (row_ternary, {"steps": 2000}), (row_ternary, {"steps": 2000, "distill": True})])
     if not full:
         return [
             (row_pruning, {"sparsity": 0.8, "steps": 100}),
@@ -255,7 +263,8 @@ def plan(task: str, full: bool):
             + [(row_deep_compression, {"steps": 600}),
                (row_deep_compression, {"sparsity": 0.9, "bits": 3, "steps": 600, "share_steps": 200}),
                (row_binarization, {"steps": 600}),
-               (row_ternary, {"steps": 0}), (row_ternary, {"steps": 600})]
+               (row_ternary, {"steps": 0}), (row_ternary, {"steps": 600}),
+               (row_ternary, {"steps": 600, "distill": True})]
             + [(row_uniform, {"bits": b, "steps": 0}) for b in (8, 6, 4)]
             + [(row_uniform, {"bits": b, "steps": 400}) for b in (8, 6, 4)]
             + [(row_uniform, {"bits": b, "steps": s, "activations": True}) for s in (0, 400) for b in (8, 6, 4)]
