@@ -67,7 +67,7 @@ def test_wa_uniform_row_exports_a_static_input_range_for_every_matrix(steps):
             assert act["bits"] == 4 and act["unsigned"] == n.endswith("ffn.W_2") and act["scale"] > 0
 
 
-@pytest.mark.parametrize("distill", [False, True])
+@pytest.mark.parametrize("distill", [None, "outputs", "outputs+layers"])
 def test_ternary_row_packs_every_matrix_at_two_bits_with_embedding_rows(distill):
     """TernaryBERT's granularity: one alpha per Linear matrix, one per token row of the embedding;
     with ``distill`` the fine-tuning runs on the Distiller against the baseline, which stays as it was."""
@@ -79,7 +79,7 @@ def test_ternary_row_packs_every_matrix_at_two_bits_with_embedding_rows(distill)
     train_ids = [(list(rng.integers(4, 30, n)), list(rng.integers(4, 30, n))) for n in rng.integers(2, 8, 40)]
     ctx = Context(SimpleNamespace(model=model, params=params), train_ids, [], "", PRESETS["copy"], 0)
     name, bits, packed = row_ternary(ctx, params, steps=3, distill=distill)
-    assert name == ("ternary-distilled" if distill else "ternary") and bits == 2
+    assert name == ("ternary" if distill is None else f"ternary-distilled-{distill}") and bits == 2
     matrices = [n for n, W in params.items() if W.ndim == 2]
     assert all(packed[n].method == ("ternary" if n in matrices else "float32") for n in params)
     assert all(packed[n].meta["granularity"] == ("row" if n == "emb" else "tensor") for n in matrices)

@@ -142,19 +142,22 @@ def row_binarization(ctx, params, steps=300):
     return "binarization", 1, packed
 
 
-def row_ternary(ctx, params, steps=60, distill=False):
+def row_ternary(ctx, params, steps=60, distill=None):
     """TernaryBERT's TWN: one alpha per Linear matrix, one per token row of the embedding, latent
     weights clipped to [-2.5, 2.5] in the forward, trained through the STE on the task's
-    cross-entropy, or with ``distill`` on TernaryBERT's loss: soft targets of the float baseline at
-    T = 1 plus its hidden-state and attention-score MSEs (``distillation.Distiller``, the student
-    starting from the teacher). Runs on BiQGEMM as a 2-bit binary code (the embedding, a lookup, is
-    dequantized)."""
+    cross-entropy, or (``distill``) against the float baseline as teacher, the student starting
+    from it (``distillation.Distiller``): "outputs" = Hinton's soft targets at T = 1 alone,
+    "outputs+layers" = TernaryBERT's loss, plus the hidden-state and attention-score MSEs. Runs on
+    BiQGEMM as a 2-bit binary code (the embedding, a lookup, is dequantized)."""
+    if distill not in (None, "outputs", "outputs+layers"):
+        raise ValueError(f"distill must be None, 'outputs' or 'outputs+layers', got {distill!r}")
     granularities = {n: "row" if is_embedding(n) else "tensor" for n in matrices(params)}
-    teacher = distillation.Distiller(ctx.translator.model, ctx.translator.params) if distill else None
-    params = finetune(ctx, params, ternary.ternary_method(granularities), steps,
-                      f"ternary{'-distilled' if distill else ''}-{steps}", model=teacher)
+    teacher = None if distill is None else distillation.Distiller(
+        ctx.translator.model, ctx.translator.params, beta=1.0 if distill == "outputs+layers" else 0.0)
+    name = "ternary" if distill is None else f"ternary-distilled-{distill}"
+    params = finetune(ctx, params, ternary.ternary_method(granularities), steps, f"{name}-{steps}", model=teacher)
     packed = pack_model(params, lambda n, W: ternary.pack_ternary(W, granularities[n]), granularities)
-    return f"ternary{'-distilled' if distill else ''}", 2, packed
+    return name, 2, packed
 
 
 def row_uniform(ctx, params, bits=8, steps=0, activations=False, calib_batches=8):
@@ -246,7 +249,8 @@ def plan(task: str, full: bool):
                    (row_deep_compression, {"sparsity": 0.8, "steps": 4000, "share_steps": 400}),
                    (row_pruning, {"sparsity": 0.9, "steps": 4000}),
                    (row_binarization, {"steps": 2000}),
-                   (row_ternary, {"steps": 2000}), (row_ternary, {"steps": 2000, "distill": True})])
+                   (row_ternary, {"steps": 2000})]
+                + [(row_ternary, {"steps": 2000, "distill": d}) for d in ("outputs", "outputs+layers")])
     if not full:
         return [
             (row_pruning, {"sparsity": 0.8, "steps": 100}),
@@ -263,8 +267,8 @@ def plan(task: str, full: bool):
             + [(row_deep_compression, {"steps": 600}),
                (row_deep_compression, {"sparsity": 0.9, "bits": 3, "steps": 600, "share_steps": 200}),
                (row_binarization, {"steps": 600}),
-               (row_ternary, {"steps": 0}), (row_ternary, {"steps": 600}),
-               (row_ternary, {"steps": 600, "distill": True})]
+               (row_ternary, {"steps": 0}), (row_ternary, {"steps": 600})]
+            + [(row_ternary, {"steps": 600, "distill": d}) for d in ("outputs", "outputs+layers")]
             + [(row_uniform, {"bits": b, "steps": 0}) for b in (8, 6, 4)]
             + [(row_uniform, {"bits": b, "steps": 400}) for b in (8, 6, 4)]
             + [(row_uniform, {"bits": b, "steps": s, "activations": True}) for s in (0, 400) for b in (8, 6, 4)]
