@@ -39,8 +39,9 @@ Choices
 -------
 * The soft term is the KL, not TernaryBERT's soft cross-entropy: they differ by the teacher's
   entropy H(p), a constant, so the gradients are the same and the loss is 0 when q = p.
-* The means of (K5) run over real positions only; TinyBERT's code averages over padded positions
-  too, where both models' states are set to zero. Our states there are not zero, and not outputs.
+* The means of (K5) run over real positions only. TernaryBERT's code (``quant_task_glue.py``) takes
+  the mean over every entry: masked attention scores set to zero in both models first, padded
+  positions' hidden states as they are. Those entries are not the model's outputs here.
 * The teacher runs without dropout or activation quantizers and gets no gradient.
 """
 from dataclasses import dataclass
