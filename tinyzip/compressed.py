@@ -212,11 +212,10 @@ def _lut_matmul(packed):
         alpha = packed.arrays["alpha"].reshape(1, -1).astype(np.float32)
         prepared = prepare_lut_weights(codes=np.where(W >= 0, 1, -1)[None].astype(np.int8), alphas=alpha)
     elif packed.method == "ternary":                 # alpha T = (alpha/2)(b_1 + b_2): binary codes, q=2
-        T, alpha = ternary.unpack_codes(packed)      # checks the arrays and meta first
-        if packed.meta["granularity"] == "row":      # one alpha per input row: not a per-unit scale
+        code = ternary.lut_codes(packed)
+        if code is None:                             # one alpha per input row: not a per-unit scale
             return None
-        codes, alphas = ternary.as_binary_codes(T, np.broadcast_to(alpha, (1, T.shape[1])).reshape(-1))
-        prepared = prepare_lut_weights(codes=codes, alphas=alphas)
+        prepared = prepare_lut_weights(codes=code[0], alphas=code[1])
     else:
         prepared = prepare_lut_weights(packed)
     return lambda x: lut_linear(np.ascontiguousarray(x, dtype=np.float32), prepared)

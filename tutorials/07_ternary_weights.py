@@ -158,8 +158,7 @@ with tempfile.TemporaryDirectory() as tmp:
     tz = load_tz(os.path.join(tmp, "ternary.tz"))
 restored = dequantize_all(tz.packed)
 matmuls = kernel_matmuls(tz.packed)
-T1, alpha1 = tn.unpack_codes(tz.packed["enc.0.ffn.W_1"])         # (D, F) trits, (1, 1) scale
-codes, alphas = tn.as_binary_codes(T1, np.broadcast_to(alpha1, (1, F)).reshape(-1))   # (2, D, F), (2, F)
+codes, alphas = tn.lut_codes(tz.packed["enc.0.ffn.W_1"])           # (2, D, F) signs, (2, F) alpha/2 each
 x = rng.normal(size=(5, D)).astype(np.float32)
 y_lut = lut_linear(x, prepare_lut_weights(codes=codes, alphas=alphas), path="lut")
 gap = np.abs(y_lut - x @ unpack(tz.packed["enc.0.ffn.W_1"])).max()

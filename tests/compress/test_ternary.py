@@ -210,8 +210,7 @@ def test_ternary_is_a_two_bit_binary_code_with_equal_alphas(W, granularity):
 def test_lut_kernel_on_a_ternary_file_equals_its_dense_product(granularity, K, N, M):
     rng = np.random.default_rng(K + N)
     packed = tn.pack_ternary(rng.standard_normal((K, N)).astype(np.float32), granularity)
-    T, alpha = tn.unpack_codes(packed)
-    codes, alphas = tn.as_binary_codes(T, np.broadcast_to(alpha, (1, N)).reshape(-1))
+    codes, alphas = tn.lut_codes(packed)
     prepared = prepare_lut_weights(codes=codes, alphas=alphas)
     x = rng.standard_normal((M, K)).astype(np.float32)
     dense = x.astype(np.float64) @ unpack(packed).astype(np.float64)

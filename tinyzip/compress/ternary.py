@@ -197,6 +197,16 @@ def unpack_codes(packed: PackedTensor) -> tuple[np.ndarray, np.ndarray]:
     return (codes.astype(np.int8) - 1).reshape(N, M), alpha.reshape(keep)
 
 
+def lut_codes(packed: PackedTensor):
+    """A ``pack_ternary`` matrix (K, N) as the LUT kernel's 2-bit code: codes (2, K, N) in {-1, +1} and
+    alphas (2, N), one per output unit (``as_binary_codes``); None for granularity "row", whose one
+    alpha per input row is no per-unit scale."""
+    T, alpha = unpack_codes(packed)
+    if packed.meta["granularity"] == "row":
+        return None
+    return as_binary_codes(T, np.broadcast_to(alpha, (1, T.shape[1])).reshape(-1))
+
+
 def unpack_ternary(packed: PackedTensor) -> np.ndarray:
     """Inverse of ``pack_ternary``: alpha * T, float32 of the stored shape."""
     T, alpha = unpack_codes(packed)
