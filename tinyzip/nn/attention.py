@@ -5,14 +5,16 @@ You Need", NeurIPS, arXiv:1706.03762, Sec. 3.2; head mask from Michel, Levy, Neu
 Sixteen Heads Really Better than One?", NeurIPS, arXiv:1905.10650, Sec. 2.
 
 Notation (paper -> code): d_model -> D, h -> H, d_k = d_v -> Dh = D / H, W_i^Q (all heads side by
-side) -> W_q (D, D) with y = x @ W + b (the paper also writes x W, so no transpose), W^O -> W_o
-(D, D), xi_h -> head_mask[h]. Queries come from x_q (B, T, D), keys and values from x_kv (B, S, D).
+side) -> W_q (D, H Dh) with y = x @ W + b (the paper also writes x W, so no transpose), W^O -> W_o
+(H Dh, D), xi_h -> head_mask[h]. Queries come from x_q (B, T, D), keys and values from x_kv (B, S, D).
+A block whose heads were pruned (``compress.head_pruning``) keeps H < D / Dh heads, possibly none:
+its out is then b_o alone, the residual path carries the sub-layer.
 
     Q = x_q @ W_q + b_q,  K = x_kv @ W_k + b_k,  V = x_kv @ W_v + b_v         split to (B, H, ., Dh)
     scores = Q K^T / sqrt(Dh)                                                  Eq. (1), (B, H, T, S)
     probs  = softmax(scores + mask)                                            Eq. (1)
     heads  = probs V                                                           (B, H, T, Dh)
-    out    = Concat_h(xi_h * heads_h) @ W_o + b_o                              Eq. (1) of Michel et al.
+    out    = Concat_h(xi_h * heads_h) @ W_o + b_o                              (H1) of head_pruning.py
 
 ``mask`` is 0 where a query may look and -1e30 where it may not: keys that are PAD
 (``key_pad[b, s]`` True) and, with ``causal=True``, keys after the query (query i of T sees key j
@@ -21,13 +23,13 @@ exp(-1e30 - max) is exactly 0, so masked keys get probability 0 and no gradient,
 every key masked stays finite. ``scores`` returned for distillation are **before** the mask.
 
 The gradient w.r.t. the head mask is dL/dxi_h = sum_{b,t,d} dL/d(xi_h heads_h) * heads_h, the
-head-importance signal of Michel et al. (their Eq. (2) takes its absolute value, averaged over data).
+head-importance signal of Michel et al. (``compress.head_pruning``'s (H2) averages its absolute value).
 
 Hooks (``hooks={point: (fwd, bwd)}``, ``fwd(x) -> (x_hat, hcache)``, ``bwd(dx_hat, hcache) -> dx``;
 activation quantizers, Prato et al. 2020 quantize every matmul input, Q K^T and P V included):
 
-    "q"      on Q = x_q @ W_q + b_q (B, T, D), before the 1/sqrt(Dh) scaling and Q K^T
-    "k", "v" on K, V (B, S, D), before Q K^T and P V
+    "q"      on Q = x_q @ W_q + b_q (B, T, H Dh), before the 1/sqrt(Dh) scaling and Q K^T
+    "k", "v" on K, V (B, S, H Dh), before Q K^T and P V
     "probs"  on the softmax output P, before dropout and P V
 
 Incremental decoding: ``past_kv=(K, V)`` from earlier steps is prepended to this call's keys and
@@ -100,17 +102,19 @@ def _hook_bwd(hooked, point, dx_hat):
     return bwd(dx_hat, hcache)
 
 
-def split_heads(x, H):
-    """(B, T, D) -> (B, H, T, Dh), a view."""
-    B, T, D = x.shape
-    return x.reshape(B, T, H, D // H).transpose(0, 2, 1, 3)  # (B, H, T, Dh)
+def split_heads(x, Dh):
+    """(B, T, H Dh) -> (B, H, T, Dh), a view."""
+    B, T, width = x.shape
+    return x.reshape(B, T, width // Dh, Dh).transpose(0, 2, 1, 3)  # (B, H, T, Dh)
 
 
-def mha_forward(x_q, x_kv, W_q, b_q, W_k, b_k, W_v, b_v, W_o, b_o, *, n_heads, key_pad=None,
-                causal=False, head_mask=None, past_kv=None, static_kv=None, return_scores=False,
+def mha_forward(x_q, x_kv, W_q, b_q, W_k, b_k, W_v, b_v, W_o, b_o, *, n_heads, head_dim=None,
+                key_pad=None, causal=False, head_mask=None, past_kv=None, static_kv=None, return_scores=False,
                 linear=None, hooks=None, dropout_p=0.0, rng=None):
     """Multi-head attention.  x_q: (B, T, D), x_kv: (B, S, D) -> out (B, T, D), cache.
 
+    ``n_heads`` heads of ``head_dim`` (default D / n_heads) each: W_q, W_k, W_v are (D, n_heads
+    head_dim) and W_o is (n_heads head_dim, D); fewer than D / head_dim heads after pruning.
     ``key_pad``: (B, S_total) bool, True at PAD keys. ``head_mask``: (H,) float. ``linear``: an
     optional pair ``(fwd(name, x, W, b) -> (y, cache), bwd(name, dy, cache) -> (dx, dW, db))``
     used for the four projections (the model plugs in weight overrides and input hooks here).
@@ -119,12 +123,17 @@ def mha_forward(x_q, x_kv, W_q, b_q, W_k, b_k, W_v, b_v, W_o, b_o, *, n_heads, k
     (``cache.probs`` is the value before dropout).
     """
     _check_float("x_q", x_q)
-    if x_q.ndim != 3 or x_q.shape[-1] != W_q.shape[0] or W_q.shape != W_o.shape:
-        raise ValueError(f"attention: x_q {x_q.shape} must be (B, T, D) with W_q {W_q.shape} and "
-                         f"W_o {W_o.shape} of shape (D, D)")
+    if x_q.ndim != 3:
+        raise ValueError(f"attention: x_q must be (B, T, D), got shape {x_q.shape}")
     D = x_q.shape[-1]
-    if D % n_heads:
-        raise ValueError(f"attention: D={D} is not divisible by n_heads={n_heads}")
+    if head_dim is None:
+        if n_heads < 1 or D % n_heads:
+            raise ValueError(f"attention: D={D} is not divisible by n_heads={n_heads}")
+        head_dim = D // n_heads
+    Dh, width = head_dim, n_heads * head_dim
+    if W_q.shape != (D, width) or W_o.shape != (width, D):
+        raise ValueError(f"attention: x_q {x_q.shape} must be (B, T, D) with W_q {W_q.shape} of shape "
+                         f"(D, H Dh) = ({D}, {width}) and W_o {W_o.shape} of shape ({width}, {D})")
     if head_mask is not None:
         head_mask = np.asarray(head_mask)
         if head_mask.shape != (n_heads,):
@@ -132,11 +141,11 @@ def mha_forward(x_q, x_kv, W_q, b_q, W_k, b_k, W_v, b_v, W_o, b_o, *, n_heads, k
     fwd, _ = linear or (_plain_linear, _plain_linear_backward)
     lin, hooked = {}, {}
     q, lin["W_q"] = fwd("W_q", x_q, W_q, b_q)  # (B, T, D)
-    q = split_heads(_hook(hooks, "q", q, hooked), n_heads)  # (B, H, T, Dh)
+    q = split_heads(_hook(hooks, "q", q, hooked), Dh)  # (B, H, T, Dh)
     if "q" in hooked:
-        q = q * (1.0 / math.sqrt(D // n_heads))  # the hook's output may be in its cache: no in-place
+        q = q * (1.0 / math.sqrt(Dh))  # the hook's output may be in its cache: no in-place
     else:
-        q *= 1.0 / math.sqrt(D // n_heads)
+        q *= 1.0 / math.sqrt(Dh)
     if static_kv is not None:
         k, v = static_kv
     else:
@@ -146,7 +155,7 @@ def mha_forward(x_q, x_kv, W_q, b_q, W_k, b_k, W_v, b_v, W_o, b_o, *, n_heads, k
         k, lin["W_k"] = fwd("W_k", x_kv, W_k, b_k)
         v, lin["W_v"] = fwd("W_v", x_kv, W_v, b_v)
         k, v = _hook(hooks, "k", k, hooked), _hook(hooks, "v", v, hooked)  # new rows only
-        k, v = split_heads(k, n_heads), split_heads(v, n_heads)  # (B, H, S, Dh)
+        k, v = split_heads(k, Dh), split_heads(v, Dh)  # (B, H, S, Dh)
         if past_kv is not None:
             k = np.concatenate([past_kv[0], k], axis=2)  # (B, H, S_past + S, Dh)
             v = np.concatenate([past_kv[1], v], axis=2)
@@ -166,7 +175,7 @@ def mha_forward(x_q, x_kv, W_q, b_q, W_k, b_k, W_v, b_v, W_o, b_o, *, n_heads, k
         probs_used = probs
     heads = probs_used @ v  # (B, H, T, Dh)
     masked = heads if head_mask is None else heads * head_mask.reshape(H, 1, 1).astype(heads.dtype)
-    merged = masked.transpose(0, 2, 1, 3).reshape(B, T, D)  # (B, T, D)
+    merged = masked.transpose(0, 2, 1, 3).reshape(B, T, width)  # (B, T, H Dh)
     out, lin["W_o"] = fwd("W_o", merged, W_o, b_o)
     cache = AttentionCache(lin, q, k, v, kept_scores, probs, sm_cache, hooked, drop, heads, head_mask,
                            past_kv is not None or static_kv is not None)
@@ -208,7 +217,7 @@ def mha_backward(dout, cache, dprobs=None, dscores=None, linear=None):
     dq *= 1.0 / math.sqrt(Dh)
 
     def merge(x):
-        return x.transpose(0, 2, 1, 3).reshape(B, -1, H * Dh)  # (B, ., D)
+        return x.transpose(0, 2, 1, 3).reshape(B, x.shape[2], H * Dh)  # (B, ., H Dh)
 
     dx_q, dW_q, db_q = bwd("W_q", _hook_bwd(hooked, "q", merge(dq)), lin["W_q"])
     dx_kv, dW_k, db_k = bwd("W_k", _hook_bwd(hooked, "k", merge(dk)), lin["W_k"])

@@ -47,12 +47,38 @@ def _check_ids(name, ids, vocab, max_len):
     return ids
 
 
-def _block_params(rng, p, D, F, attns, lns, init):
-    """One layer's attention blocks ``attns``, FFN and layer norms ``lns`` under prefix ``p``."""
+def _pruned_heads(pruned_heads, H, prefixes):
+    """A config's ``pruned_heads`` ({attention prefix: head indices removed, Michel et al. 2019})
+    as {prefix: sorted tuple}, or a ValueError naming the bad entry."""
+    if not isinstance(pruned_heads, dict):
+        raise ValueError(f"pruned_heads must be a dict {{attention prefix: [head, ...]}}, got {pruned_heads!r}")
+    out = {}
+    for prefix, heads in pruned_heads.items():
+        if prefix not in prefixes:
+            raise ValueError(f"pruned_heads: {prefix!r} is not an attention block; known: {prefixes}")
+        heads = tuple(sorted(heads))
+        if (not all(isinstance(h, int | np.integer) and 0 <= h < H for h in heads)
+                or len(set(heads)) != len(heads)):
+            raise ValueError(f"pruned_heads[{prefix!r}] must be distinct head indices in [0, {H}), got {heads}")
+        if heads:
+            out[prefix] = tuple(int(h) for h in heads)
+    return out
+
+
+def _attention_width(config, prefix):
+    """H Dh of an attention block: the number of heads it kept times Dh = D / H."""
+    return (config.H - len(config.pruned_heads.get(prefix, ()))) * (config.D // config.H)
+
+
+def _block_params(rng, p, D, F, attns, lns, init, widths=None):
+    """One layer's attention blocks ``attns``, FFN and layer norms ``lns`` under prefix ``p``;
+    ``widths[a]`` is block a's H Dh (default D: no head pruned)."""
     out = {}
     for a in attns:
-        for n in ("q", "k", "v", "o"):
-            out[f"{p}.{a}.W_{n}"], out[f"{p}.{a}.b_{n}"] = init(D, D), np.zeros(D, np.float32)
+        width = D if widths is None else widths[a]
+        for n in ("q", "k", "v"):
+            out[f"{p}.{a}.W_{n}"], out[f"{p}.{a}.b_{n}"] = init(D, width), np.zeros(width, np.float32)
+        out[f"{p}.{a}.W_o"], out[f"{p}.{a}.b_o"] = init(width, D), np.zeros(D, np.float32)
     out[f"{p}.ffn.W_1"], out[f"{p}.ffn.b_1"] = init(D, F), np.zeros(F, np.float32)
     out[f"{p}.ffn.W_2"], out[f"{p}.ffn.b_2"] = init(F, D), np.zeros(D, np.float32)
     for ln in lns:
@@ -184,9 +210,11 @@ class _Ops:
         pair = (lambda n, x, W, b: self.linear(f"{prefix}.{n}", x, W, b,
                                                kv_valid if n in ("W_k", "W_v") else q_valid),
                 lambda n, dy, c: (self.linear_bwd(f"{prefix}.{n}", dy, c), None, None))
+        head_dim = x_q.shape[-1] // self.n_heads  # n_heads: the config's H, before any pruning
         out, cache = mha_forward(
             x_q, x_kv, *(self.params[f"{prefix}.{n}"] for n in WEIGHTS),
-            n_heads=self.n_heads, key_pad=key_pad, causal=causal,
+            n_heads=self.params[f"{prefix}.b_q"].shape[0] // head_dim, head_dim=head_dim,
+            key_pad=key_pad, causal=causal,
             head_mask=self.head_mask.get(prefix), past_kv=past_kv, static_kv=static_kv,
             return_scores=self.states is not None, linear=pair,
             hooks=self.attention_hooks(prefix, q_valid, kv_valid), dropout_p=self.p_drop, rng=self.rng)

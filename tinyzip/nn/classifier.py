@@ -12,13 +12,14 @@ built from ``blocks.py``:
 ``matmuls``, ``act_hooks``, ``head_mask`` and ``return_states``/``dstates`` (``enc.hidden``,
 ``enc.scores``, ``enc.probs``) work as for ``Seq2Seq`` (see ``blocks.py``).
 """
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import NamedTuple
 
 import numpy as np
 
 from tinyzip.nn import layers as L
-from tinyzip.nn.blocks import _Ops, _block_params, _check_ids, _encoder_stack, _encoder_stack_bwd
+from tinyzip.nn.blocks import _Ops, _attention_width, _block_params, _check_ids, _encoder_stack, \
+    _encoder_stack_bwd, _pruned_heads
 from tinyzip.nn.losses import PAD, cross_entropy_backward, cross_entropy_forward
 
 
@@ -35,15 +36,24 @@ class ClassifierConfig:
     dropout: float = 0.1
     activation: str = "gelu_tanh"  # google-research/bert's form; "gelu" = exact erf; or "relu"
     pre_ln: bool = False
+    pruned_heads: dict = field(default_factory=dict)  # attention prefix -> heads removed (head_pruning)
 
     def __post_init__(self):
         if self.D % self.H:
             raise ValueError(f"D={self.D} must be divisible by H={self.H}")
         if self.activation not in ("relu", "gelu", "gelu_tanh"):
             raise ValueError(f'activation must be "relu", "gelu" or "gelu_tanh", got {self.activation!r}')
+        object.__setattr__(self, "pruned_heads", _pruned_heads(self.pruned_heads, self.H, self.attention_prefixes()))
+
+    def attention_prefixes(self):
+        return [f"enc.{i}.attn" for i in range(self.layers)]
 
     def to_dict(self):
-        return asdict(self)
+        """JSON-ready values; ``pruned_heads`` only when a head was pruned (as ``Seq2SeqConfig``)."""
+        d = asdict(self)
+        if not d["pruned_heads"]:
+            del d["pruned_heads"]
+        return d
 
     @classmethod
     def from_dict(cls, d):
@@ -71,7 +81,7 @@ class EncoderClassifier:
         self.config = config
 
     def attention_prefixes(self):
-        return [f"enc.{i}.attn" for i in range(self.config.layers)]
+        return self.config.attention_prefixes()
 
     def init_params(self, rng):
         """N(0, 0.02) weights and embeddings (BERT's initializer_range), zero biases, LN = identity."""
@@ -83,7 +93,8 @@ class EncoderClassifier:
                   "type_emb": init(c.type_vocab, c.D),
                   "emb_ln.gamma": np.ones(c.D, np.float32), "emb_ln.beta": np.zeros(c.D, np.float32)}
         for i in range(c.layers):
-            params.update(_block_params(rng, f"enc.{i}", c.D, c.F, ["attn"], ["ln1", "ln2"], init))
+            params.update(_block_params(rng, f"enc.{i}", c.D, c.F, ["attn"], ["ln1", "ln2"], init,
+                                        {"attn": _attention_width(c, f"enc.{i}.attn")}))
         if c.pre_ln:
             params["enc.ln_f.gamma"], params["enc.ln_f.beta"] = np.ones(c.D, np.float32), np.zeros(c.D, np.float32)
         params["pool.W"], params["pool.b"] = init(c.D, c.D), np.zeros(c.D, np.float32)

@@ -35,13 +35,18 @@ def _check_float(name, x):
                         f"{type(x).__name__} of dtype {getattr(x, 'dtype', None)}")
 
 
+def _rows(x):
+    """(..., D) -> (N, D); unlike reshape(-1, D) it also works for D = 0 (a block pruned of all heads)."""
+    return x.reshape(math.prod(x.shape[:-1]), x.shape[-1])
+
+
 def linear_forward(x, W, b):
     """y = x @ W + b.  x: (..., D_in), W: (D_in, D_out), b: (D_out,) -> y: (..., D_out)."""
     _check_float("x", x)
     if W.ndim != 2 or x.shape[-1] != W.shape[0] or b.shape != (W.shape[1],):
         raise ValueError(f"linear: x {x.shape}, W {W.shape}, b {b.shape} do not fit "
                          "(need x (..., D_in), W (D_in, D_out), b (D_out,))")
-    y = (x.reshape(-1, W.shape[0]) @ W).reshape(*x.shape[:-1], W.shape[1])  # (..., D_out)
+    y = (_rows(x) @ W).reshape(*x.shape[:-1], W.shape[1])  # (..., D_out)
     y += b
     return y, (x, W)
 
@@ -49,8 +54,8 @@ def linear_forward(x, W, b):
 def linear_backward(dy, cache):
     """Gradients (dx, dW, db) of y = x @ W + b."""
     x, W = cache
-    dy2 = dy.reshape(-1, dy.shape[-1])  # (N, D_out)
-    dW = x.reshape(-1, x.shape[-1]).T @ dy2  # (D_in, D_out)
+    dy2 = _rows(dy)  # (N, D_out)
+    dW = _rows(x).T @ dy2  # (D_in, D_out)
     db = dy2.sum(0)  # (D_out,)
     dx = (dy2 @ W.T).reshape(x.shape)  # (..., D_in)
     return dx, dW, db

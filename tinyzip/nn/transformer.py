@@ -33,7 +33,7 @@ Incremental decoding: ``encode`` computes the encoder output and every cross-att
 ``reorder_state`` selects rows of either for beam search.
 """
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from functools import partial
 from typing import NamedTuple
 
@@ -41,8 +41,8 @@ import numpy as np
 
 from tinyzip.nn import layers as L
 from tinyzip.nn.attention import split_heads
-from tinyzip.nn.blocks import _Ops, _add, _block_params, _check_ids, _encoder_stack, \
-    _encoder_stack_bwd, _get, _self_attention_bwd
+from tinyzip.nn.blocks import _Ops, _add, _attention_width, _block_params, _check_ids, _encoder_stack, \
+    _encoder_stack_bwd, _get, _pruned_heads, _self_attention_bwd
 from tinyzip.nn.losses import PAD, cross_entropy_backward, cross_entropy_forward
 
 
@@ -104,16 +104,28 @@ class Seq2SeqConfig:
     label_smoothing: float = 0.1
     pre_ln: bool = False
     share_embeddings: bool = True  # src/tgt embeddings and the output projection are one matrix
+    pruned_heads: dict = field(default_factory=dict)  # attention prefix -> heads removed (head_pruning)
 
     def __post_init__(self):
         if self.D % self.H or self.D % 2:
             raise ValueError(f"D={self.D} must be even and divisible by H={self.H}")
+        object.__setattr__(self, "pruned_heads", _pruned_heads(self.pruned_heads, self.H, self.attention_prefixes()))
         if self.share_embeddings and self.src_vocab != self.tgt_vocab:
             raise ValueError(f"share_embeddings needs src_vocab == tgt_vocab, got "
                              f"{self.src_vocab} and {self.tgt_vocab}")
 
+    def attention_prefixes(self):
+        """Every attention block's prefix, the keys of ``head_mask`` and ``pruned_heads``."""
+        return ([f"enc.{i}.attn" for i in range(self.enc_layers)]
+                + [f"dec.{i}.{a}" for i in range(self.dec_layers) for a in ("self_attn", "cross_attn")])
+
     def to_dict(self):
-        return asdict(self)
+        """The config as JSON-ready values; ``pruned_heads`` only when a head was pruned, so the
+        files of unpruned models are as before."""
+        d = asdict(self)
+        if not d["pruned_heads"]:
+            del d["pruned_heads"]
+        return d
 
     @classmethod
     def from_dict(cls, d):
@@ -136,9 +148,7 @@ class Seq2Seq:
 
     def attention_prefixes(self):
         """Every attention block's prefix, the keys ``head_mask`` understands."""
-        c = self.config
-        return ([f"enc.{i}.attn" for i in range(c.enc_layers)]
-                + [f"dec.{i}.{a}" for i in range(c.dec_layers) for a in ("self_attn", "cross_attn")])
+        return self.config.attention_prefixes()
 
     def init_params(self, rng):
         """Xavier-uniform weights, N(0, D^-1/2) embeddings (PAD row 0), zero biases, LN = identity."""
@@ -156,10 +166,12 @@ class Seq2Seq:
             params["out.W"] = init(c.D, c.tgt_vocab)
         params["out.b"] = np.zeros(c.tgt_vocab, np.float32)
         for i in range(c.enc_layers):
-            params.update(_block_params(rng, f"enc.{i}", c.D, c.F, ["attn"], ["ln1", "ln2"], init))
+            params.update(_block_params(rng, f"enc.{i}", c.D, c.F, ["attn"], ["ln1", "ln2"], init,
+                                        {"attn": _attention_width(c, f"enc.{i}.attn")}))
         for i in range(c.dec_layers):
-            params.update(_block_params(rng, f"dec.{i}", c.D, c.F, ["self_attn", "cross_attn"],
-                                        ["ln1", "ln2", "ln3"], init))
+            attns = ["self_attn", "cross_attn"]
+            params.update(_block_params(rng, f"dec.{i}", c.D, c.F, attns, ["ln1", "ln2", "ln3"], init,
+                                        {a: _attention_width(c, f"dec.{i}.{a}") for a in attns}))
         if c.pre_ln:
             for p in ("enc.ln_f", "dec.ln_f"):
                 params[p + ".gamma"], params[p + ".beta"] = np.ones(c.D, np.float32), np.zeros(c.D, np.float32)
@@ -276,7 +288,7 @@ class Seq2Seq:
             p = f"dec.{i}.cross_attn"
             k = ops.hook(p + ".k", ops.linear(p + ".W_k", enc_out, valid=src_valid)[0], src_valid)[0]
             v = ops.hook(p + ".v", ops.linear(p + ".W_v", enc_out, valid=src_valid)[0], src_valid)[0]
-            cross_kv.append((split_heads(k, c.H), split_heads(v, c.H)))  # (B, H, S, Dh) each
+            cross_kv.append((split_heads(k, c.D // c.H), split_heads(v, c.D // c.H)))  # (B, H, S, Dh) each
         return EncoderState(enc_out, src_pad, cross_kv)
 
     def decode_step(self, params, enc_state, prev_tokens, dec_state=None, matmuls=None,
