@@ -144,7 +144,8 @@ def test_demo_measures_every_row_from_its_own_file(tmp_path):
     for r in rows[1:]:
         assert r["file_bytes"] == os.path.getsize(r["path"]) and r["file_bytes"] < base["file_bytes"]
         assert r["ratio"] == base["file_bytes"] / r["file_bytes"]
-        assert 0.0 <= r["bleu"] <= 100.0 and r["decode_tokens_per_s"] > 0 and r["attention_entropy"] >= 0
+        assert 0.0 <= r["bleu"] <= 100.0 and r["decode_tokens_per_s"] > 0
+        assert r["attention_entropy"] is None or r["attention_entropy"] >= 0   # None: no cross-attention head left
     assert all(r["method"] in run.stdout for r in rows)
 
 

@@ -10,7 +10,7 @@ from tinyzip.nn.transformer import Seq2Seq, Seq2SeqConfig
 from tinyzip.report import evenly_spaced
 from tinyzip.compress import ternary
 from tinyzip.compressed import unpack
-from tinyzip.rows import Context, plan, row_name, row_ternary, row_uniform
+from tinyzip.rows import Context, plan, row_head_pruning, row_name, row_ternary, row_uniform
 from tinyzip.translation import PRESETS
 
 
@@ -87,3 +87,21 @@ def test_ternary_row_packs_every_matrix_at_two_bits_with_embedding_rows(distill)
              if not np.array_equal(unpack(packed[n]), unpack(ternary.pack_ternary(params[n], packed[n].meta["granularity"])))]
     assert moved
     assert all(np.array_equal(params[k], baseline[k]) for k in params)
+
+
+@pytest.mark.parametrize("fraction, steps", [(0.0, 0), (0.25, 0), (0.5, 3)])
+def test_head_pruning_row_stores_a_smaller_model_with_its_config(fraction, steps):
+    """round(fraction N) heads removed by (H4), the packed shapes those of the new config (what
+    the file's reader builds), float16 storage; fraction 0 is the storage alone."""
+    config = Seq2SeqConfig(src_vocab=30, tgt_vocab=30, D=16, H=4, F=24, enc_layers=1, dec_layers=1)
+    model = Seq2Seq(config)
+    params = model.init_params(np.random.default_rng(0))
+    rng = np.random.default_rng(1)
+    train_ids = [(list(rng.integers(4, 30, n)), list(rng.integers(4, 30, n))) for n in rng.integers(2, 8, 40)]
+    ctx = Context(SimpleNamespace(model=model, params=params), train_ids, [], "", PRESETS["copy"], 0)
+    name, bits, packed, new_config = row_head_pruning(ctx, params, fraction=fraction, steps=steps, examples=5)
+    assert bits == 16 and all(t.method == "float16" for t in packed.values())
+    assert name == (f"head_pruning-{int(fraction * 100)}+float16" if fraction else "float16")
+    assert sum(len(h) for h in new_config.pruned_heads.values()) == round(fraction * 12)
+    shapes = {n: W.shape for n, W in Seq2Seq(new_config).init_params(np.random.default_rng(0)).items()}
+    assert shapes == {n: t.shape for n, t in packed.items()}

@@ -221,7 +221,7 @@ def _add_eval(sub):
 
 def _cmd_eval(args) -> int:
     from tinyzip.data import load_parallel_files, load_task
-    from tinyzip.report import attention_entropy
+    from tinyzip.report import entropy_cell, attention_entropy
     from tinyzip.translation import evaluate, load_translator
 
     translator = load_translator(args.model, kernels=args.kernels, integer_ffn=args.integer_ffn,
@@ -243,7 +243,7 @@ def _cmd_eval(args) -> int:
            "n": len(pairs), "signature": result["signature"]}
     print(f"{row['method']}: BLEU {row['bleu']:.2f} ({result['signature']}) on {len(pairs)} {task} sentences, "
           f"{row['file_bytes']:,} bytes, {row['decode_tokens_per_s']:.0f} decoded tokens/s, "
-          f"attention entropy {row['attention_entropy']:.3f}")
+          f"attention entropy {entropy_cell(row['attention_entropy'])}")
     if args.json:
         _write_json(args.json, {"task": task, "rows": [row]})
     return 0

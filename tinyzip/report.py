@@ -51,14 +51,18 @@ def pair_arrays(translator, pairs):
     return src, tgt_in
 
 
-def attention_entropy(translator, pairs, n=64) -> float:
+def attention_entropy(translator, pairs, n=64) -> float | None:
     """Mean entropy (nats) of the decoder's cross-attention rows, teacher forced on ``n`` pairs, on
-    the model as loaded (its kernel matmuls and, for weights+activations files, its quantizers)."""
+    the model as loaded (its kernel matmuls and, for weights+activations files, its quantizers);
+    None when head pruning removed every cross-attention head."""
     src, tgt_in = pair_arrays(translator, pairs[:n])
     _, cache = translator.model.forward(translator.params, src, tgt_in, return_states=True,
                                         matmuls=translator.matmuls or None, act_hooks=translator.act_hooks or None)
-    ent = viz.attention_entropy(cache.states["dec.cross_probs"], mask=src != 0, query_mask=tgt_in != 0)
-    return float(np.mean(ent))
+    layers = [p for p in cache.states["dec.cross_probs"] if p.shape[1]]  # head pruning: H per layer, maybe 0
+    if not layers:
+        return None
+    ent = [viz.attention_entropy([p], mask=src != 0, query_mask=tgt_in != 0) for p in layers]
+    return float(np.mean(np.concatenate(ent, axis=1)))
 
 
 def measure(ctx: Context, method: str, bits, path: str, seconds: float) -> dict:
@@ -84,6 +88,10 @@ def finetune_steps_of(row) -> int:
     return sum(v for k, v in row.get("settings", {}).items() if k.endswith("steps"))
 
 
+def entropy_cell(entropy) -> str:
+    return "-" if entropy is None else f"{entropy:.3f}"
+
+
 def format_table(rows: list) -> str:
     beam = any(r.get("bleu_beam") is not None for r in rows)
     header = (f"{'method':<40} {'bits':>4} {'tune':>5} {'file bytes':>11} {'ratio':>6} {'BLEU':>6}"
@@ -94,7 +102,7 @@ def format_table(rows: list) -> str:
         beam_cell = f" {r['bleu_beam']:>6.2f}" if beam and r.get("bleu_beam") is not None else (" " * 7 if beam else "")
         lines.append(f"{r['method']:<40} {bits:>4} {finetune_steps_of(r):>5} {r['file_bytes']:>11,} {r['ratio']:>5.2f}x "
                      f"{r['bleu']:>6.2f}{beam_cell} {r['bleu_pct']:>6.1f}% {r['decode_tokens_per_s']:>7.0f} "
-                     f"{r['attention_entropy']:>7.3f}")
+                     f"{entropy_cell(r['attention_entropy']):>7}")
     return "\n".join(lines)
 
 
@@ -175,9 +183,10 @@ def run_demo(*, task="bible-es", out_dir="runs/demo", full=False, steps=None, fi
                 emit(done[key], measured=False)
                 continue
             start = time.perf_counter()
-            name, bits, packed = fn(ctx, dict(translator.params), **kwargs)
+            name, bits, packed, *new_config = fn(ctx, dict(translator.params), **kwargs)
+            config = new_config[0] if new_config else translator.model.config  # head pruning: smaller
             path = os.path.join(out_dir, key_to_filename(key))
-            container.save_tz(path, packed, translator.model.config.to_dict(),
+            container.save_tz(path, packed, config.to_dict(),
                               {"tokenizer": translator.tokenizer.to_dict(), "method": name, "settings": kwargs})
             emit(dict(measure(ctx, name, bits, path, time.perf_counter() - start), key=key, settings=kwargs))
     finally:

@@ -3,7 +3,8 @@
 Each ``row_<method>(ctx, params, **settings)`` compresses the float32 baseline's ``params`` by
 calling the method files in ``tinyzip/compress`` in pipeline order (fine-tuning through
 :func:`finetune` where the setting asks for steps) and returns ``(name, bits, {param name:
-PackedTensor})``, which ``report.run_demo`` writes to a ``.tz`` file and measures. ``plan(task,
+PackedTensor})``, which ``report.run_demo`` writes to a ``.tz`` file and measures; a row that
+changes the architecture (head pruning) adds the new model's config as a fourth element. ``plan(task,
 full)`` is the explicit list of rows (no registry): the demo's representative settings, the quick
 task's grids, and the Bible model's ``--full`` recipes (the reference runs' budgets).
 """
@@ -12,9 +13,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from tinyzip.compress import (binarization, chung, distillation, fqt, huffman, kmeans, magnitude_pruning, ternary,
-                              uniform)
-from tinyzip.compress.base import Method
+from tinyzip.compress import (binarization, chung, distillation, fqt, head_pruning, huffman, kmeans,
+                              magnitude_pruning, ternary, uniform)
+from tinyzip.compress.base import IDENTITY, Method
 from tinyzip.compressed import is_embedding, pack_float
 from tinyzip.data import make_batches
 from tinyzip.nn.optim import adam
@@ -160,6 +161,25 @@ def row_ternary(ctx, params, steps=60, distill=None):
     return name, 2, packed
 
 
+def row_head_pruning(ctx, params, fraction=0.25, steps=0, examples=200):
+    """Michel et al.'s iterative pruning (H4) of ``fraction`` of all attention heads, importance
+    (H2)-(H3) from ``examples`` training pairs (one per batch); the heads are then removed (a
+    smaller model, its config in the file), and ``steps`` of plain fine-tuning follow (the paper
+    prunes post hoc: 0). Stored as float16: the shipped model's weights are float16 values, so
+    that is lossless for it, and a float32 file would be DEFLATEd by the container to about the
+    same size through their zero low mantissa bits, a saving no more the pruning's than this."""
+    model = ctx.translator.model
+    pick = np.random.default_rng([ctx.seed, 7]).choice(len(ctx.train_ids), examples, replace=False)
+    batches = [next(iter(make_batches([ctx.train_ids[i]], 10 ** 9, shuffle=False))) for i in pick]
+    n_masked = round(fraction * head_pruning.n_heads(model))
+    mask = head_pruning.iterative_masks(model, params, batches, n_masked)[-1] if n_masked else None
+    model, params = head_pruning.prune_heads(model, params, mask or head_pruning.full_mask(model))
+    params = finetune(ctx, params, IDENTITY, steps, f"heads{int(fraction * 100)}-{steps}", model=model)
+    packed = {n: pack_float(W, np.float16) for n, W in params.items()}
+    name = f"head_pruning-{int(fraction * 100)}+float16" if n_masked else "float16"  # 0: the storage alone
+    return name, 16, packed, model.config
+
+
 def row_uniform(ctx, params, bits=8, steps=0, activations=False, calib_batches=8):
     """Per-channel symmetric uniform weights (Jacob 2018 / FQT); PTQ when steps = 0, else QAT.
 
@@ -230,6 +250,8 @@ def plan(task: str, full: bool):
             (row_uniform, {"bits": 8, "steps": 0}),
             (row_uniform, {"bits": 4, "steps": 0}),
             (row_binary_codes, {"q": 2, "steps": 60, "fit": "alternating"}),
+            (row_head_pruning, {"fraction": 0.0}),
+            (row_head_pruning, {"fraction": 0.25}),
         ]
     if task == "bible-es":
         return ([(row_kmeans, {"bits": b, "steps": 0}) for b in (8, 5, 4, 3, 2)]
@@ -238,6 +260,7 @@ def plan(task: str, full: bool):
                    for fit in ("greedy", "alternating")]
                 + [(row_uniform, {"bits": b, "steps": 0, "activations": True}) for b in (8, 6, 4)]
                 + [(row_ternary, {"steps": 0})]
+                + [(row_head_pruning, {"fraction": f}) for f in (0.0, 0.1, 0.25, 0.5)]
                 + [(row_uniform, {"bits": b, "steps": 400}) for b in (8, 6, 4)]
                 + [(row_uniform, {"bits": b, "steps": 400, "activations": True}) for b in (8, 6, 4)]
                 + [(row_kmeans, {"bits": b, "steps": 400}) for b in (4, 3)]
@@ -250,7 +273,8 @@ def plan(task: str, full: bool):
                    (row_pruning, {"sparsity": 0.9, "steps": 4000}),
                    (row_binarization, {"steps": 2000}),
                    (row_ternary, {"steps": 2000})]
-                + [(row_ternary, {"steps": 2000, "distill": d}) for d in ("outputs", "outputs+layers")])
+                + [(row_ternary, {"steps": 2000, "distill": d}) for d in ("outputs", "outputs+layers")]
+                + [(row_head_pruning, {"fraction": f, "steps": 1000}) for f in (0.25, 0.5)])
     if not full:
         return [
             (row_pruning, {"sparsity": 0.8, "steps": 100}),
@@ -261,6 +285,8 @@ def plan(task: str, full: bool):
             (row_uniform, {"bits": 8, "steps": 0}),
             (row_uniform, {"bits": 4, "steps": 40}),
             (row_binary_codes, {"q": 2, "steps": 60, "fit": "greedy"}),
+            (row_head_pruning, {"fraction": 0.0}),
+            (row_head_pruning, {"fraction": 0.25}),
         ]
     return ([(row_pruning, {"sparsity": s, "steps": 600}) for s in (0.5, 0.8, 0.9)]
             + [(row_kmeans, {"bits": b, "steps": 200}) for b in (8, 5, 4, 3, 2)]
@@ -276,7 +302,9 @@ def plan(task: str, full: bool):
                for r in (8.0, 0.0) for q in (1, 2, 3, 4)]             # frequency-aware vs uniform embedding
             + [(row_binary_codes, {"q": 2, "steps": 300, "fit": "alternating", "emb_ratio": 8.0, "staged": True}),
                (row_binary_codes, {"q": 2, "steps": 300, "fit": "alternating", "emb_ratio": 1.0}),
-               (row_binary_codes, {"q": 2, "steps": 300, "fit": "greedy", "emb_ratio": 8.0})])
+               (row_binary_codes, {"q": 2, "steps": 300, "fit": "greedy", "emb_ratio": 8.0})]
+            + [(row_head_pruning, {"fraction": 0.0})]
+            + [(row_head_pruning, {"fraction": f, "steps": s}) for s in (0, 300) for f in (0.25, 0.5)])
 
 
 def row_name(fn, kwargs) -> str:
