@@ -274,7 +274,7 @@ def plan(task: str, full: bool):
                    (row_binarization, {"steps": 2000}),
                    (row_ternary, {"steps": 2000})]
                 + [(row_ternary, {"steps": 2000, "distill": d}) for d in ("outputs", "outputs+layers")]
-                + [(row_head_pruning, {"fraction": f, "steps": 1000}) for f in (0.25, 0.5)])
+                + [(row_head_pruning, {"fraction": f, "steps": 1000}) for f in (0.25, 0.5, 0.0)])
     if not full:
         return [
             (row_pruning, {"sparsity": 0.8, "steps": 100}),
