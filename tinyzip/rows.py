@@ -173,7 +173,7 @@ def row_head_pruning(ctx, params, fraction=0.25, steps=0, examples=200):
     batches = [next(iter(make_batches([ctx.train_ids[i]], 10 ** 9, shuffle=False))) for i in pick]
     n_masked = round(fraction * head_pruning.n_heads(model))
     mask = head_pruning.iterative_masks(model, params, batches, n_masked)[-1] if n_masked else None
-    model, params = head_pruning.prune_heads(model, params, mask or head_pruning.full_mask(model))
+    model, params = head_pruning.prune_heads(model, params, mask)
     params = finetune(ctx, params, IDENTITY, steps, f"heads{int(fraction * 100)}-{steps}", model=model)
     packed = {n: pack_float(W, np.float16) for n, W in params.items()}
     name = f"head_pruning-{int(fraction * 100)}+float16" if n_masked else "float16"  # 0: the storage alone

@@ -50,21 +50,24 @@ def full_mask(model) -> dict:
     return {p: np.ones(len(_kept(model.config, p))) for p in model.attention_prefixes()}
 
 
-def _check_mask(model, head_mask):
-    for p, kept in ((p, len(_kept(model.config, p))) for p in model.attention_prefixes()):
-        xi = np.asarray(head_mask.get(p, np.ones(kept)))
-        if xi.shape != (kept,) or not np.all((xi == 0) | (xi == 1)):
-            raise ValueError(f"head_mask[{p!r}] must be {kept} values in {{0, 1}}, got {xi!r}")
+def _completed_mask(model, head_mask) -> dict:
+    """``head_mask`` with ones for the blocks it leaves out, or a ValueError for a bad entry."""
+    mask = full_mask(model) if head_mask is None else {**full_mask(model), **head_mask}
+    for p, ones in full_mask(model).items():
+        xi = np.asarray(mask[p])
+        if xi.shape != ones.shape or not np.all((xi == 0) | (xi == 1)):
+            raise ValueError(f"head_mask[{p!r}] must be {len(ones)} values in {{0, 1}}, got {xi!r}")
+    return mask
 
 
 def head_importance(model, params, batches, head_mask=None) -> dict:
     """I (H2): {prefix: mean over ``batches`` of |dL/dxi| (H_kept,)}, float64.
 
     Each batch is the tuple of ``model.loss_and_grads``' data arguments (Seq2Seq: src, tgt_in,
-    tgt_out; one sentence pair per batch for the paper's E_x |.|). ``head_mask`` (default all ones)
-    is the mask the gradient is taken at: the current one during iterative pruning."""
-    head_mask = full_mask(model) if head_mask is None else head_mask
-    _check_mask(model, head_mask)
+    tgt_out; one sentence pair per batch for the paper's E_x |.|). ``head_mask`` (default and for
+    blocks it leaves out: all ones) is the mask the gradient is taken at: the current one during
+    iterative pruning."""
+    head_mask = _completed_mask(model, head_mask)
     total, count = {p: np.zeros(len(xi)) for p, xi in head_mask.items()}, 0
     for batch in batches:
         _, grads, _ = model.loss_and_grads(params, *batch, head_mask=head_mask)
@@ -122,13 +125,14 @@ def iterative_masks(model, params, batches, n_masked: int, normalize=True,
 
 def prune_heads(model, params, head_mask):
     """The smaller model without the masked heads: (new model, new params), forward-equal to
-    ``model`` run with ``head_mask``. Works on a model pruned before (indices stay original)."""
-    _check_mask(model, head_mask)
+    ``model`` run with ``head_mask`` (blocks it leaves out keep their heads). Works on a model
+    pruned before (indices stay original)."""
+    head_mask = _completed_mask(model, head_mask)
     config = model.config
     Dh = config.D // config.H
     pruned, params = dict(config.pruned_heads), dict(params)
     for p in model.attention_prefixes():
-        xi = np.asarray(head_mask.get(p, np.ones(len(_kept(config, p)))))
+        xi = np.asarray(head_mask[p])
         if np.all(xi == 1):
             continue
         kept_now = np.flatnonzero(xi)                       # positions in the current block
@@ -138,7 +142,8 @@ def prune_heads(model, params, head_mask):
             params[f"{p}.b_{n}"] = params[f"{p}.b_{n}"][cols].copy()
         params[f"{p}.W_o"] = np.ascontiguousarray(params[f"{p}.W_o"][cols])
         originals = _kept(config, p)
-        pruned[p] = sorted(set(config.pruned_heads.get(p, ())) | {originals[j] for j in np.flatnonzero(xi == 0)})
+        removed_now = {originals[j] for j in np.flatnonzero(xi == 0)}
+        pruned[p] = sorted(set(config.pruned_heads.get(p, ())) | removed_now)
     new_model = type(model)(replace(config, pruned_heads=pruned))
     return new_model, params
 
