@@ -100,12 +100,26 @@ def test_entropy_accepts_5d_array_and_float32():
     ([np.ones((1, 1, 2, 2), dtype=np.int64)], TypeError, "floating"),
     ([np.full((1, 1, 2, 2), np.nan)], ValueError, "finite"),
     ([np.full((1, 1, 2, 2), -0.5)], ValueError, "non-negative"),
-    ([np.ones((1, 2, 2, 2)), np.ones((1, 3, 2, 2))], ValueError, "layer 1"),
+    ([np.ones((1, 2, 2, 2)), np.ones((2, 2, 2, 2))], ValueError, "layer 1"),
     (np.ones((2, 2, 2, 2)), ValueError, r"\(L, B, H, Tq, Tk\)"),
 ])
 def test_entropy_rejects_bad_probs(probs, exc, message):
     with pytest.raises(exc, match=message):
         viz.attention_entropy(probs)
+
+
+def test_layers_of_a_head_pruned_model_may_have_different_head_counts():
+    """Each layer's heads get their own entropy, NaN pads the narrower layers, a layer may have none."""
+    rng = np.random.default_rng(5)
+    layers = [rng.random((2, h, 3, 4)) for h in (4, 1, 0, 2)]
+    layers = [x / x.sum(-1, keepdims=True) if x.size else x for x in layers]
+    ent = viz.attention_entropy(layers)
+    assert ent.shape == (4, 4)
+    for i, x in enumerate(layers):
+        h = x.shape[1]
+        if h:
+            np.testing.assert_allclose(ent[i, :h], viz.attention_entropy([x])[0], rtol=1e-12)
+        assert np.all(np.isnan(ent[i, h:]))
 
 
 def test_entropy_rejects_bad_masks():
@@ -194,6 +208,16 @@ def test_write_attention_maps_text_fallback(tmp_path, capsys):
     assert len(blocks) == 2 * 3
     assert blocks[4].startswith("layer 1 head 1")
     assert all(len(b.split("\n")) == 1 + 1 + len(tgt) for b in blocks)    # title, header, rows
+
+
+def test_maps_of_layers_with_different_head_counts(tmp_path):
+    probs, src, tgt = _pair(np.random.default_rng(4), L=2, H=3)
+    probs = [probs[0], probs[1][:, :1]]                                # layer 1 kept one head
+    assert open(viz.plot_attention_grid(probs, src, tgt, str(tmp_path / "a.png")), "rb").read(8) == PNG_MAGIC
+    text = open(viz.write_attention_maps(probs, src, tgt, tmp_path / "m.png", use_matplotlib=False),
+                encoding="utf-8").read()
+    assert [b.split("  ")[0] for b in text.strip("\n").split("\n\n")] == [
+        "layer 0 head 0", "layer 0 head 1", "layer 0 head 2", "layer 1 head 0"]
 
 
 def test_maps_crop_padding_to_the_token_lists(tmp_path):

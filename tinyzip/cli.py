@@ -284,6 +284,8 @@ def _add_attention(sub):
 
 
 def _cmd_attention(args) -> int:
+    import numpy as np
+
     from tinyzip import viz
     from tinyzip.report import pair_arrays, write_attention
     from tinyzip.translation import load_translator
@@ -298,7 +300,7 @@ def _cmd_attention(args) -> int:
     entropy = viz.attention_entropy(cache.states["dec.cross_probs"], mask=src != 0)
     print(f"{args.source} -> {target}\nwrote {path}\ncross-attention entropy (nats), layer x head:")
     for layer, row in enumerate(entropy):
-        print(f"  layer {layer}: " + " ".join(f"{h:.3f}" for h in row))
+        print(f"  layer {layer}: " + " ".join(f"{h:.3f}" for h in row[~np.isnan(row)]))  # pruned heads: fewer
     return 0
 
 

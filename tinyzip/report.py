@@ -58,11 +58,8 @@ def attention_entropy(translator, pairs, n=64) -> float | None:
     src, tgt_in = pair_arrays(translator, pairs[:n])
     _, cache = translator.model.forward(translator.params, src, tgt_in, return_states=True,
                                         matmuls=translator.matmuls or None, act_hooks=translator.act_hooks or None)
-    layers = [p for p in cache.states["dec.cross_probs"] if p.shape[1]]  # head pruning: H per layer, maybe 0
-    if not layers:
-        return None
-    ent = [viz.attention_entropy([p], mask=src != 0, query_mask=tgt_in != 0) for p in layers]
-    return float(np.mean(np.concatenate(ent, axis=1)))
+    ent = viz.attention_entropy(cache.states["dec.cross_probs"], mask=src != 0, query_mask=tgt_in != 0)
+    return None if np.isnan(ent).all() else float(np.nanmean(ent))  # NaN: heads a pruned layer lacks
 
 
 def measure(ctx: Context, method: str, bits, path: str, seconds: float) -> dict:

@@ -10,6 +10,9 @@ Everything here works on plain arrays and token strings, not on a model: the mod
 
 Notation: L layers, B batch, H heads, Tq queries (rows), Tk keys (columns).
 ``probs_per_layer``: a list of L arrays, each ``(B, H, Tq, Tk)``, rows summing to 1 over real keys.
+H may differ between layers (a head-pruned model, ``compress.head_pruning``; possibly 0): heads are
+then numbered by their position in the layer, and the (L, H) outputs hold NaN where a layer has
+fewer heads than the widest.
 Labels: ``src_tokens`` name the keys (columns) and ``tgt_tokens`` the queries (rows), as in
 decoder cross-attention; for encoder self-attention pass the source tokens as both.
 
@@ -38,14 +41,14 @@ def _as_layers(probs_per_layer):
     layers = []
     for i, p in enumerate(probs_per_layer):
         p = np.asarray(p)
-        if p.ndim != 4 or 0 in p.shape:
-            raise ValueError(f"layer {i}: attention probs must be (B, H, Tq, Tk) and non-empty, got shape {p.shape}")
+        if p.ndim != 4 or 0 in (p.shape[0], p.shape[2], p.shape[3]):
+            raise ValueError(f"layer {i}: attention probs must be (B, H, Tq, Tk) with B, Tq, Tk > 0, got shape {p.shape}")
         if not np.issubdtype(p.dtype, np.floating):
             raise TypeError(f"layer {i}: attention probs must be floating point, got dtype {p.dtype}")
         if not np.all(np.isfinite(p)) or np.any(p < 0):
             raise ValueError(f"layer {i}: attention probs must be finite and non-negative")
-        if layers and p.shape[:2] != layers[0].shape[:2]:
-            raise ValueError(f"layer {i}: (B, H) = {p.shape[:2]} differs from layer 0's {layers[0].shape[:2]}")
+        if layers and p.shape[0] != layers[0].shape[0]:
+            raise ValueError(f"layer {i}: B = {p.shape[0]} differs from layer 0's {layers[0].shape[0]}")
         layers.append(p.astype(np.float64))
     return layers
 
@@ -62,14 +65,15 @@ def _bool_mask(mask, shape, name):
 
 
 def attention_entropy(probs_per_layer, mask=None, query_mask=None):
-    """Mean entropy (nats) of each head's query rows: an (L, H) array.
+    """Mean entropy (nats) of each head's query rows: an (L, H) array (H: the widest layer's; NaN
+    past a narrower layer's heads).
 
     ``mask``: bool (B, Tk), True for real (non-PAD) keys; padded keys are dropped and each row is
     renormalised over the real keys. ``query_mask``: bool (B, Tq), True for real queries; only
     those rows are averaged (default: all rows).
     """
     layers = _as_layers(probs_per_layer)
-    out = np.empty((len(layers), layers[0].shape[1]))                      # (L, H)
+    out = np.full((len(layers), max(p.shape[1] for p in layers)), np.nan)  # (L, H)
     for i, p in enumerate(layers):
         B, H, Tq, Tk = p.shape
         keys = _bool_mask(mask, (B, Tk), "mask")
@@ -85,7 +89,7 @@ def attention_entropy(probs_per_layer, mask=None, query_mask=None):
         # H_q = -sum_k a_qk log a_qk, with 0 log 0 = 0
         h = -(a * np.log(np.where(a > 0, a, 1.0))).sum(-1)                 # (B, H, Tq)
         rows = live[..., 0]                                                # (B, H, Tq)
-        out[i] = (h * rows).sum(axis=(0, 2)) / rows.sum(axis=(0, 2))       # (H,)
+        out[i, :H] = (h * rows).sum(axis=(0, 2)) / rows.sum(axis=(0, 2))   # (H,)
     return out
 
 
@@ -174,7 +178,7 @@ def plot_attention_grid(probs_per_layer, src_tokens, tgt_tokens, path, *, batch_
 
     layers = _as_layers(probs_per_layer)
     Tq, Tk = _check_tokens(layers, src_tokens, tgt_tokens)
-    L, H = len(layers), layers[0].shape[1]
+    L, H = len(layers), max(1, max(p.shape[1] for p in layers))
     entropy = attention_entropy([p[batch_index:batch_index + 1, :, :Tq, :Tk] for p in layers])  # (L, H)
     cell = 0.25 + 0.18 * max(Tq, Tk)
     fig = Figure(figsize=(1.0 + cell * H, 0.6 + cell * L), dpi=dpi)
@@ -183,6 +187,9 @@ def plot_attention_grid(probs_per_layer, src_tokens, tgt_tokens, path, *, batch_
     for i, p in enumerate(layers):
         for h in range(H):
             ax = axes[i, h]
+            if h >= p.shape[1]:                                            # a layer with fewer heads
+                ax.axis("off")
+                continue
             ax.imshow(p[batch_index, h, :Tq, :Tk], cmap="viridis", vmin=0.0, vmax=1.0, aspect="auto")
             ax.set_title(f"L{i} H{h}  {entropy[i, h]:.2f} nats", fontsize=7)
             ax.set_xticks(range(Tk))
