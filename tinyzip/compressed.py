@@ -35,8 +35,8 @@ kernel's per-output-column scales cannot express: it fake-quantizes its input wi
 """
 import numpy as np
 
-from tinyzip.compress import (binarization, binary_codes, chung, fqt, huffman, kmeans, magnitude_pruning, ternary,
-                              uniform)
+from tinyzip.compress import (binarization, binary_codes, chung, fqt, huffman, kmeans, low_rank, magnitude_pruning,
+                              ternary, uniform)
 from tinyzip.compress.base import PackedTensor
 from tinyzip.packing import unpack_uint
 
@@ -70,6 +70,7 @@ UNPACK = {
     "binary_codes": binary_codes.unpack_binary_codes,
     "binary_codes_mixed": chung.unpack_embedding_codes,   # frequency-aware embeddings
     "ternary": ternary.unpack_ternary,
+    "low_rank": low_rank.unpack_low_rank,
 }
 
 
@@ -242,6 +243,11 @@ def _sparse_matmul(packed):
     return lambda x: sparse_matmul(np.ascontiguousarray(x, dtype=np.float32), csc)
 
 
+def _low_rank_matmul(packed):
+    A, B = low_rank.unpack_factors(packed)           # (x @ A) @ B: two thin matmuls, Eq. (R3)
+    return lambda x: (x @ A) @ B
+
+
 KERNELS = {
     "uniform": _int8_matmul,
     "binary_codes": _lut_matmul,
@@ -250,6 +256,7 @@ KERNELS = {
     "kmeans": _codebook_matmul,
     "kmeans+huffman": _codebook_matmul,
     "sparse": _sparse_matmul,
+    "low_rank": _low_rank_matmul,
 }
 
 
@@ -280,6 +287,10 @@ def kernel_matmuls(packed: dict) -> dict:
     for name, p in packed.items():
         if name == "emb" and "act" in p.meta:
             matmuls[name] = _output_projection(p)
+            continue
+        if name == "emb" and p.method == "low_rank":      # logits x @ E^T = (x @ B^T) @ A^T, Eq. (R5)
+            A_t, B_t = (np.ascontiguousarray(f.T) for f in low_rank.unpack_factors(p))
+            matmuls[name] = lambda x, A_t=A_t, B_t=B_t: (x @ B_t) @ A_t
             continue
         if is_embedding(name) or len(p.shape) != 2 or p.method not in KERNELS:
             continue
