@@ -10,7 +10,7 @@ from tinyzip.nn.transformer import Seq2Seq, Seq2SeqConfig
 from tinyzip.report import evenly_spaced
 from tinyzip.compress import ternary
 from tinyzip.compressed import unpack
-from tinyzip.rows import Context, plan, row_head_pruning, row_name, row_ternary, row_uniform
+from tinyzip.rows import Context, plan, row_head_pruning, row_low_rank, row_name, row_ternary, row_uniform
 from tinyzip.translation import PRESETS
 
 
@@ -105,3 +105,26 @@ def test_head_pruning_row_stores_a_smaller_model_with_its_config(fraction, steps
     assert sum(len(h) for h in new_config.pruned_heads.values()) == round(fraction * 12)
     shapes = {n: W.shape for n, W in Seq2Seq(new_config).init_params(np.random.default_rng(0)).items()}
     assert shapes == {n: t.shape for n, t in packed.items()}
+
+
+@pytest.mark.parametrize("embedding_rank, steps", [(None, 0), (4, 3)])
+def test_low_rank_row_stores_factors_of_every_matrix(embedding_rank, steps):
+    """Rank min(rank, m, n) factors for the attention and FFN matrices, the embedding's only when
+    asked; fine-tuning moves the factors; everything float16."""
+    config = Seq2SeqConfig(src_vocab=30, tgt_vocab=30, D=16, H=2, F=24, enc_layers=1, dec_layers=1)
+    model = Seq2Seq(config)
+    params = model.init_params(np.random.default_rng(0))
+    rng = np.random.default_rng(1)
+    train_ids = [(list(rng.integers(4, 30, n)), list(rng.integers(4, 30, n))) for n in rng.integers(2, 8, 40)]
+    ctx = Context(SimpleNamespace(model=model, params=params), train_ids, [], "", PRESETS["copy"], 0)
+    name, bits, packed = row_low_rank(ctx, params, rank=8, embedding_rank=embedding_rank, steps=steps)
+    assert bits == 16 and name == "low_rank-8" + ("" if embedding_rank is None else "+emb4") + "+float16"
+    for n, W in params.items():
+        factored = W.ndim == 2 and (n != "emb" or embedding_rank is not None)
+        assert packed[n].method == ("low_rank" if factored else "float16") and packed[n].shape == W.shape
+        if factored:
+            assert packed[n].meta["rank"] == (embedding_rank if n == "emb" else 8)
+            assert packed[n].arrays["A"].dtype == np.float16
+    post = row_low_rank(ctx, params, rank=8, embedding_rank=embedding_rank)[2]
+    moved = not np.array_equal(unpack(post["enc.0.ffn.W_1"]), unpack(packed["enc.0.ffn.W_1"]))
+    assert moved == (steps > 0)

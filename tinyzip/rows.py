@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from tinyzip.compress import (binarization, chung, distillation, fqt, head_pruning, huffman, kmeans,
+from tinyzip.compress import (binarization, chung, distillation, fqt, head_pruning, huffman, kmeans, low_rank,
                               magnitude_pruning, ternary, uniform)
 from tinyzip.compress.base import IDENTITY, Method
 from tinyzip.compressed import is_embedding, pack_float
@@ -180,6 +180,23 @@ def row_head_pruning(ctx, params, fraction=0.25, steps=0, examples=200):
     return name, 16, packed, model.config
 
 
+def row_low_rank(ctx, params, rank=32, embedding_rank=None, steps=0):
+    """Truncated SVD (R1)-(R3) of every attention and FFN matrix at ``rank``, and of the tied
+    embedding at ``embedding_rank`` (ALBERT's factorization, (R5); None: it stays float32); ``steps``
+    of fine-tuning train the factors (``FactorMethod``). Everything is stored as float16 (see
+    :func:`row_head_pruning`: the shipped weights are float16 values, and float32 copies of them
+    would DEFLATE to about that size), so the row compares with the ``float16`` row."""
+    ranks = {n: min(rank, *params[n].shape) for n in matrices(params) if n != "emb"}
+    if embedding_rank is not None:
+        ranks["emb"] = embedding_rank
+    method = low_rank.FactorMethod(ranks)
+    factors = finetune(ctx, method.factorize(params), method, steps, f"lowrank{rank}-{embedding_rank}-{steps}")
+    packed = {n: pack_float(W, np.float16) for n, W in factors.items() if not n.endswith(("@A", "@B"))}
+    packed.update({n: low_rank.pack_low_rank(factors[n + "@A"], factors[n + "@B"], np.float16) for n in ranks})
+    name = f"low_rank-{rank}" + ("" if embedding_rank is None else f"+emb{embedding_rank}") + "+float16"
+    return name, 16, packed
+
+
 def row_uniform(ctx, params, bits=8, steps=0, activations=False, calib_batches=8):
     """Per-channel symmetric uniform weights (Jacob 2018 / FQT); PTQ when steps = 0, else QAT.
 
@@ -261,6 +278,7 @@ def plan(task: str, full: bool):
                 + [(row_uniform, {"bits": b, "steps": 0, "activations": True}) for b in (8, 6, 4)]
                 + [(row_ternary, {"steps": 0})]
                 + [(row_head_pruning, {"fraction": f}) for f in (0.0, 0.1, 0.25, 0.5)]
+                + [(row_low_rank, {"rank": r}) for r in (64, 32)] + [(row_low_rank, {"rank": 32, "embedding_rank": 64})]
                 + [(row_uniform, {"bits": b, "steps": 400}) for b in (8, 6, 4)]
                 + [(row_uniform, {"bits": b, "steps": 400, "activations": True}) for b in (8, 6, 4)]
                 + [(row_kmeans, {"bits": b, "steps": 400}) for b in (4, 3)]
@@ -274,7 +292,8 @@ def plan(task: str, full: bool):
                    (row_binarization, {"steps": 2000}),
                    (row_ternary, {"steps": 2000})]
                 + [(row_ternary, {"steps": 2000, "distill": d}) for d in ("outputs", "outputs+layers")]
-                + [(row_head_pruning, {"fraction": f, "steps": 1000}) for f in (0.25, 0.5, 0.0)])
+                + [(row_head_pruning, {"fraction": f, "steps": 1000}) for f in (0.25, 0.5, 0.0)]
+                + [(row_low_rank, {"rank": 32, "embedding_rank": e, "steps": 1000}) for e in (None, 64)])
     if not full:
         return [
             (row_pruning, {"sparsity": 0.8, "steps": 100}),
@@ -304,7 +323,8 @@ def plan(task: str, full: bool):
                (row_binary_codes, {"q": 2, "steps": 300, "fit": "alternating", "emb_ratio": 1.0}),
                (row_binary_codes, {"q": 2, "steps": 300, "fit": "greedy", "emb_ratio": 8.0})]
             + [(row_head_pruning, {"fraction": 0.0})]
-            + [(row_head_pruning, {"fraction": f, "steps": s}) for s in (0, 300) for f in (0.25, 0.5)])
+            + [(row_head_pruning, {"fraction": f, "steps": s}) for s in (0, 300) for f in (0.25, 0.5)]
+            + [(row_low_rank, {"rank": 32, "embedding_rank": e, "steps": s}) for s in (0, 300) for e in (None, 64)])
 
 
 def row_name(fn, kwargs) -> str:
