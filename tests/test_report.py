@@ -48,16 +48,20 @@ def test_full_plans_hold_fqt_grid_and_keep_their_keys():
         assert not any(kw.get("activations") for _, kw in plan(task, False))
 
 
+def tiny_row_context(H=2):
+    """A one-layer model (D=16), its init params and a Context with 40 random training pairs."""
+    model = Seq2Seq(Seq2SeqConfig(src_vocab=30, tgt_vocab=30, D=16, H=H, F=24, enc_layers=1, dec_layers=1))
+    params = model.init_params(np.random.default_rng(0))
+    rng = np.random.default_rng(1)
+    train_ids = [(list(rng.integers(4, 30, n)), list(rng.integers(4, 30, n))) for n in rng.integers(2, 8, 40)]
+    return Context(SimpleNamespace(model=model, params=params), train_ids, [], "", PRESETS["copy"], 0), params
+
+
 @pytest.mark.parametrize("steps", [0, 2])
 def test_wa_uniform_row_exports_a_static_input_range_for_every_matrix(steps):
     """PTQ (steps = 0, EMA calibration) and QAT (EMA ranges learned while training) both leave a
     frozen (S, Z) in meta["act"] of every 2-D weight, on the unsigned grid for W_2 (ReLU output)."""
-    config = Seq2SeqConfig(src_vocab=30, tgt_vocab=30, D=16, H=2, F=24, enc_layers=1, dec_layers=1)
-    model = Seq2Seq(config)
-    params = model.init_params(np.random.default_rng(0))
-    rng = np.random.default_rng(1)
-    train_ids = [(list(rng.integers(4, 30, n)), list(rng.integers(4, 30, n))) for n in rng.integers(2, 8, 40)]
-    ctx = Context(SimpleNamespace(model=model), train_ids, [], "", PRESETS["copy"], 0)
+    ctx, params = tiny_row_context()
     name, bits, packed = row_uniform(ctx, params, bits=4, steps=steps, activations=True, calib_batches=2)
     assert name == f"uniform-{'qat' if steps else 'ptq'}-w+a-4bit" and bits == 4
     for n, W in params.items():
@@ -71,13 +75,8 @@ def test_wa_uniform_row_exports_a_static_input_range_for_every_matrix(steps):
 def test_ternary_row_packs_every_matrix_at_two_bits_with_embedding_rows(distill):
     """TernaryBERT's granularity: one alpha per Linear matrix, one per token row of the embedding;
     with ``distill`` the fine-tuning runs on the Distiller against the baseline, which stays as it was."""
-    config = Seq2SeqConfig(src_vocab=30, tgt_vocab=30, D=16, H=2, F=24, enc_layers=1, dec_layers=1)
-    model = Seq2Seq(config)
-    params = model.init_params(np.random.default_rng(0))
+    ctx, params = tiny_row_context()
     baseline = {k: v.copy() for k, v in params.items()}
-    rng = np.random.default_rng(1)
-    train_ids = [(list(rng.integers(4, 30, n)), list(rng.integers(4, 30, n))) for n in rng.integers(2, 8, 40)]
-    ctx = Context(SimpleNamespace(model=model, params=params), train_ids, [], "", PRESETS["copy"], 0)
     name, bits, packed = row_ternary(ctx, params, steps=3, distill=distill)
     assert name == ("ternary" if distill is None else f"ternary-distilled-{distill}") and bits == 2
     matrices = [n for n, W in params.items() if W.ndim == 2]
@@ -93,12 +92,7 @@ def test_ternary_row_packs_every_matrix_at_two_bits_with_embedding_rows(distill)
 def test_head_pruning_row_stores_a_smaller_model_with_its_config(fraction, steps):
     """round(fraction N) heads removed by (H4), the packed shapes those of the new config (what
     the file's reader builds), float16 storage; fraction 0 is the storage alone."""
-    config = Seq2SeqConfig(src_vocab=30, tgt_vocab=30, D=16, H=4, F=24, enc_layers=1, dec_layers=1)
-    model = Seq2Seq(config)
-    params = model.init_params(np.random.default_rng(0))
-    rng = np.random.default_rng(1)
-    train_ids = [(list(rng.integers(4, 30, n)), list(rng.integers(4, 30, n))) for n in rng.integers(2, 8, 40)]
-    ctx = Context(SimpleNamespace(model=model, params=params), train_ids, [], "", PRESETS["copy"], 0)
+    ctx, params = tiny_row_context(H=4)
     name, bits, packed, new_config = row_head_pruning(ctx, params, fraction=fraction, steps=steps, examples=5)
     assert bits == 16 and all(t.method == "float16" for t in packed.values())
     assert name == (f"head_pruning-{int(fraction * 100)}+float16" if fraction else "float16")
@@ -111,12 +105,7 @@ def test_head_pruning_row_stores_a_smaller_model_with_its_config(fraction, steps
 def test_low_rank_row_stores_factors_of_every_matrix(embedding_rank, steps):
     """Rank min(rank, m, n) factors for the attention and FFN matrices, the embedding's only when
     asked; fine-tuning moves the factors; everything float16."""
-    config = Seq2SeqConfig(src_vocab=30, tgt_vocab=30, D=16, H=2, F=24, enc_layers=1, dec_layers=1)
-    model = Seq2Seq(config)
-    params = model.init_params(np.random.default_rng(0))
-    rng = np.random.default_rng(1)
-    train_ids = [(list(rng.integers(4, 30, n)), list(rng.integers(4, 30, n))) for n in rng.integers(2, 8, 40)]
-    ctx = Context(SimpleNamespace(model=model, params=params), train_ids, [], "", PRESETS["copy"], 0)
+    ctx, params = tiny_row_context()
     name, bits, packed = row_low_rank(ctx, params, rank=8, embedding_rank=embedding_rank, steps=steps)
     assert bits == 16 and name == "low_rank-8" + ("" if embedding_rank is None else "+emb4") + "+float16"
     for n, W in params.items():

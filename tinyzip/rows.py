@@ -182,7 +182,7 @@ def row_head_pruning(ctx, params, fraction=0.25, steps=0, examples=200):
 
 def row_low_rank(ctx, params, rank=32, embedding_rank=None, steps=0):
     """Truncated SVD (R1)-(R3) of every attention and FFN matrix at ``rank``, and of the tied
-    embedding at ``embedding_rank`` (ALBERT's factorization, (R5); None: it stays float32); ``steps``
+    embedding at ``embedding_rank`` (ALBERT's factorization, (R5); None: it stays a plain matrix); ``steps``
     of fine-tuning train the factors (``FactorMethod``). Everything is stored as float16 (see
     :func:`row_head_pruning`: the shipped weights are float16 values, and float32 copies of them
     would DEFLATE to about that size), so the row compares with the ``float16`` row."""
