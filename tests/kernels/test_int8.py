@@ -169,6 +169,9 @@ def test_bad_inputs_raise_clear_errors():
     x = np.ones((2, 3), np.float32)
     with pytest.raises(TypeError, match="float32"):
         I.int8_linear(x.astype(np.float64), W_t, np.ones(4))
+    for wrong_axes in (x[0], x[None]):                  # a shape error, as in the other kernels
+        with pytest.raises(ValueError, match="2-D"):
+            I.int8_linear(wrong_axes, W_t, np.ones(4))
     bad = x.copy()
     bad[0, 1] = np.nan
     with pytest.raises(ValueError, match="NaN or inf"):

@@ -190,9 +190,13 @@ def prepare_weight(W_q):
 
 
 def _check_2d(name, a, dtype):
-    if not isinstance(a, np.ndarray) or a.dtype != dtype or a.ndim != 2:
+    """A wrong type or dtype is a TypeError; a wrong number of axes, like every other kernel's
+    shape error, a ValueError."""
+    if not isinstance(a, np.ndarray) or a.dtype != dtype:
         raise TypeError(f"{name} must be a 2-D {np.dtype(dtype).name} ndarray, got "
                         f"{getattr(a, 'dtype', type(a).__name__)} {getattr(a, 'shape', '')}")
+    if a.ndim != 2:
+        raise ValueError(f"{name} must be 2-D, got shape {a.shape}")
     if a.size == 0:
         raise ValueError(f"{name} is empty (shape {a.shape})")
     if not a.flags.c_contiguous:
