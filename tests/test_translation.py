@@ -69,6 +69,25 @@ def test_a_model_file_without_tokenizer_is_refused_in_one_line(tmp_path, trained
         load_translator(path)
 
 
+@pytest.mark.parametrize("kind", [".npz", ".tz"])
+def test_a_file_whose_tensors_do_not_fit_its_config_is_refused_at_load(tmp_path, trained, kind):
+    """Here a head-pruned model's weights under the unpruned config: one line naming the tensor."""
+    from tinyzip import container
+    from tinyzip.compress import head_pruning
+    from tinyzip.compressed import pack_float
+    _, translator, _, _ = trained
+    mask = head_pruning.full_mask(translator.model)
+    mask["enc.0.attn"][0] = 0
+    _, params = head_pruning.prune_heads(translator.model, translator.params, mask)
+    path, extra = tmp_path / f"m{kind}", {"tokenizer": translator.tokenizer.to_dict()}
+    if kind == ".npz":
+        io.save_model(path, params, translator.model.config.to_dict(), extra)
+    else:
+        container.save_tz(path, {n: pack_float(W) for n, W in params.items()}, translator.model.config.to_dict(), extra)
+    with pytest.raises(FileFormatError, match=r"parameter 'enc.0.attn.W_.' has shape .*, the config implies"):
+        load_translator(path)
+
+
 def test_too_long_sentence_is_a_clear_error(trained):
     _, translator, _, _ = trained
     with pytest.raises(ValueError, match="reads at most"):

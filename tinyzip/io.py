@@ -131,7 +131,7 @@ def load_model(path, expected_shapes: dict | None = None) -> tuple[dict, dict, d
     members, meta = _read(path, MODEL_FORMAT)
     params = _group(members, "params/")
     if expected_shapes is not None:
-        _check_shapes(path, params, expected_shapes)
+        check_shapes(path, params, expected_shapes)
     return params, meta.get("config", {}), meta.get("extra", {})
 
 
@@ -151,11 +151,12 @@ def load_seq2seq(path):
     except (TypeError, ValueError) as e:
         raise _fail(path, f"invalid Seq2Seq config ({e})") from None
     shapes = {k: v.shape for k, v in model.init_params(np.random.default_rng(0)).items()}
-    _check_shapes(path, params, shapes)
+    check_shapes(path, params, shapes)
     return model, params, extra
 
 
-def _check_shapes(path, params: dict, expected_shapes: dict) -> None:
+def check_shapes(path, params: dict, expected_shapes: dict) -> None:
+    """FileFormatError naming ``path`` unless ``params`` has exactly the names and shapes expected."""
     if set(params) != set(expected_shapes):
         missing = sorted(set(expected_shapes) - set(params))
         unknown = sorted(set(params) - set(expected_shapes))

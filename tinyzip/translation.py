@@ -201,6 +201,8 @@ def load_translator(path, kernels: bool = False, integer_ffn: bool = False, roun
         tokenizer = Tokenizer.from_dict(extra["tokenizer"])
     except (KeyError, TypeError, ValueError) as e:
         raise FileFormatError(f"{path}: not a translation model ({e})") from None
+    # every tensor must have the shape its config gives it (head pruning changes them)
+    io.check_shapes(path, params, {k: v.shape for k, v in model.init_params(np.random.default_rng(0)).items()})
     return Translator(model, params, tokenizer, matmuls, act_hooks)
 
 
