@@ -259,6 +259,8 @@ def test_bad_input_is_a_clear_error():
         hp.prune_heads(model, params, {"enc.0.attn": np.array([1.0, 0.5, 1, 1])})
     with pytest.raises(ValueError, match="4 values"):
         hp.head_importance(model, params, EXAMPLES, {"enc.0.attn": np.ones(3)})
+    with pytest.raises(ValueError, match="not attention blocks"):           # a misspelt block is not ignored
+        hp.prune_heads(model, params, {"enc.0.atn": np.zeros(4)})
     with pytest.raises(ValueError, match="at least one batch"):
         hp.head_importance(model, params, [])
     with pytest.raises(ValueError, match="n_masked"):

@@ -52,8 +52,12 @@ def full_mask(model) -> dict:
 
 def _completed_mask(model, head_mask) -> dict:
     """``head_mask`` with ones for the blocks it leaves out, or a ValueError for a bad entry."""
-    mask = full_mask(model) if head_mask is None else {**full_mask(model), **head_mask}
-    for p, ones in full_mask(model).items():
+    full = full_mask(model)
+    unknown = sorted(set(head_mask or {}) - set(full))
+    if unknown:
+        raise ValueError(f"head_mask names {unknown}, not attention blocks of this model: {list(full)}")
+    mask = {**full, **(head_mask or {})}
+    for p, ones in full.items():
         xi = np.asarray(mask[p])
         if xi.shape != ones.shape or not np.all((xi == 0) | (xi == 1)):
             raise ValueError(f"head_mask[{p!r}] must be {len(ones)} values in {{0, 1}}, got {xi!r}")
