@@ -17,7 +17,9 @@ replaces ``x @ W`` for that weight, ``matmuls[ffn_prefix](x2d)`` the whole FFN (
 ``act_hooks[point] = (fwd, bwd)`` wraps the
 input of a matmul (``"<weight>:in"``), the attention's Q, K, V projections and probabilities
 (``"<attn>.q"``, ``".k"``, ``".v"``, ``".probs"``: the operands of Q K^T and P V) and the FFN
-activation (``"<ffn>.act"``); ``head_mask`` maps an attention prefix (``"enc.0.attn"``) to xi: (H,).
+activation (``"<ffn>.act"``); ``head_mask`` maps an attention prefix (``"enc.0.attn"``) to xi: (H,);
+``relu_gates`` (a dict, default None) freezes each ReLU's gate 1[h > 0] at the first call's (a
+smooth loss for finite differences of the gradient, ``tinyzip.compress.hessian``).
 The ops know which positions are real (not PAD): ``valid`` (B, L) bool, True at real rows (None:
 all real), the source mask for encoder rows and cross-attention K/V inputs (and K, V), the target
 mask for decoder rows (and their Q, K, V); attention probabilities get ``valid[b, 0, t, s]`` = real
@@ -109,8 +111,9 @@ class _Ops:
     """
 
     def __init__(self, params, *, n_heads, pre_ln, activation, rng=None, p_drop=0.0,
-                 matmuls=None, act_hooks=None, head_mask=None, keep_states=False):
+                 matmuls=None, act_hooks=None, head_mask=None, keep_states=False, relu_gates=None):
         self.params, self.n_heads, self.pre_ln, self.activation = params, n_heads, pre_ln, activation
+        self.relu_gates = relu_gates
         self.rng, self.p_drop = rng, p_drop
         self.matmuls, self.hooks, self.head_mask = matmuls or {}, act_hooks or {}, head_mask or {}
         self.states = {} if keep_states else None
@@ -178,12 +181,22 @@ class _Ops:
         # Eq. (2): FFN(x) = act(x @ W_1 + b_1) @ W_2 + b_2
         h, c1 = self.linear(prefix + ".W_1", x, valid=valid)  # (B, T, F)
         if self.activation == "relu":
-            a, ca = L.relu_forward(h)
+            a, ca = self.relu(prefix, h)
         else:
             a, ca = L.gelu_forward(h, approximate=_GELU[self.activation])
         a, hc = self.hook(prefix + ".act", a, valid)
         y, c2 = self.linear(prefix + ".W_2", a, valid=valid)  # (B, T, D)
         return y, (prefix, c1, ca, hc, c2)
+
+    def relu(self, prefix, h):
+        """ReLU, or with ``relu_gates`` (a dict) h * gate with the FFN's gate 1[h > 0] frozen: taken
+        from the dict, or recorded there on the FFN's first call (``compress/hessian.py``)."""
+        if self.relu_gates is None:
+            return L.relu_forward(h)
+        gate = self.relu_gates.setdefault(prefix, h > 0)
+        if gate.shape != h.shape:
+            raise ValueError(f"relu_gates[{prefix!r}] has shape {gate.shape}, the activations {h.shape}")
+        return h * gate, gate                                 # relu_backward: dh = da * (gate > 0)
 
     def ffn_bwd(self, dy, cache):
         prefix, c1, ca, hc, c2 = cache

@@ -102,7 +102,7 @@ class EncoderClassifier:
         return params
 
     def forward(self, params, ids, type_ids=None, *, rng=None, head_mask=None,
-                return_states=False, matmuls=None, act_hooks=None):
+                return_states=False, matmuls=None, act_hooks=None, relu_gates=None):
         """logits: (B, n_classes) and the cache for ``backward``."""
         c = self.config
         ids = _check_ids("ids", ids, c.vocab, c.max_len)
@@ -112,7 +112,7 @@ class EncoderClassifier:
             raise ValueError(f"type_ids {type_ids.shape} must have the shape of ids {ids.shape}")
         ops = _Ops(params, n_heads=c.H, pre_ln=c.pre_ln, activation=c.activation, rng=rng,
                    p_drop=c.dropout, matmuls=matmuls, act_hooks=act_hooks, head_mask=head_mask,
-                   keep_states=return_states)
+                   keep_states=return_states, relu_gates=relu_gates)
         e, wc = L.embedding_forward(ids, params["emb"])  # (B, T, D)
         e += params["pos_emb"][: ids.shape[1]]
         e += params["type_emb"][type_ids]
@@ -150,10 +150,10 @@ class EncoderClassifier:
         return ops.grads
 
     def loss_and_grads(self, params, ids, type_ids, labels, *, rng=None, act_hooks=None,
-                       head_mask=None):
+                       head_mask=None, relu_gates=None):
         """Mean cross-entropy over the batch; stats = {"tokens": B, "nll", "correct"}."""
         logits, cache = self.forward(params, ids, type_ids, rng=rng, head_mask=head_mask,
-                                     act_hooks=act_hooks)
+                                     act_hooks=act_hooks, relu_gates=relu_gates)
         correct = int((logits.argmax(-1) == np.asarray(labels)).sum())
         loss, lc = cross_entropy_forward(logits, labels, 0.0, ignore_index=-1, overwrite_logits=True)
         grads = self.backward(cross_entropy_backward(1.0, lc), cache)

@@ -177,11 +177,11 @@ class Seq2Seq:
                 params[p + ".gamma"], params[p + ".beta"] = np.ones(c.D, np.float32), np.zeros(c.D, np.float32)
         return params
 
-    def _ops(self, params, rng=None, matmuls=None, act_hooks=None, head_mask=None, states=False):
+    def _ops(self, params, rng=None, matmuls=None, act_hooks=None, head_mask=None, states=False, relu_gates=None):
         c = self.config
         return _Ops(params, n_heads=c.H, pre_ln=c.pre_ln, activation="relu", rng=rng,
                     p_drop=c.dropout, matmuls=matmuls, act_hooks=act_hooks, head_mask=head_mask,
-                    keep_states=states)
+                    keep_states=states, relu_gates=relu_gates)
 
     def _embed(self, ops, name, ids, offset=0):
         E = ops.params[name]
@@ -206,14 +206,14 @@ class Seq2Seq:
         return logits, fc, oc
 
     def forward(self, params, src, tgt_in, *, rng=None, head_mask=None, return_states=False,
-                matmuls=None, act_hooks=None):
+                matmuls=None, act_hooks=None, relu_gates=None):
         """logits: (B, T, V) and the cache for ``backward``. Dropout only when ``rng`` is given."""
         c = self.config
         src = _check_ids("src", src, c.src_vocab, c.max_len)
         tgt_in = _check_ids("tgt_in", tgt_in, c.tgt_vocab, c.max_len)
         if src.shape[0] != tgt_in.shape[0]:
             raise ValueError(f"src {src.shape} and tgt_in {tgt_in.shape} have different batch sizes")
-        ops = self._ops(params, rng, matmuls, act_hooks, head_mask, return_states)
+        ops = self._ops(params, rng, matmuls, act_hooks, head_mask, return_states, relu_gates)
         src_pad = src == PAD  # (B, S)
         x, src_c = self._embed(ops, self.src_emb, src)
         enc_out, enc_c = _encoder_stack(ops, x, src_pad, c.enc_layers)
@@ -264,13 +264,13 @@ class Seq2Seq:
         return ops.grads
 
     def loss_and_grads(self, params, src, tgt_in, tgt_out, *, rng=None, act_hooks=None,
-                       head_mask=None):
+                       head_mask=None, relu_gates=None):
         """Mean label-smoothed cross-entropy over non-PAD targets, its gradients, and stats."""
         tgt_out = np.asarray(tgt_out)
         if tgt_out.shape != np.shape(tgt_in):
             raise ValueError(f"tgt_out {tgt_out.shape} must have the shape of tgt_in {np.shape(tgt_in)}")
         logits, cache = self.forward(params, src, tgt_in, rng=rng, head_mask=head_mask,
-                                     act_hooks=act_hooks)
+                                     act_hooks=act_hooks, relu_gates=relu_gates)
         loss, lc = cross_entropy_forward(logits, tgt_out, self.config.label_smoothing, PAD,
                                          overwrite_logits=True)
         grads = self.backward(cross_entropy_backward(1.0, lc), cache)
