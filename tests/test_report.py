@@ -10,7 +10,8 @@ from tinyzip.nn.transformer import Seq2Seq, Seq2SeqConfig
 from tinyzip.report import evenly_spaced
 from tinyzip.compress import ternary
 from tinyzip.compressed import unpack
-from tinyzip.rows import Context, plan, row_head_pruning, row_low_rank, row_name, row_ternary, row_uniform
+from tinyzip.rows import (Context, plan, row_head_pruning, row_hessian_mixed, row_low_rank, row_name, row_ternary,
+                          row_uniform)
 from tinyzip.translation import PRESETS
 
 
@@ -99,6 +100,29 @@ def test_head_pruning_row_stores_a_smaller_model_with_its_config(fraction, steps
     assert sum(len(h) for h in new_config.pruned_heads.values()) == round(fraction * 12)
     shapes = {n: W.shape for n, W in Seq2Seq(new_config).init_params(np.random.default_rng(0)).items()}
     assert shapes == {n: t.shape for n, t in packed.items()}
+
+
+@pytest.mark.parametrize("steps", [0, 2])
+def test_hessian_mixed_rows_put_the_high_width_on_the_most_or_least_sensitive_layer(steps):
+    """One Hessian run (memoized in ctx) serves both orders; "hessian" gives the layer of larger
+    Omega the high width, "reverse" the other; the embedding is 8-bit, every matrix 'uniform'."""
+    ctx, params = tiny_row_context()
+    rows = {o: row_hessian_mixed(ctx, params, low=2, high=4, n_high=1, order=o, steps=steps)
+            for o in ("hessian", "reverse")}
+    assert len(ctx.sensitivities) == 1
+    omega = {b: s["omega"] for b, s in next(iter(ctx.sensitivities.values())).items()}
+    sharp, flat = sorted(omega, key=omega.get, reverse=True)
+    for order, (name, bits, packed) in rows.items():
+        high = sharp if order == "hessian" else flat
+        assert name == f"hessian_mixed-2/4bit-1high-{order}" and 2 < bits < 8
+        for n, W in params.items():
+            if W.ndim == 2:
+                expected = 8 if n == "emb" else 4 if n.startswith(high + ".") else 2
+                assert packed[n].method == "uniform" and packed[n].meta["bits"] == expected
+            else:
+                assert packed[n].method == "float32"
+    with pytest.raises(ValueError, match="order"):
+        row_hessian_mixed(ctx, params, order="random")
 
 
 @pytest.mark.parametrize("embedding_rank, steps", [(None, 0), (4, 3)])

@@ -13,8 +13,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from tinyzip.compress import (binarization, chung, distillation, fqt, head_pruning, huffman, kmeans, low_rank,
-                              magnitude_pruning, ternary, uniform)
+from tinyzip.compress import (binarization, chung, distillation, fqt, head_pruning, hessian, huffman, kmeans,
+                              low_rank, magnitude_pruning, ternary, uniform)
 from tinyzip.compress.base import IDENTITY, Method
 from tinyzip.compressed import is_embedding, pack_float
 from tinyzip.data import make_batches
@@ -36,6 +36,7 @@ class Context:
     baseline_bleu: float = 0.0
     log: object = None
     pruned: dict = field(default_factory=dict)   # (sparsity, steps) -> pruned params, shared by rows
+    sensitivities: dict = field(default_factory=dict)  # Q-BERT's Omega per layer, shared by rows
     checkpoint_dir: str | None = None            # fine-tuning checkpoints (resumable runs)
     beam: int = 1                                # > 1: also measure BLEU with beam search
 
@@ -197,6 +198,39 @@ def row_low_rank(ctx, params, rank=32, embedding_rank=None, steps=0):
     return name, 16, packed
 
 
+def layer_sensitivities(ctx, params, batches=3, batch_tokens=600) -> dict:
+    """Q-BERT's (Q1)-(Q3) for every layer of the baseline, on ``batches`` training batches of
+    ``batch_tokens`` tokens; memoized in ``ctx`` (one Hessian run for every mixed-precision row)."""
+    key = (batches, batch_tokens)
+    if key not in ctx.sensitivities:
+        stream = make_batches(ctx.train_ids, batch_tokens, np.random.default_rng([ctx.seed, 97]))
+        data = [batch for _, batch in zip(range(batches), stream)]
+        ctx.sensitivities[key] = hessian.block_sensitivities(ctx.translator.model, params, data,
+                                                             np.random.default_rng([ctx.seed, 96]))
+        if ctx.log is not None:
+            for block, s in ctx.sensitivities[key].items():
+                lams = ", ".join(f"{lam:.3g}" for lam in s["eigenvalues"])
+                print(f"hessian {block}: top eigenvalues {lams}; Omega {s['omega']:.3g}", file=ctx.log)
+    return ctx.sensitivities[key]
+
+
+def row_hessian_mixed(ctx, params, low=3, high=4, n_high=2, order="hessian", steps=0):
+    """Q-BERT: the ``n_high`` layers of largest Omega (``order="hessian"``, (Q4)) or of smallest
+    (``"reverse"``, the control) at ``high`` bits, the others at ``low``, the embedding at 8;
+    symmetric per-channel uniform weights, PTQ (``steps`` = 0) or QAT. Bits: the weights' mean."""
+    if order not in ("hessian", "reverse"):
+        raise ValueError(f"order must be 'hessian' or 'reverse', got {order!r}")
+    omega = {b: s["omega"] for b, s in layer_sensitivities(ctx, params).items()}
+    if order == "reverse":
+        omega = {b: -o for b, o in omega.items()}
+    widths = hessian.bits_by_name(params, hessian.assign_bits(omega, n_high, low, high))
+    params = finetune(ctx, params, hessian.mixed_precision_method(widths), steps,
+                      f"hessian{low}-{high}x{n_high}-{order}-{steps}")
+    packed = pack_model(params, lambda n, W: uniform.pack_uniform(W, widths[n]), widths)
+    name = f"hessian_mixed-{low}/{high}bit-{n_high}high" + ("" if n_high in (0, len(omega)) else f"-{order}")
+    return name, round(hessian.average_bits(params, widths), 2), packed
+
+
 def row_uniform(ctx, params, bits=8, steps=0, activations=False, calib_batches=8):
     """Per-channel symmetric uniform weights (Jacob 2018 / FQT); PTQ when steps = 0, else QAT.
 
@@ -279,6 +313,7 @@ def plan(task: str, full: bool):
                 + [(row_ternary, {"steps": 0})]
                 + [(row_head_pruning, {"fraction": f}) for f in (0.0, 0.1, 0.25, 0.5)]
                 + [(row_low_rank, {"rank": r}) for r in (64, 32)] + [(row_low_rank, {"rank": 32, "embedding_rank": 64})]
+                + HESSIAN_ROWS
                 + [(row_uniform, {"bits": b, "steps": 400}) for b in (8, 6, 4)]
                 + [(row_uniform, {"bits": b, "steps": 400, "activations": True}) for b in (8, 6, 4)]
                 + [(row_kmeans, {"bits": b, "steps": 400}) for b in (4, 3)]
@@ -324,7 +359,16 @@ def plan(task: str, full: bool):
                (row_binary_codes, {"q": 2, "steps": 300, "fit": "greedy", "emb_ratio": 8.0})]
             + [(row_head_pruning, {"fraction": 0.0})]
             + [(row_head_pruning, {"fraction": f, "steps": s}) for s in (0, 300) for f in (0.25, 0.5)]
-            + [(row_low_rank, {"rank": 32, "embedding_rank": e, "steps": s}) for s in (0, 300) for e in (None, 64)])
+            + [(row_low_rank, {"rank": 32, "embedding_rank": e, "steps": s}) for s in (0, 300) for e in (None, 64)]
+            + HESSIAN_ROWS)
+
+
+# Q-BERT in both --full plans: 3/4-bit PTQ with 0, 2 (the most sensitive, or the least: the
+# control) and 4 layers at 4 bits, then 2/3-bit QAT both ways.
+HESSIAN_ROWS = ([(row_hessian_mixed, {"n_high": 0}), (row_hessian_mixed, {"n_high": 4})]
+                + [(row_hessian_mixed, {"n_high": 2, "order": o}) for o in ("hessian", "reverse")]
+                + [(row_hessian_mixed, {"low": 2, "high": 3, "n_high": 2, "order": o, "steps": 400})
+                   for o in ("hessian", "reverse")])
 
 
 def row_name(fn, kwargs) -> str:
