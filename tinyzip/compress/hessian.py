@@ -36,11 +36,12 @@ block whose curvature varies between batches as well as one that is sharp on ave
 the "2/3-bit MP" rule: the ranking decides, the count of high-precision blocks is the setting
 (Q-BERT's assignment is by hand given the ranking, not an optimization).
 
-The quantizer is ``uniform.py``'s symmetric per-channel grid, Q-BERT's group-wise quantization
-at its finest (one range per output unit; Q-BERT found 128 groups per matrix as good as 768). The
-embedding (tied with the output projection) stays at 8 bits, as in Q-BERT; biases and LayerNorm
-stay float32. ``mixed_precision_method`` is the QAT transform set and ``pack_mixed`` the export;
-every matrix is an ordinary ``uniform`` tensor of its own width, so loading needs nothing new.
+The quantizer is ``uniform.py``'s symmetric per-channel grid. Q-BERT's group-wise quantization
+gives each bucket of consecutive output neurons of a matrix its own range (its Fig. 4); one range
+per output unit, ours, is its finest grouping. The embedding (tied with the output projection)
+stays at 8 bits, as in Q-BERT's 8-bit embeddings; biases and LayerNorm stay float32.
+``mixed_precision_method`` is the QAT transform set and ``pack_mixed`` the export; every matrix
+is an ordinary ``uniform`` tensor of its own width, so loading needs nothing new.
 """
 import numpy as np
 
