@@ -19,7 +19,9 @@ input of a matmul (``"<weight>:in"``), the attention's Q, K, V projections and p
 (``"<attn>.q"``, ``".k"``, ``".v"``, ``".probs"``: the operands of Q K^T and P V) and the FFN
 activation (``"<ffn>.act"``); ``head_mask`` maps an attention prefix (``"enc.0.attn"``) to xi: (H,);
 ``relu_gates`` (a dict, default None) freezes each ReLU's gate 1[h > 0] at the first call's (a
-smooth loss for finite differences of the gradient, ``tinyzip.compress.hessian``).
+smooth loss for finite differences of the gradient, ``tinyzip.compress.hessian``); the layers named
+in ``skip_layers`` (``"enc.1"``, ``"dec.0"``) are the identity, forward and backward, and their
+parameters get no gradient (LayerDrop, ``tinyzip.compress.layerdrop``; training forwards only).
 The ops know which positions are real (not PAD): ``valid`` (B, L) bool, True at real rows (None:
 all real), the source mask for encoder rows and cross-attention K/V inputs (and K, V), the target
 mask for decoder rows (and their Q, K, V); attention probabilities get ``valid[b, 0, t, s]`` = real
@@ -111,9 +113,10 @@ class _Ops:
     """
 
     def __init__(self, params, *, n_heads, pre_ln, activation, rng=None, p_drop=0.0,
-                 matmuls=None, act_hooks=None, head_mask=None, keep_states=False, relu_gates=None):
+                 matmuls=None, act_hooks=None, head_mask=None, keep_states=False, relu_gates=None,
+                 skip_layers=()):
         self.params, self.n_heads, self.pre_ln, self.activation = params, n_heads, pre_ln, activation
-        self.relu_gates = relu_gates
+        self.relu_gates, self.skip_layers = relu_gates, frozenset(skip_layers)
         self.rng, self.p_drop = rng, p_drop
         self.matmuls, self.hooks, self.head_mask = matmuls or {}, act_hooks or {}, head_mask or {}
         self.states = {} if keep_states else None
@@ -297,12 +300,24 @@ def _self_attention_bwd(ops, dprobs, dscores):
     return fn_bwd
 
 
+def _check_skip_layers(skip_layers, layers, keep_states):
+    """A ValueError unless ``skip_layers`` names only ``layers`` (and no states are kept: the
+    per-layer state lists would lose their alignment with the layers)."""
+    unknown = sorted(set(skip_layers) - set(layers))
+    if unknown:
+        raise ValueError(f"skip_layers names {unknown}, not layers of this model: {layers}")
+    if skip_layers and keep_states:
+        raise ValueError("skip_layers cannot be combined with return_states")
+
+
 def _encoder_stack(ops, x, key_pad, n_layers):
     """Layers 0 .. n_layers - 1 (and the pre-LN final LN) on x_0: (B, S, D)."""
     ops.keep("enc.hidden", x)
     caches = []
     for i in range(n_layers):
-        x, c = _encoder_layer(ops, f"enc.{i}", x, key_pad)
+        c = None                                        # a skipped layer passes x through
+        if f"enc.{i}" not in ops.skip_layers:
+            x, c = _encoder_layer(ops, f"enc.{i}", x, key_pad)
         caches.append(c)
         ops.keep("enc.hidden", x)
     fc = None
@@ -318,9 +333,10 @@ def _encoder_stack_bwd(ops, dx, cache, dstates):
         dx = ops.layer_norm_bwd("enc.ln_f", dx, fc)
     dx = _add(dx, "enc.hidden", len(caches), dstates)
     for i in reversed(range(len(caches))):
-        c1, c2 = caches[i]
-        dx = ops.sublayer_bwd(dx, c2, ops.ffn_bwd)
-        dx = ops.sublayer_bwd(dx, c1, _self_attention_bwd(
-            ops, _get(dstates, "enc.probs", i), _get(dstates, "enc.scores", i)))
+        if caches[i] is not None:
+            c1, c2 = caches[i]
+            dx = ops.sublayer_bwd(dx, c2, ops.ffn_bwd)
+            dx = ops.sublayer_bwd(dx, c1, _self_attention_bwd(
+                ops, _get(dstates, "enc.probs", i), _get(dstates, "enc.scores", i)))
         dx = _add(dx, "enc.hidden", i, dstates)
     return dx

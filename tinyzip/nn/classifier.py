@@ -18,8 +18,8 @@ from typing import NamedTuple
 import numpy as np
 
 from tinyzip.nn import layers as L
-from tinyzip.nn.blocks import _Ops, _attention_width, _block_params, _check_ids, _encoder_stack, \
-    _encoder_stack_bwd, _pruned_heads
+from tinyzip.nn.blocks import _Ops, _attention_width, _block_params, _check_ids, _check_skip_layers, \
+    _encoder_stack, _encoder_stack_bwd, _pruned_heads
 from tinyzip.nn.losses import PAD, cross_entropy_backward, cross_entropy_forward
 
 
@@ -102,7 +102,7 @@ class EncoderClassifier:
         return params
 
     def forward(self, params, ids, type_ids=None, *, rng=None, head_mask=None,
-                return_states=False, matmuls=None, act_hooks=None, relu_gates=None):
+                return_states=False, matmuls=None, act_hooks=None, relu_gates=None, skip_layers=()):
         """logits: (B, n_classes) and the cache for ``backward``."""
         c = self.config
         ids = _check_ids("ids", ids, c.vocab, c.max_len)
@@ -110,9 +110,10 @@ class EncoderClassifier:
             "type_ids", type_ids, c.type_vocab, c.max_len)
         if type_ids.shape != ids.shape:
             raise ValueError(f"type_ids {type_ids.shape} must have the shape of ids {ids.shape}")
+        _check_skip_layers(skip_layers, [f"enc.{i}" for i in range(c.layers)], return_states)
         ops = _Ops(params, n_heads=c.H, pre_ln=c.pre_ln, activation=c.activation, rng=rng,
                    p_drop=c.dropout, matmuls=matmuls, act_hooks=act_hooks, head_mask=head_mask,
-                   keep_states=return_states, relu_gates=relu_gates)
+                   keep_states=return_states, relu_gates=relu_gates, skip_layers=skip_layers)
         e, wc = L.embedding_forward(ids, params["emb"])  # (B, T, D)
         e += params["pos_emb"][: ids.shape[1]]
         e += params["type_emb"][type_ids]
@@ -150,10 +151,10 @@ class EncoderClassifier:
         return ops.grads
 
     def loss_and_grads(self, params, ids, type_ids, labels, *, rng=None, act_hooks=None,
-                       head_mask=None, relu_gates=None):
+                       head_mask=None, relu_gates=None, skip_layers=()):
         """Mean cross-entropy over the batch; stats = {"tokens": B, "nll", "correct"}."""
         logits, cache = self.forward(params, ids, type_ids, rng=rng, head_mask=head_mask,
-                                     act_hooks=act_hooks, relu_gates=relu_gates)
+                                     act_hooks=act_hooks, relu_gates=relu_gates, skip_layers=skip_layers)
         correct = int((logits.argmax(-1) == np.asarray(labels)).sum())
         loss, lc = cross_entropy_forward(logits, labels, 0.0, ignore_index=-1, overwrite_logits=True)
         grads = self.backward(cross_entropy_backward(1.0, lc), cache)

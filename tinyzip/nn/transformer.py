@@ -41,8 +41,8 @@ import numpy as np
 
 from tinyzip.nn import layers as L
 from tinyzip.nn.attention import split_heads
-from tinyzip.nn.blocks import _Ops, _add, _attention_width, _block_params, _check_ids, _encoder_stack, \
-    _encoder_stack_bwd, _get, _pruned_heads, _self_attention_bwd
+from tinyzip.nn.blocks import _Ops, _add, _attention_width, _block_params, _check_ids, _check_skip_layers, \
+    _encoder_stack, _encoder_stack_bwd, _get, _pruned_heads, _self_attention_bwd
 from tinyzip.nn.losses import PAD, cross_entropy_backward, cross_entropy_forward
 
 
@@ -177,11 +177,14 @@ class Seq2Seq:
                 params[p + ".gamma"], params[p + ".beta"] = np.ones(c.D, np.float32), np.zeros(c.D, np.float32)
         return params
 
-    def _ops(self, params, rng=None, matmuls=None, act_hooks=None, head_mask=None, states=False, relu_gates=None):
+    def _ops(self, params, rng=None, matmuls=None, act_hooks=None, head_mask=None, states=False, relu_gates=None,
+             skip_layers=()):
         c = self.config
+        _check_skip_layers(skip_layers, [f"enc.{i}" for i in range(c.enc_layers)]
+                           + [f"dec.{i}" for i in range(c.dec_layers)], states)
         return _Ops(params, n_heads=c.H, pre_ln=c.pre_ln, activation="relu", rng=rng,
                     p_drop=c.dropout, matmuls=matmuls, act_hooks=act_hooks, head_mask=head_mask,
-                    keep_states=states, relu_gates=relu_gates)
+                    keep_states=states, relu_gates=relu_gates, skip_layers=skip_layers)
 
     def _embed(self, ops, name, ids, offset=0):
         E = ops.params[name]
@@ -206,14 +209,14 @@ class Seq2Seq:
         return logits, fc, oc
 
     def forward(self, params, src, tgt_in, *, rng=None, head_mask=None, return_states=False,
-                matmuls=None, act_hooks=None, relu_gates=None):
+                matmuls=None, act_hooks=None, relu_gates=None, skip_layers=()):
         """logits: (B, T, V) and the cache for ``backward``. Dropout only when ``rng`` is given."""
         c = self.config
         src = _check_ids("src", src, c.src_vocab, c.max_len)
         tgt_in = _check_ids("tgt_in", tgt_in, c.tgt_vocab, c.max_len)
         if src.shape[0] != tgt_in.shape[0]:
             raise ValueError(f"src {src.shape} and tgt_in {tgt_in.shape} have different batch sizes")
-        ops = self._ops(params, rng, matmuls, act_hooks, head_mask, return_states, relu_gates)
+        ops = self._ops(params, rng, matmuls, act_hooks, head_mask, return_states, relu_gates, skip_layers)
         src_pad = src == PAD  # (B, S)
         x, src_c = self._embed(ops, self.src_emb, src)
         enc_out, enc_c = _encoder_stack(ops, x, src_pad, c.enc_layers)
@@ -222,7 +225,9 @@ class Seq2Seq:
         ops.keep("dec.hidden", x)
         dec_c = []
         for i in range(c.dec_layers):
-            x, lc = _decoder_layer(ops, f"dec.{i}", x, enc_out, src_pad, tgt_valid=tgt_valid)
+            lc = None                                   # a skipped layer passes x through
+            if f"dec.{i}" not in ops.skip_layers:
+                x, lc = _decoder_layer(ops, f"dec.{i}", x, enc_out, src_pad, tgt_valid=tgt_valid)
             dec_c.append(lc)
             ops.keep("dec.hidden", x)
         logits, fc, oc = self._output(ops, x, tgt_valid)
@@ -243,6 +248,9 @@ class Seq2Seq:
         dx = _add(dx, "dec.hidden", n, dstates)
         d_enc = None
         for i in reversed(range(n)):
+            if cache.dec[i] is None:
+                dx = _add(dx, "dec.hidden", i, dstates)
+                continue
             c1, c2, c3 = cache.dec[i]
             dx = ops.sublayer_bwd(dx, c3, ops.ffn_bwd)
 
@@ -257,20 +265,20 @@ class Seq2Seq:
                 ops, _get(dstates, "dec.self_probs", i), _get(dstates, "dec.self_scores", i)))
             dx = _add(dx, "dec.hidden", i, dstates)
         self._embed_bwd(ops, dx, cache.tgt_emb)
-        if d_enc is None:  # no decoder layers
+        if d_enc is None:  # no decoder layers (or all skipped)
             ids = cache.src_emb[1][0]
             d_enc = np.zeros((*ids.shape, self.config.D), dlogits.dtype)
         self._embed_bwd(ops, _encoder_stack_bwd(ops, d_enc, cache.enc, dstates), cache.src_emb)
         return ops.grads
 
     def loss_and_grads(self, params, src, tgt_in, tgt_out, *, rng=None, act_hooks=None,
-                       head_mask=None, relu_gates=None):
+                       head_mask=None, relu_gates=None, skip_layers=()):
         """Mean label-smoothed cross-entropy over non-PAD targets, its gradients, and stats."""
         tgt_out = np.asarray(tgt_out)
         if tgt_out.shape != np.shape(tgt_in):
             raise ValueError(f"tgt_out {tgt_out.shape} must have the shape of tgt_in {np.shape(tgt_in)}")
         logits, cache = self.forward(params, src, tgt_in, rng=rng, head_mask=head_mask,
-                                     act_hooks=act_hooks, relu_gates=relu_gates)
+                                     act_hooks=act_hooks, relu_gates=relu_gates, skip_layers=skip_layers)
         loss, lc = cross_entropy_forward(logits, tgt_out, self.config.label_smoothing, PAD,
                                          overwrite_logits=True)
         grads = self.backward(cross_entropy_backward(1.0, lc), cache)
