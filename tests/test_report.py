@@ -10,8 +10,8 @@ from tinyzip.nn.transformer import Seq2Seq, Seq2SeqConfig
 from tinyzip.report import evenly_spaced
 from tinyzip.compress import ternary
 from tinyzip.compressed import unpack
-from tinyzip.rows import (Context, plan, row_head_pruning, row_hessian_mixed, row_low_rank, row_name, row_ternary,
-                          row_uniform)
+from tinyzip.rows import (Context, plan, row_head_pruning, row_hessian_mixed, row_layerdrop, row_low_rank, row_name,
+                          row_ternary, row_uniform)
 from tinyzip.translation import PRESETS
 
 
@@ -43,15 +43,17 @@ def test_full_plans_hold_fqt_grid_and_keep_their_keys():
     bible = plan("bible-es", True)
     keys = [row_name(fn, kw) for fn, kw in bible]
     assert set(weight_only + wa) <= set(keys)
-    tuned = [kw.get("steps", 0) + kw.get("share_steps", 0) > 0 for _, kw in bible]
+    tuned = [sum(v for k, v in kw.items() if k.endswith("steps")) > 0 for _, kw in bible]
     assert tuned == sorted(tuned)                           # post-training rows first
     for task in ("bible-es", "numbers-de"):
         assert not any(kw.get("activations") for _, kw in plan(task, False))
 
 
-def tiny_row_context(H=2):
-    """A one-layer model (D=16), its init params and a Context with 40 random training pairs."""
-    model = Seq2Seq(Seq2SeqConfig(src_vocab=30, tgt_vocab=30, D=16, H=H, F=24, enc_layers=1, dec_layers=1))
+def tiny_row_context(H=2, layers=1):
+    """A model of ``layers`` + ``layers`` layers (D=16), its init params and a Context with 40
+    random training pairs."""
+    model = Seq2Seq(Seq2SeqConfig(src_vocab=30, tgt_vocab=30, D=16, H=H, F=24, enc_layers=layers,
+                                  dec_layers=layers))
     params = model.init_params(np.random.default_rng(0))
     rng = np.random.default_rng(1)
     train_ids = [(list(rng.integers(4, 30, n)), list(rng.integers(4, 30, n))) for n in rng.integers(2, 8, 40)]
@@ -123,6 +125,30 @@ def test_hessian_mixed_rows_put_the_high_width_on_the_most_or_least_sensitive_la
                 assert packed[n].method == "float32"
     with pytest.raises(ValueError, match="order"):
         row_hessian_mixed(ctx, params, order="random")
+
+
+@pytest.mark.parametrize("kwargs, layers, name", [
+    ({}, (1, 1), "layerdrop-1+1layers+float16"),
+    ({"rate_dec": 0.0, "after_steps": 2}, (1, 2), "layerdrop-1+2layers+float16"),
+    ({"train_p": 0.5, "steps": 2}, (1, 1), "layerdrop-p0.5-1+1layers+float16"),
+    ({"rate_enc": 0.0, "rate_dec": 0.0, "train_p": 0.5, "steps": 2, "scratch": True}, (2, 2),
+     "layerdrop-p0.5-scratch-2+2layers+float16"),
+])
+def test_layerdrop_rows_store_the_smaller_model_they_name(kwargs, layers, name):
+    """Every Other at 1/2 keeps the first of two layers; the file holds exactly the smaller
+    config's tensors, in float16; LayerDrop training is shared by the rows of one setting."""
+    ctx, params = tiny_row_context(layers=2)
+    got_name, bits, packed, config = row_layerdrop(ctx, params, **kwargs)
+    assert got_name == name and bits == 16 and (config.enc_layers, config.dec_layers) == layers
+    shapes = {n: W.shape for n, W in Seq2Seq(config).init_params(np.random.default_rng(0)).items()}
+    assert shapes == {n: t.shape for n, t in packed.items()}
+    assert all(t.method == "float16" for t in packed.values())
+    if not kwargs:
+        np.testing.assert_array_equal(unpack(packed["dec.0.ffn.W_1"]), params["dec.0.ffn.W_1"].astype(np.float16))
+    if kwargs.get("train_p"):
+        assert len(ctx.layerdrop) == 1
+        row_layerdrop(ctx, params, **dict(kwargs, rate_enc=0.5))
+        assert len(ctx.layerdrop) == 1
 
 
 @pytest.mark.parametrize("embedding_rank, steps", [(None, 0), (4, 3)])

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from tinyzip.compress import (binarization, chung, distillation, fqt, head_pruning, hessian, huffman, kmeans,
-                              low_rank, magnitude_pruning, ternary, uniform)
+                              layerdrop, low_rank, magnitude_pruning, ternary, uniform)
 from tinyzip.compress.base import IDENTITY, Method
 from tinyzip.compressed import is_embedding, pack_float
 from tinyzip.data import make_batches
@@ -37,6 +37,7 @@ class Context:
     log: object = None
     pruned: dict = field(default_factory=dict)   # (sparsity, steps) -> pruned params, shared by rows
     sensitivities: dict = field(default_factory=dict)  # Q-BERT's Omega per layer, shared by rows
+    layerdrop: dict = field(default_factory=dict)      # (p, steps, scratch) -> LayerDrop-trained params
     checkpoint_dir: str | None = None            # fine-tuning checkpoints (resumable runs)
     beam: int = 1                                # > 1: also measure BLEU with beam search
 
@@ -231,6 +232,49 @@ def row_hessian_mixed(ctx, params, low=3, high=4, n_high=2, order="hessian", ste
     return name, round(hessian.average_bits(params, widths), 2), packed
 
 
+def layerdrop_model(ctx, params, p, steps, scratch):
+    """The baseline after ``steps`` of LayerDrop (D1) at rate ``p`` in both stacks: fine-tuning
+    (:func:`finetune`), or with ``scratch`` a new model trained from the baseline's initialization
+    with the preset's schedule (the paper's protocol: the baseline's own recipe plus LayerDrop).
+    Memoized in ``ctx``, so every pruning of one trained model shares it."""
+    key = (p, steps, scratch)
+    if key not in ctx.layerdrop:
+        model = layerdrop.LayerDrop(ctx.translator.model, p, p)
+        tag = f"layerdrop{p:g}-{steps}{'-scratch' if scratch else ''}"
+        if not scratch:
+            ctx.layerdrop[key] = finetune(ctx, params, IDENTITY, steps, tag, model=model)
+        else:
+            rng = np.random.default_rng(ctx.seed)       # the baseline's seed: its initialization
+            init = ctx.translator.model.init_params(rng)
+            ckpt = None if ctx.checkpoint_dir is None else os.path.join(ctx.checkpoint_dir, f"{tag}.ckpt.npz")
+            result = train(model, init, lambda epoch: make_batches(ctx.train_ids, ctx.preset.max_tokens,
+                                                                   np.random.default_rng([ctx.seed, epoch])),
+                           steps=steps, optimizer=adam(), schedule=ctx.preset.schedule, rng=rng, log=ctx.log,
+                           checkpoint_path=ckpt, checkpoint_every=50 if ckpt else 0,
+                           resume=ckpt is not None and os.path.exists(ckpt))
+            if result.interrupted:
+                raise KeyboardInterrupt
+            ctx.layerdrop[key] = result.params
+    return ctx.layerdrop[key]
+
+
+def row_layerdrop(ctx, params, rate_enc=0.5, rate_dec=0.5, train_p=0.0, steps=0, scratch=False, after_steps=0):
+    """LayerDrop: the model (after ``steps`` of LayerDrop at ``train_p``, see :func:`layerdrop_model`;
+    0: the baseline itself) pruned Every Other (D3) at ``rate_enc`` / ``rate_dec`` into a smaller
+    model (D4), then ``after_steps`` of plain fine-tuning; stored as float16 like the head-pruning
+    rows (the float16 row is the reference)."""
+    if train_p:
+        params = layerdrop_model(ctx, params, train_p, steps, scratch)
+    model, params = layerdrop.prune_every_other(ctx.translator.model, params, rate_enc, rate_dec)
+    params = finetune(ctx, params, IDENTITY, after_steps,
+                      f"layerdrop{train_p:g}-{steps}{'-scratch' if scratch else ''}-prune{rate_enc:g}-{rate_dec:g}"
+                      f"-{after_steps}", model=model)
+    c = model.config
+    trained = "" if not train_p else f"-p{train_p:g}" + ("-scratch" if scratch else "")
+    name = f"layerdrop{trained}-{c.enc_layers}+{c.dec_layers}layers+float16"
+    return name, 16, {n: pack_float(W, np.float16) for n, W in params.items()}, c
+
+
 def row_uniform(ctx, params, bits=8, steps=0, activations=False, calib_batches=8):
     """Per-channel symmetric uniform weights (Jacob 2018 / FQT); PTQ when steps = 0, else QAT.
 
@@ -313,7 +357,7 @@ def plan(task: str, full: bool):
                 + [(row_ternary, {"steps": 0})]
                 + [(row_head_pruning, {"fraction": f}) for f in (0.0, 0.1, 0.25, 0.5)]
                 + [(row_low_rank, {"rank": r}) for r in (64, 32)] + [(row_low_rank, {"rank": 32, "embedding_rank": 64})]
-                + HESSIAN_ROWS
+                + HESSIAN_PTQ + LAYERDROP_POST_HOC
                 + [(row_uniform, {"bits": b, "steps": 400}) for b in (8, 6, 4)]
                 + [(row_uniform, {"bits": b, "steps": 400, "activations": True}) for b in (8, 6, 4)]
                 + [(row_kmeans, {"bits": b, "steps": 400}) for b in (4, 3)]
@@ -328,7 +372,8 @@ def plan(task: str, full: bool):
                    (row_ternary, {"steps": 2000})]
                 + [(row_ternary, {"steps": 2000, "distill": d}) for d in ("outputs", "outputs+layers")]
                 + [(row_head_pruning, {"fraction": f, "steps": 1000}) for f in (0.25, 0.5, 0.0)]
-                + [(row_low_rank, {"rank": 32, "embedding_rank": e, "steps": 1000}) for e in (None, 64)])
+                + [(row_low_rank, {"rank": 32, "embedding_rank": e, "steps": 1000}) for e in (None, 64)]
+                + HESSIAN_QAT + LAYERDROP_TRAINED)
     if not full:
         return [
             (row_pruning, {"sparsity": 0.8, "steps": 100}),
@@ -360,15 +405,28 @@ def plan(task: str, full: bool):
             + [(row_head_pruning, {"fraction": 0.0})]
             + [(row_head_pruning, {"fraction": f, "steps": s}) for s in (0, 300) for f in (0.25, 0.5)]
             + [(row_low_rank, {"rank": 32, "embedding_rank": e, "steps": s}) for s in (0, 300) for e in (None, 64)]
-            + HESSIAN_ROWS)
+            + HESSIAN_PTQ + HESSIAN_QAT + LAYERDROP_QUICK)
 
+
+# LayerDrop on the shipped model: Every Other post hoc (encoder, decoder, both), recovery by 1,000
+# steps of fine-tuning after pruning, and LayerDrop during 1,000 steps of fine-tuning (fairseq's
+# README: fine-tuning alone with it does not make a model robust to pruning), unpruned too.
+LAYERDROP_POST_HOC = [(row_layerdrop, {"rate_enc": e, "rate_dec": d})
+                      for e, d in ((0.5, 0.5), (0.5, 0.0), (0.0, 0.5))]
+LAYERDROP_TRAINED = ([(row_layerdrop, {"after_steps": 1000})]
+                     + [(row_layerdrop, {"rate_enc": r, "rate_dec": r, "train_p": 0.5, "steps": 1000})
+                        for r in (0.5, 0.0)])
+# The quick task trains from scratch (its baseline's 400 steps, same seed) with LayerDrop.
+LAYERDROP_QUICK = ([(row_layerdrop, {}), (row_layerdrop, {"after_steps": 300})]
+                   + [(row_layerdrop, {"rate_enc": r, "rate_dec": r, "train_p": 0.5, "steps": 400, "scratch": True})
+                      for r in (0.5, 0.0)])
 
 # Q-BERT in both --full plans: 3/4-bit PTQ with 0, 2 (the most sensitive, or the least: the
 # control) and 4 layers at 4 bits, then 2/3-bit QAT both ways.
-HESSIAN_ROWS = ([(row_hessian_mixed, {"n_high": 0}), (row_hessian_mixed, {"n_high": 4})]
-                + [(row_hessian_mixed, {"n_high": 2, "order": o}) for o in ("hessian", "reverse")]
-                + [(row_hessian_mixed, {"low": 2, "high": 3, "n_high": 2, "order": o, "steps": 400})
-                   for o in ("hessian", "reverse")])
+HESSIAN_PTQ = ([(row_hessian_mixed, {"n_high": 0}), (row_hessian_mixed, {"n_high": 4})]
+               + [(row_hessian_mixed, {"n_high": 2, "order": o}) for o in ("hessian", "reverse")])
+HESSIAN_QAT = [(row_hessian_mixed, {"low": 2, "high": 3, "n_high": 2, "order": o, "steps": 400})
+               for o in ("hessian", "reverse")]
 
 
 def row_name(fn, kwargs) -> str:
