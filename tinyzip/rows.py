@@ -4,9 +4,10 @@ Each ``row_<method>(ctx, params, **settings)`` compresses the float32 baseline's
 calling the method files in ``tinyzip/compress`` in pipeline order (fine-tuning through
 :func:`finetune` where the setting asks for steps) and returns ``(name, bits, {param name:
 PackedTensor})``, which ``report.run_demo`` writes to a ``.tz`` file and measures; a row that
-changes the architecture (head pruning) adds the new model's config as a fourth element. ``plan(task,
-full)`` is the explicit list of rows (no registry): the demo's representative settings, the quick
-task's grids, and the Bible model's ``--full`` recipes (the reference runs' budgets).
+changes the architecture (head pruning, LayerDrop) adds the new model's config as a fourth
+element. ``plan(task, full)`` is the explicit list of rows (no registry): the demo's representative
+settings, the quick task's grids, and the Bible model's ``--full`` recipes (the reference runs'
+budgets).
 """
 import os
 from dataclasses import dataclass, field
