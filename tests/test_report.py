@@ -1,5 +1,7 @@
 """rows.py (the demo's row recipes) and report.py's pieces that are not the demo run itself (that runs in
 tests/test_cli.py)."""
+import math
+from dataclasses import replace
 from types import SimpleNamespace
 
 import numpy as np
@@ -10,8 +12,8 @@ from tinyzip.nn.transformer import Seq2Seq, Seq2SeqConfig
 from tinyzip.report import evenly_spaced
 from tinyzip.compress import ternary
 from tinyzip.compressed import unpack
-from tinyzip.rows import (Context, plan, row_head_pruning, row_hessian_mixed, row_layerdrop, row_low_rank, row_name,
-                          row_ternary, row_uniform)
+from tinyzip.rows import (Context, plan, row_head_pruning, row_hessian_mixed, row_layerdrop, row_lottery, row_low_rank,
+                          row_name, row_ternary, row_uniform)
 from tinyzip.translation import PRESETS
 
 
@@ -149,6 +151,28 @@ def test_layerdrop_rows_store_the_smaller_model_they_name(kwargs, layers, name):
         assert len(ctx.layerdrop) == 1
         row_layerdrop(ctx, params, **dict(kwargs, rate_enc=0.5))
         assert len(ctx.layerdrop) == 1
+
+
+@pytest.mark.parametrize("reinit", [False, True])
+def test_lottery_rows_store_the_ticket_sparse_and_reinit_keeps_its_mask(reinit, tmp_path):
+    """Two rounds of 20% (ceil) of the attention and FFN matrices, each retrained with the
+    baseline's recipe (2 steps here); the file is sparse with exactly the mask's zeros; the
+    control trains the same mask from other initial values; rounds are checkpointed and shared."""
+    ctx, params = tiny_row_context()
+    ctx.preset, ctx.checkpoint_dir = replace(ctx.preset, steps=2), str(tmp_path)
+    name, bits, packed = row_lottery(ctx, params, rounds=2, reinit=reinit)
+    prunable = [n for n, W in params.items() if W.ndim == 2 and n != "emb"]
+    total = sum(params[n].size for n in prunable)
+    kept = total - math.ceil(0.2 * total)
+    kept -= math.ceil(0.2 * kept)
+    assert name == f"lottery-{'reinit' if reinit else 'ticket'}-{round(100 * kept / total, 1):g}%kept" and bits is None
+    restored = {n: unpack(packed[n]) for n in prunable}
+    assert sum(int(np.count_nonzero(W)) for W in restored.values()) == kept
+    assert all(packed[n].method == "sparse" for n in prunable) and packed["emb"].method == "float32"
+    ticket = row_lottery(ctx, params, rounds=2)[2]               # from the checkpoints
+    same_mask = all(np.array_equal(unpack(ticket[n]) != 0, restored[n] != 0) for n in prunable)
+    same_values = all(np.array_equal(unpack(ticket[n]), restored[n]) for n in prunable)
+    assert same_mask and same_values == (not reinit)
 
 
 @pytest.mark.parametrize("embedding_rank, steps", [(None, 0), (4, 3)])

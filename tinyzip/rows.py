@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from tinyzip.compress import (binarization, chung, distillation, fqt, head_pruning, hessian, huffman, kmeans,
-                              layerdrop, low_rank, magnitude_pruning, ternary, uniform)
+                              layerdrop, lottery, low_rank, magnitude_pruning, ternary, uniform)
 from tinyzip.compress.base import IDENTITY, Method
 from tinyzip.compressed import is_embedding, pack_float
 from tinyzip.data import make_batches
@@ -276,6 +276,45 @@ def row_layerdrop(ctx, params, rate_enc=0.5, rate_dec=0.5, train_p=0.0, steps=0,
     return name, 16, {n: pack_float(W, np.float16) for n, W in params.items()}, c
 
 
+def train_like_baseline(ctx, params, masks, tag):
+    """The baseline's recipe (its batches, schedule and step count) from ``params`` with
+    ``masks`` held (``magnitude_pruning.pruning_method``); checkpointed under ``tag``."""
+    ckpt = None if ctx.checkpoint_dir is None else os.path.join(ctx.checkpoint_dir, f"{tag}.ckpt.npz")
+    if ctx.log is not None:
+        print(f"training {tag}: {ctx.preset.steps} steps", file=ctx.log)
+    result = train(ctx.translator.model, params,
+                   lambda epoch: make_batches(ctx.train_ids, ctx.preset.max_tokens,
+                                              np.random.default_rng([ctx.seed, epoch])),
+                   steps=ctx.preset.steps, optimizer=adam(), schedule=ctx.preset.schedule,
+                   rng=np.random.default_rng([ctx.seed, 1]), method=magnitude_pruning.pruning_method(masks),
+                   log=ctx.log, checkpoint_path=ckpt, checkpoint_every=50 if ckpt else 0,
+                   resume=ckpt is not None and os.path.exists(ckpt))
+    if result.interrupted:
+        raise KeyboardInterrupt
+    return result.params
+
+
+def row_lottery(ctx, params, rounds=4, reinit=False):
+    """Frankle & Carbin: ``rounds`` rounds of global 20% pruning, each ticket reset to theta_0 and
+    retrained with the baseline's own recipe (L1)-(L3); with ``reinit`` the last round's mask
+    trained from a fresh initialization instead (L4). Only for a baseline trained here from
+    ``init_params(default_rng(seed))`` (the quick tasks), whose theta_0 that is; each round is
+    checkpointed, so the rows of one plan share their rounds. Stored sparse, like pruning rows."""
+    model = ctx.translator.model
+    theta_0 = model.init_params(np.random.default_rng(ctx.seed))
+    round_tags = iter(range(1, rounds + 1))
+    levels = lottery.lottery_tickets(lambda p, m: train_like_baseline(ctx, p, m, f"lottery-round{next(round_tags)}"),
+                                     theta_0, params, rounds)
+    masks, trained = levels[-1]
+    if reinit:
+        fresh = model.init_params(np.random.default_rng([ctx.seed, 7]))
+        # Eq. (L4): the ticket's mask, other initial values
+        trained = train_like_baseline(ctx, lottery.reset_to(fresh, masks), masks, f"lottery-reinit{rounds}")
+    packed = pack_model(trained, lambda n, W: magnitude_pruning.pack_sparse(W), masks)
+    kept = round(100 * lottery.kept_fraction(masks), 1)
+    return f"lottery-{'reinit' if reinit else 'ticket'}-{kept:g}%kept", None, packed
+
+
 def row_uniform(ctx, params, bits=8, steps=0, activations=False, calib_batches=8):
     """Per-channel symmetric uniform weights (Jacob 2018 / FQT); PTQ when steps = 0, else QAT.
 
@@ -406,7 +445,14 @@ def plan(task: str, full: bool):
             + [(row_head_pruning, {"fraction": 0.0})]
             + [(row_head_pruning, {"fraction": f, "steps": s}) for s in (0, 300) for f in (0.25, 0.5)]
             + [(row_low_rank, {"rank": 32, "embedding_rank": e, "steps": s}) for s in (0, 300) for e in (None, 64)]
-            + HESSIAN_PTQ + HESSIAN_QAT + LAYERDROP_QUICK)
+            + HESSIAN_PTQ + HESSIAN_QAT + LAYERDROP_QUICK + LOTTERY_QUICK)
+
+
+# Lottery tickets on the quick task (the shipped model's theta_0 and 12,000 steps are not here):
+# 2, 4 and 7 rounds of 20% (64%, 41% and 21% of the matrices kept), the last two against the
+# same masks from a fresh initialization.
+LOTTERY_QUICK = ([(row_lottery, {"rounds": r}) for r in (2, 4, 7)]
+                 + [(row_lottery, {"rounds": r, "reinit": True}) for r in (4, 7)])
 
 
 # LayerDrop on the shipped model: Every Other post hoc (encoder, decoder, both), recovery by 1,000
