@@ -233,6 +233,26 @@ def row_hessian_mixed(ctx, params, low=3, high=4, n_high=2, order="hessian", ste
     return name, round(hessian.average_bits(params, widths), 2), packed
 
 
+def train_like_baseline(ctx, params, tag, *, model=None, method=IDENTITY, rng=None, steps=None):
+    """The baseline's recipe from ``params``: its batches, schedule and (unless ``steps``) step
+    count, on ``model``'s loss (default the baseline's) through ``method``, dropout drawn from
+    ``rng`` (default a stream of its own); checkpointed as ``<tag>.ckpt.npz`` like :func:`finetune`."""
+    steps = ctx.preset.steps if steps is None else steps
+    ckpt = None if ctx.checkpoint_dir is None else os.path.join(ctx.checkpoint_dir, f"{tag}.ckpt.npz")
+    if ctx.log is not None:
+        print(f"training {tag}: {steps} steps", file=ctx.log)
+    result = train(model or ctx.translator.model, params,
+                   lambda epoch: make_batches(ctx.train_ids, ctx.preset.max_tokens,
+                                              np.random.default_rng([ctx.seed, epoch])),
+                   steps=steps, optimizer=adam(), schedule=ctx.preset.schedule,
+                   rng=np.random.default_rng([ctx.seed, 1]) if rng is None else rng, method=method,
+                   log=ctx.log, checkpoint_path=ckpt, checkpoint_every=50 if ckpt else 0,
+                   resume=ckpt is not None and os.path.exists(ckpt))
+    if result.interrupted:
+        raise KeyboardInterrupt
+    return result.params
+
+
 def layerdrop_model(ctx, params, p, steps, scratch):
     """The baseline after ``steps`` of LayerDrop (D1) at rate ``p`` in both stacks: fine-tuning
     (:func:`finetune`), or with ``scratch`` a new model trained from the baseline's initialization
@@ -247,15 +267,7 @@ def layerdrop_model(ctx, params, p, steps, scratch):
         else:
             rng = np.random.default_rng(ctx.seed)       # the baseline's seed: its initialization
             init = ctx.translator.model.init_params(rng)
-            ckpt = None if ctx.checkpoint_dir is None else os.path.join(ctx.checkpoint_dir, f"{tag}.ckpt.npz")
-            result = train(model, init, lambda epoch: make_batches(ctx.train_ids, ctx.preset.max_tokens,
-                                                                   np.random.default_rng([ctx.seed, epoch])),
-                           steps=steps, optimizer=adam(), schedule=ctx.preset.schedule, rng=rng, log=ctx.log,
-                           checkpoint_path=ckpt, checkpoint_every=50 if ckpt else 0,
-                           resume=ckpt is not None and os.path.exists(ckpt))
-            if result.interrupted:
-                raise KeyboardInterrupt
-            ctx.layerdrop[key] = result.params
+            ctx.layerdrop[key] = train_like_baseline(ctx, init, tag, model=model, rng=rng, steps=steps)
     return ctx.layerdrop[key]
 
 
@@ -276,24 +288,6 @@ def row_layerdrop(ctx, params, rate_enc=0.5, rate_dec=0.5, train_p=0.0, steps=0,
     return name, 16, {n: pack_float(W, np.float16) for n, W in params.items()}, c
 
 
-def train_like_baseline(ctx, params, masks, tag):
-    """The baseline's recipe (its batches, schedule and step count) from ``params`` with
-    ``masks`` held (``magnitude_pruning.pruning_method``); checkpointed under ``tag``."""
-    ckpt = None if ctx.checkpoint_dir is None else os.path.join(ctx.checkpoint_dir, f"{tag}.ckpt.npz")
-    if ctx.log is not None:
-        print(f"training {tag}: {ctx.preset.steps} steps", file=ctx.log)
-    result = train(ctx.translator.model, params,
-                   lambda epoch: make_batches(ctx.train_ids, ctx.preset.max_tokens,
-                                              np.random.default_rng([ctx.seed, epoch])),
-                   steps=ctx.preset.steps, optimizer=adam(), schedule=ctx.preset.schedule,
-                   rng=np.random.default_rng([ctx.seed, 1]), method=magnitude_pruning.pruning_method(masks),
-                   log=ctx.log, checkpoint_path=ckpt, checkpoint_every=50 if ckpt else 0,
-                   resume=ckpt is not None and os.path.exists(ckpt))
-    if result.interrupted:
-        raise KeyboardInterrupt
-    return result.params
-
-
 def row_lottery(ctx, params, rounds=4, reinit=False):
     """Frankle & Carbin: ``rounds`` rounds of global 20% pruning, each ticket reset to theta_0 and
     retrained with the baseline's own recipe (L1)-(L3); with ``reinit`` the last round's mask
@@ -302,14 +296,19 @@ def row_lottery(ctx, params, rounds=4, reinit=False):
     checkpointed, so the rows of one plan share their rounds. Stored sparse, like pruning rows."""
     model = ctx.translator.model
     theta_0 = model.init_params(np.random.default_rng(ctx.seed))
-    round_tags = iter(range(1, rounds + 1))
-    levels = lottery.lottery_tickets(lambda p, m: train_like_baseline(ctx, p, m, f"lottery-round{next(round_tags)}"),
-                                     theta_0, params, rounds)
+    round_tags = iter(range(1, rounds + 1))                   # lottery_tickets trains rounds 1, 2, ... in order
+
+    def train_ticket(ticket, masks):
+        return train_like_baseline(ctx, ticket, f"lottery-round{next(round_tags)}",
+                                   method=magnitude_pruning.pruning_method(masks))
+
+    levels = lottery.lottery_tickets(train_ticket, theta_0, params, rounds)
     masks, trained = levels[-1]
     if reinit:
         fresh = model.init_params(np.random.default_rng([ctx.seed, 7]))
         # Eq. (L4): the ticket's mask, other initial values
-        trained = train_like_baseline(ctx, lottery.reset_to(fresh, masks), masks, f"lottery-reinit{rounds}")
+        trained = train_like_baseline(ctx, lottery.reset_to(fresh, masks), f"lottery-reinit{rounds}",
+                                      method=magnitude_pruning.pruning_method(masks))
     packed = pack_model(trained, lambda n, W: magnitude_pruning.pack_sparse(W), masks)
     kept = round(100 * lottery.kept_fraction(masks), 1)
     return f"lottery-{'reinit' if reinit else 'ticket'}-{kept:g}%kept", None, packed
