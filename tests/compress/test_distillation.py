@@ -1,6 +1,7 @@
 """compress/distillation.py: Hinton et al. 2015 (arXiv 1503.02531) soft targets; TinyBERT's layer
-losses (Jiao et al. 2020, arXiv 1909.10351) as TernaryBERT trains with them. Labels (K1)-(K5) are
-the module docstring's."""
+losses (Jiao et al. 2020, arXiv 1909.10351) as TernaryBERT trains with them; DistilBERT's cosine term
+and half-depth student (Sanh et al. 2019, arXiv 1910.01108). Labels (K1)-(K6) are the module
+docstring's."""
 import math
 
 import numpy as np
@@ -121,12 +122,15 @@ def test_k5_masks_keep_real_tokens_and_the_causal_pairs():
     assert masks["dec.cross_scores"][1, 0].tolist() == [[1, 1, 1, 0, 0]] * 2 + [[0] * 5] * 2
 
 
-@pytest.mark.parametrize("alpha, temperature, beta", [(1.0, 1.0, 1.0), (0.4, 3.0, 0.5), (0.0, 2.0, 0.0)])
-def test_k4_k5_distiller_gradients_match_central_differences_of_its_loss(alpha, temperature, beta):
-    """grads = d/dparams [alpha L_soft + (1 - alpha) L_hard + beta L_trm] (float64, label smoothing on)."""
+@pytest.mark.parametrize("alpha, temperature, beta, gamma",
+                         [(1.0, 1.0, 1.0, 0.0), (0.4, 3.0, 0.5, 0.0), (0.0, 2.0, 0.0, 0.0), (5 / 7, 2.0, 0.0, 1 / 7),
+                          (0.5, 1.0, 0.7, 2.0)])
+def test_k4_k5_k6_distiller_gradients_match_central_differences_of_its_loss(alpha, temperature, beta, gamma):
+    """grads = d/dparams [alpha L_soft + (1 - alpha) L_hard + beta L_trm + gamma L_cos] (float64,
+    label smoothing on)."""
     model = tiny_model(label_smoothing=0.1, layers=2)
     student, teacher = params64(model, 3), params64(model, 4)
-    distiller = kd.Distiller(model, teacher, alpha=alpha, temperature=temperature, beta=beta)
+    distiller = kd.Distiller(model, teacher, alpha=alpha, temperature=temperature, beta=beta, gamma=gamma)
     loss, grads, stats = distiller.loss_and_grads(student, SRC, TGT_IN, TGT_OUT)
     assert set(grads) == set(student)
     for name in ("emb", "enc.0.attn.W_q", "dec.1.cross_attn.W_k", "dec.0.ffn.W_2", "enc.1.ln1.gamma", "out.b"):
@@ -137,6 +141,44 @@ def test_k4_k5_distiller_gradients_match_central_differences_of_its_loss(alpha, 
         hard, hard_grads, _ = model.loss_and_grads(student, SRC, TGT_IN, TGT_OUT)
         assert loss == pytest.approx(hard, rel=1e-12)
         assert all(np.allclose(grads[n], hard_grads[n], rtol=1e-12, atol=1e-15) for n in student)
+
+
+@given(hynp.arrays(np.float64, st.tuples(st.integers(1, 3), st.integers(1, 4), st.integers(2, 5)),
+                  elements=floats_st(bound=5.0)), st.integers(0, 2 ** 16), st.floats(0.1, 10.0))
+def test_k6_cosine_loss_is_in_0_2_scale_invariant_masked_and_its_gradient_exact(h, seed, c):
+    rng = np.random.default_rng(seed)
+    h = h + 0.5 * rng.standard_normal(h.shape)                 # norms away from 0, where cos has a kink
+    t = rng.standard_normal(h.shape)
+    valid = _valid(h, seed)
+    loss, dh = kd.cosine_loss(h, t, valid)
+    assert -1e-12 <= loss <= 2 + 1e-12
+    assert kd.cosine_loss(c * h, t, valid)[0] == pytest.approx(loss, rel=1e-9, abs=1e-12)
+    assert kd.cosine_loss(c * t, t, valid)[0] == pytest.approx(0.0, abs=1e-12)   # parallel: 0
+    assert kd.cosine_loss(-t, t, valid)[0] == pytest.approx(2.0, abs=1e-12)      # opposite: 2
+    other = np.where(valid[..., None], h, rng.standard_normal(h.shape))          # PAD rows ignored
+    assert kd.cosine_loss(other, t, valid)[0] == pytest.approx(loss, rel=1e-12, abs=1e-15)
+    assert not dh[~valid].any()
+    np.testing.assert_allclose(dh, numerical_grad(lambda x: kd.cosine_loss(x, t, valid)[0], h.copy()),
+                               rtol=1e-5, atol=1e-8)
+
+
+def test_a_half_depth_student_distils_from_the_full_teacher():
+    """DistilBERT's setting: the teacher is another model (two layers a stack, the student one);
+    its logits and last hidden state come from teacher_model; layer losses need equal depths."""
+    student_model, teacher_model = tiny_model(layers=1), tiny_model(layers=2)
+    student, teacher = params64(student_model, 3), params64(teacher_model, 4)
+    distiller = kd.Distiller(student_model, teacher, alpha=1.0, beta=0.0, gamma=1.0, teacher_model=teacher_model)
+    loss, grads, stats = distiller.loss_and_grads(student, SRC, TGT_IN, TGT_OUT)
+    z, cache = student_model.forward(student, SRC, TGT_IN, return_states=True)
+    v, t_cache = teacher_model.forward(teacher, SRC, TGT_IN, return_states=True)
+    valid = TGT_IN != 0
+    assert stats["soft"] == pytest.approx(kd.soft_target_loss(z, v, valid)[0], rel=1e-12)
+    assert stats["cosine"] == pytest.approx(kd.cosine_loss(cache.states["dec.hidden"][-1],
+                                                           t_cache.states["dec.hidden"][-1], valid)[0], rel=1e-12)
+    assert set(grads) == set(student)
+    with pytest.raises(ValueError, match="layers' states"):
+        kd.Distiller(student_model, teacher, beta=1.0, teacher_model=teacher_model).loss_and_grads(
+            student, SRC, TGT_IN, TGT_OUT)
 
 
 def test_student_equal_to_teacher_has_zero_soft_and_layer_loss():
@@ -172,6 +214,8 @@ def test_bad_inputs_raise():
                       (lambda: kd.state_mse(z, z, np.zeros((1, 2, 1), bool)), ValueError),
                       (lambda: kd.Distiller(None, {}, alpha=1.5), ValueError),
                       (lambda: kd.Distiller(None, {}, temperature=-1.0), ValueError),
+                      (lambda: kd.Distiller(None, {}, gamma=-1.0), ValueError),
+                      (lambda: kd.cosine_loss(z, z, np.zeros((1, 2), bool)), ValueError),
                       (lambda: kd.layer_loss({"enc.hidden": [z]}, {"enc.hidden": [z, z]}, {}), ValueError)]:
         with pytest.raises(err):
             call()

@@ -9,6 +9,11 @@ Papers
   (2020). "TinyBERT: Distilling BERT for Natural Language Understanding". Findings of EMNLP 2020,
   arXiv:1909.10351. Mean squared errors between the student's and the teacher's hidden states and
   attention scores (before the softmax), layer by layer.
+* Victor Sanh, Lysandre Debut, Julien Chaumond, Thomas Wolf (2019). "DistilBERT, a distilled
+  version of BERT". EMC^2 workshop at NeurIPS 2019, arXiv:1910.01108. A student of half the layers,
+  initialized with one teacher layer out of two, trained on L = a_ce L_soft + a_mlm L_hard +
+  a_cos L_cos at T = 2, with L_cos the cosine distance between the last hidden states (weights
+  5 : 2 : 1 in huggingface's README example).
 * Wei Zhang et al. (2020). "TernaryBERT". arXiv:2009.12812. Trains its quantized student (initialized
   from the teacher, same shape) with L = L_pred + L_trm: soft cross-entropy at T = 1 on the outputs
   plus TinyBERT's layer losses over every hidden state (the embedding output included) and every
@@ -34,6 +39,9 @@ Equations (labelled (K1)-(K5) here; Hinton et al. do not number them)
      "valid": the positions of real tokens; "allowed": the (query, key) pairs the attention mask
      keeps (real query, real key, and key <= query in the decoder's self-attention)
      Total: L + beta L_trm.  TernaryBERT: alpha = 1, T = 1, beta = 1.
+(K6) L_cos = mean_valid (1 - h_S . h_T / (||h_S|| ||h_T||)) over the last decoder layer's output
+     (DistilBERT's term on its last hidden states), in [0, 2]
+     Total: L + beta L_trm + gamma L_cos.  DistilBERT's 5 : 2 : 1 is alpha = 5/7, gamma = 1/7, T = 2.
 
 Choices
 -------
@@ -42,7 +50,10 @@ Choices
 * The means of (K5) run over real positions only. TernaryBERT's code (``quant_task_glue.py``) takes
   the mean over every entry: masked attention scores set to zero in both models first, padded
   positions' hidden states as they are. Those entries are not the model's outputs here.
-* The teacher runs without dropout or activation quantizers and gets no gradient.
+* The teacher runs without dropout or activation quantizers and gets no gradient. It may be a
+  different model (``teacher_model``, e.g. the full-depth model of a half-depth student): (K1)-(K4)
+  and (K6) need only equal logits' and hidden states' widths; (K5) needs equal depths.
+* (K6)'s norms get a 1e-12 floor, so a zero hidden state gives cosine 0, not NaN.
 """
 from dataclasses import dataclass
 
@@ -128,40 +139,69 @@ def layer_loss(student_states: dict, teacher_states: dict, masks: dict) -> tuple
     return total, dstates
 
 
+def cosine_loss(student, teacher, valid) -> tuple[float, np.ndarray]:
+    """(K6): (mean over ``valid`` positions of 1 - cos(h_S, h_T), its gradient w.r.t. h_S) for
+    hidden states (..., D); ``valid`` has the states' leading shape."""
+    _check_pair("hidden state", student, teacher)
+    valid = np.asarray(valid, dtype=bool)
+    if valid.shape != student.shape[:-1] or not valid.any():
+        raise ValueError(f"valid must be a boolean {student.shape[:-1]} array with a True entry, got {valid.shape}")
+    n = int(valid.sum())
+    s_norm = np.maximum(np.linalg.norm(student, axis=-1, keepdims=True), 1e-12)
+    t_norm = np.maximum(np.linalg.norm(teacher, axis=-1, keepdims=True), 1e-12)
+    # Eq. (K6)
+    cos = np.sum(student * teacher, axis=-1, keepdims=True) / (s_norm * t_norm)
+    loss = float(np.sum((1.0 - cos[..., 0])[valid], dtype=np.float64)) / n
+    # d(1 - cos)/dh_S = -(h_T / (|h_S| |h_T|) - cos h_S / |h_S|^2)
+    grad = -(teacher / (s_norm * t_norm) - cos * student / (s_norm * s_norm)) * valid[..., None] / n
+    return loss, grad.astype(student.dtype)
+
+
 @dataclass
 class Distiller:
-    """Training with (K4) + beta (K5) against a fixed teacher of the same shape (TernaryBERT's
-    setting): a drop-in for the model in ``train.train`` (it has ``loss_and_grads``).
+    """Training with (K4) + beta (K5) + gamma (K6) against a fixed teacher: a drop-in for the model
+    in ``train.train`` (it has ``loss_and_grads``).
 
-    ``model`` runs both the student (the params being trained, with dropout and the method's
-    activation hooks) and the teacher (``teacher_params``, no dropout, no hooks, no gradient)."""
+    ``model`` runs the student (the params being trained, with dropout and the method's activation
+    hooks); ``teacher_model`` (default: ``model``, TernaryBERT's same-shape setting) runs the
+    teacher (``teacher_params``, no dropout, no hooks, no gradient)."""
 
     model: object
     teacher_params: dict
     alpha: float = 1.0
     temperature: float = 1.0
     beta: float = 1.0
+    gamma: float = 0.0
+    teacher_model: object = None
 
     def __post_init__(self):
         if not 0.0 <= self.alpha <= 1.0:
             raise ValueError(f"alpha must be in [0, 1], got {self.alpha}")
-        if not (np.isfinite(self.temperature) and self.temperature > 0) or not self.beta >= 0:
-            raise ValueError(f"temperature must be > 0 and beta >= 0, got {self.temperature}, {self.beta}")
+        if not (np.isfinite(self.temperature) and self.temperature > 0) or not (self.beta >= 0 and self.gamma >= 0):
+            raise ValueError(f"temperature must be > 0 and beta, gamma >= 0, got {self.temperature}, "
+                             f"{self.beta}, {self.gamma}")
 
     def loss_and_grads(self, params, src, tgt_in, tgt_out, *, rng=None, act_hooks=None, head_mask=None):
-        layers = self.beta > 0
-        v, t_cache = self.model.forward(self.teacher_params, src, tgt_in, return_states=layers)
+        layers, states = self.beta > 0, self.beta > 0 or self.gamma > 0
+        teacher = self.teacher_model or self.model
+        v, t_cache = teacher.forward(self.teacher_params, src, tgt_in, return_states=states)
         z, cache = self.model.forward(params, src, tgt_in, rng=rng, act_hooks=act_hooks, head_mask=head_mask,
-                                      return_states=layers)
+                                      return_states=states)
         hard, h_cache = cross_entropy_forward(z, tgt_out, self.model.config.label_smoothing, PAD)
         soft, dz_soft = soft_target_loss(z, v, np.asarray(tgt_out) != PAD, self.temperature)
         # Eq. (K4)
         loss = self.alpha * soft + (1.0 - self.alpha) * hard
         dz = self.alpha * dz_soft + (1.0 - self.alpha) * cross_entropy_backward(1.0, h_cache)
-        trm, dstates = 0.0, None
+        trm, cos, dstates = 0.0, 0.0, None
         if layers:
             trm, dstates = layer_loss(cache.states, t_cache.states, state_masks(src, tgt_in))
             dstates = {k: [self.beta * d.astype(z.dtype) for d in ds] for k, ds in dstates.items()}
+        if self.gamma > 0:
+            cos, dh = cosine_loss(cache.states["dec.hidden"][-1], t_cache.states["dec.hidden"][-1],
+                                  np.asarray(tgt_in) != PAD)
+            dstates = dstates or {"dec.hidden": [None] * len(cache.states["dec.hidden"])}
+            last = dstates["dec.hidden"][-1]
+            dstates["dec.hidden"][-1] = self.gamma * dh if last is None else last + self.gamma * dh
         grads = self.model.backward(dz.astype(z.dtype), cache, dstates)
-        return loss + self.beta * trm, grads, {"tokens": h_cache.tokens, "nll": h_cache.nll, "soft": soft,
-                                               "layers": trm}
+        return loss + self.beta * trm + self.gamma * cos, grads, {"tokens": h_cache.tokens, "nll": h_cache.nll,
+                                                                  "soft": soft, "layers": trm, "cosine": cos}
