@@ -12,8 +12,8 @@ from tinyzip.nn.transformer import Seq2Seq, Seq2SeqConfig
 from tinyzip.report import evenly_spaced
 from tinyzip.compress import ternary
 from tinyzip.compressed import unpack
-from tinyzip.rows import (Context, plan, row_head_pruning, row_hessian_mixed, row_layerdrop, row_lottery, row_low_rank,
-                          row_name, row_ternary, row_uniform)
+from tinyzip.rows import (Context, plan, row_distilled_student, row_head_pruning, row_hessian_mixed, row_layerdrop,
+                          row_lottery, row_low_rank, row_name, row_ternary, row_uniform)
 from tinyzip.translation import PRESETS
 
 
@@ -151,6 +151,23 @@ def test_layerdrop_rows_store_the_smaller_model_they_name(kwargs, layers, name):
         assert len(ctx.layerdrop) == 1
         row_layerdrop(ctx, params, **dict(kwargs, rate_enc=0.5))
         assert len(ctx.layerdrop) == 1
+
+
+@pytest.mark.parametrize("kwargs, name", [({"steps": 2}, "distilled-1+1layers+float16"),
+                                          ({"steps": 2, "alpha": 1.0, "gamma": 0.0}, "distilled-1+1layers-soft+float16")])
+def test_distilled_student_starts_from_every_other_teacher_layer_and_trains(kwargs, name):
+    """DistilBERT's student: half the layers, taken from the teacher (layer 0 of two), then
+    trained against it; the teacher (the context's translator) is left as it was."""
+    ctx, params = tiny_row_context(layers=2)
+    before = {n: W.copy() for n, W in params.items()}
+    got_name, bits, packed, config = row_distilled_student(ctx, params, **kwargs)
+    assert got_name == name and bits == 16 and (config.enc_layers, config.dec_layers) == (1, 1)
+    shapes = {n: W.shape for n, W in Seq2Seq(config).init_params(np.random.default_rng(0)).items()}
+    assert shapes == {n: t.shape for n, t in packed.items()}
+    untrained = row_distilled_student(ctx, params, steps=0)[2]
+    np.testing.assert_array_equal(unpack(untrained["dec.0.ffn.W_1"]), params["dec.0.ffn.W_1"].astype(np.float16))
+    assert not np.array_equal(unpack(packed["dec.0.ffn.W_1"]), unpack(untrained["dec.0.ffn.W_1"]))
+    assert all(np.array_equal(params[n], before[n]) for n in params)
 
 
 @pytest.mark.parametrize("reinit", [False, True])

@@ -314,6 +314,24 @@ def row_lottery(ctx, params, rounds=4, reinit=False):
     return f"lottery-{'reinit' if reinit else 'ticket'}-{kept:g}%kept", None, packed
 
 
+def row_distilled_student(ctx, params, steps=1000, alpha=5 / 7, temperature=2.0, gamma=1 / 7):
+    """DistilBERT: a student of half the layers, initialized with one teacher layer out of two
+    (``layerdrop.prune_every_other`` at 1/2: layers 0, 2, ...), trained ``steps`` against the float
+    baseline as teacher on alpha L_soft + (1 - alpha) L_hard + gamma L_cos at ``temperature``
+    (the defaults: DistilBERT's 5 : 2 : 1 at T = 2). float16 like the LayerDrop rows, whose
+    ``after_steps`` row is the same student trained on the plain loss."""
+    teacher = ctx.translator
+    model, student = layerdrop.prune_every_other(teacher.model, params, 0.5, 0.5)
+    distiller = distillation.Distiller(model, teacher.params, alpha=alpha, temperature=temperature, beta=0.0,
+                                       gamma=gamma, teacher_model=teacher.model)
+    student = finetune(ctx, student, IDENTITY, steps, f"student-{alpha:.3g}-{temperature:g}-{gamma:.3g}-{steps}",
+                       model=distiller)
+    c = model.config
+    soft_only = "-soft" if alpha == 1 and gamma == 0 else ""
+    name = f"distilled-{c.enc_layers}+{c.dec_layers}layers{soft_only}+float16"
+    return name, 16, {n: pack_float(W, np.float16) for n, W in student.items()}, c
+
+
 def row_uniform(ctx, params, bits=8, steps=0, activations=False, calib_batches=8):
     """Per-channel symmetric uniform weights (Jacob 2018 / FQT); PTQ when steps = 0, else QAT.
 
@@ -461,7 +479,9 @@ LAYERDROP_POST_HOC = [(row_layerdrop, {"rate_enc": e, "rate_dec": d})
                       for e, d in ((0.5, 0.5), (0.5, 0.0), (0.0, 0.5))]
 LAYERDROP_TRAINED = ([(row_layerdrop, {"after_steps": 1000})]
                      + [(row_layerdrop, {"rate_enc": r, "rate_dec": r, "train_p": 0.5, "steps": 1000})
-                        for r in (0.5, 0.0)])
+                        for r in (0.5, 0.0)]
+                     + [(row_distilled_student, {"steps": 1000}),   # DistilBERT's student of that depth
+                        (row_distilled_student, {"steps": 1000, "alpha": 1.0, "gamma": 0.0})])
 # The quick task trains from scratch (its baseline's 400 steps, same seed) with LayerDrop at the
 # paper's rate for pruning half (0.5) and at fairseq's default (0.2).
 LAYERDROP_QUICK = ([(row_layerdrop, {}), (row_layerdrop, {"after_steps": 300})]
