@@ -12,8 +12,9 @@ from tinyzip.nn.transformer import Seq2Seq, Seq2SeqConfig
 from tinyzip.report import evenly_spaced
 from tinyzip.compress import ternary
 from tinyzip.compressed import unpack
-from tinyzip.rows import (Context, plan, row_distilled_student, row_head_pruning, row_hessian_mixed, row_layerdrop,
-                          row_lottery, row_low_rank, row_name, row_ternary, row_uniform)
+from tinyzip.plans import plan, row_name
+from tinyzip.rows import (Context, row_distilled_student, row_head_pruning, row_hessian_mixed, row_layerdrop,
+                          row_lottery, row_low_rank, row_ternary, row_uniform)
 from tinyzip.translation import PRESETS
 
 

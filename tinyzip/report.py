@@ -14,8 +14,9 @@ translates the test sentences on the real kernels (int8 GEMM, BiQGEMM LUT, codeb
 * ``attention_entropy``: mean entropy (nats) of the decoder's cross-attention rows on test
   sentences (teacher forced), to test transformers.zip's "compressed models attend more sharply".
 
-The rows themselves (one small function per method setting, and the plan that lists them) are
-in ``tinyzip/rows.py``; this file runs them, writes each row's ``.tz`` and measures it.
+The rows themselves (one small function per method setting) are in ``tinyzip/rows.py`` and the
+plans that list them in ``tinyzip/plans.py``; this file runs them, writes each row's ``.tz`` and
+measures it.
 """
 import json
 import os
@@ -26,7 +27,8 @@ import numpy as np
 
 from tinyzip import container, viz
 from tinyzip.data import load_task, make_batches
-from tinyzip.rows import Context, plan, row_name
+from tinyzip.plans import plan, row_name
+from tinyzip.rows import Context
 from tinyzip.translation import (PRESETS, SHIPPED_MODEL, encode_pairs, evaluate, load_translator, save_translator,
                                  train_translation)
 

@@ -1,13 +1,11 @@
-"""The rows of the demo table: one small function per method setting, and the plan that lists them.
+"""The rows of the demo table: one small function per method setting.
 
 Each ``row_<method>(ctx, params, **settings)`` compresses the float32 baseline's ``params`` by
 calling the method files in ``tinyzip/compress`` in pipeline order (fine-tuning through
 :func:`finetune` where the setting asks for steps) and returns ``(name, bits, {param name:
 PackedTensor})``, which ``report.run_demo`` writes to a ``.tz`` file and measures; a row that
 changes the architecture (head pruning, LayerDrop) adds the new model's config as a fourth
-element. ``plan(task, full)`` is the explicit list of rows (no registry): the demo's representative
-settings, the quick task's grids, and the Bible model's ``--full`` recipes (the reference runs'
-budgets).
+element. Which rows a run has is ``plans.py``'s ``plan(task, full)``.
 """
 import os
 from dataclasses import dataclass, field
@@ -383,119 +381,3 @@ def row_binary_codes(ctx, params, q=2, steps=300, fit="alternating", emb_ratio=8
     packed = chung.chung_pack(params, bits, freqs, method=fit, alpha_dtype=np.float16)
     packed.update({n: pack_float(W) for n, W in params.items() if n not in packed})
     return f"binary_codes-{q}bit-{fit}{'-staged' if staged else ''}", q, packed
-
-
-def plan(task: str, full: bool):
-    """The rows, in the order of the table (an explicit list: no registry). ``steps`` is each
-    row's fine-tuning budget; 0 means post-training only.
-
-    On the real model (bible-es) the quick plan is post-training or very short fine-tuning, to
-    stay under 5 minutes; ``full`` runs post-training rows first (their results come in
-    minutes), then the fine-tuned ones with the reference runs' budgets (hours)."""
-    if task == "bible-es" and not full:
-        return [
-            (row_pruning, {"sparsity": 0.5, "steps": 60, "rounds": 1}),
-            (row_kmeans, {"bits": 4, "steps": 0}),
-            (row_deep_compression, {"sparsity": 0.5, "steps": 60, "rounds": 1, "share_steps": 0}),
-            (row_binarization, {"steps": 40}),
-            (row_ternary, {"steps": 60}),
-            (row_uniform, {"bits": 8, "steps": 0}),
-            (row_uniform, {"bits": 4, "steps": 0}),
-            (row_binary_codes, {"q": 2, "steps": 60, "fit": "alternating"}),
-            (row_head_pruning, {"fraction": 0.0}),
-            (row_head_pruning, {"fraction": 0.25}),
-        ]
-    if task == "bible-es":
-        return ([(row_kmeans, {"bits": b, "steps": 0}) for b in (8, 5, 4, 3, 2)]
-                + [(row_uniform, {"bits": b, "steps": 0}) for b in (8, 6, 4)]
-                + [(row_binary_codes, {"q": q, "steps": 0, "fit": fit}) for q in (2, 3, 4)
-                   for fit in ("greedy", "alternating")]
-                + [(row_uniform, {"bits": b, "steps": 0, "activations": True}) for b in (8, 6, 4)]
-                + [(row_ternary, {"steps": 0})]
-                + [(row_head_pruning, {"fraction": f}) for f in (0.0, 0.1, 0.25, 0.5)]
-                + [(row_low_rank, {"rank": r}) for r in (64, 32)] + [(row_low_rank, {"rank": 32, "embedding_rank": 64})]
-                + HESSIAN_PTQ + LAYERDROP_POST_HOC
-                + [(row_uniform, {"bits": b, "steps": 400}) for b in (8, 6, 4)]
-                + [(row_uniform, {"bits": b, "steps": 400, "activations": True}) for b in (8, 6, 4)]
-                + [(row_kmeans, {"bits": b, "steps": 400}) for b in (4, 3)]
-                + [(row_binary_codes, {"q": q, "steps": 1000, "fit": "alternating"}) for q in (1, 2, 3, 4)]
-                + [(row_binary_codes, {"q": 2, "steps": 1000, "fit": "alternating", "emb_ratio": r}) for r in (0.0, 1.0)]
-                + [(row_binary_codes, {"q": 2, "steps": 1000, "fit": "alternating", "staged": True})]
-                + [(row_pruning, {"sparsity": 0.5, "steps": 1000, "rounds": 1}),
-                   (row_pruning, {"sparsity": 0.8, "steps": 4000}),
-                   (row_deep_compression, {"sparsity": 0.8, "steps": 4000, "share_steps": 400}),
-                   (row_pruning, {"sparsity": 0.9, "steps": 4000}),
-                   (row_binarization, {"steps": 2000}),
-                   (row_ternary, {"steps": 2000})]
-                + [(row_ternary, {"steps": 2000, "distill": d}) for d in ("outputs", "outputs+layers")]
-                + [(row_head_pruning, {"fraction": f, "steps": 1000}) for f in (0.25, 0.5, 0.0)]
-                + [(row_low_rank, {"rank": 32, "embedding_rank": e, "steps": 1000}) for e in (None, 64)]
-                + HESSIAN_QAT + LAYERDROP_TRAINED)
-    if not full:
-        return [
-            (row_pruning, {"sparsity": 0.8, "steps": 100}),
-            (row_kmeans, {"bits": 4, "steps": 30}),
-            (row_deep_compression, {"sparsity": 0.9, "bits": 3, "steps": 100, "share_steps": 30}),
-            (row_binarization, {"steps": 60}),
-            (row_ternary, {"steps": 60}),
-            (row_uniform, {"bits": 8, "steps": 0}),
-            (row_uniform, {"bits": 4, "steps": 40}),
-            (row_binary_codes, {"q": 2, "steps": 60, "fit": "greedy"}),
-            (row_head_pruning, {"fraction": 0.0}),
-            (row_head_pruning, {"fraction": 0.25}),
-        ]
-    return ([(row_pruning, {"sparsity": s, "steps": 600}) for s in (0.5, 0.8, 0.9)]
-            + [(row_kmeans, {"bits": b, "steps": 200}) for b in (8, 5, 4, 3, 2)]
-            + [(row_deep_compression, {"steps": 600}),
-               (row_deep_compression, {"sparsity": 0.9, "bits": 3, "steps": 600, "share_steps": 200}),
-               (row_binarization, {"steps": 600}),
-               (row_ternary, {"steps": 0}), (row_ternary, {"steps": 600})]
-            + [(row_ternary, {"steps": 600, "distill": d}) for d in ("outputs", "outputs+layers")]
-            + [(row_uniform, {"bits": b, "steps": 0}) for b in (8, 6, 4)]
-            + [(row_uniform, {"bits": b, "steps": 400}) for b in (8, 6, 4)]
-            + [(row_uniform, {"bits": b, "steps": s, "activations": True}) for s in (0, 400) for b in (8, 6, 4)]
-            + [(row_binary_codes, {"q": q, "steps": 300, "fit": "alternating", "emb_ratio": r})
-               for r in (8.0, 0.0) for q in (1, 2, 3, 4)]             # frequency-aware vs uniform embedding
-            + [(row_binary_codes, {"q": 2, "steps": 300, "fit": "alternating", "emb_ratio": 8.0, "staged": True}),
-               (row_binary_codes, {"q": 2, "steps": 300, "fit": "alternating", "emb_ratio": 1.0}),
-               (row_binary_codes, {"q": 2, "steps": 300, "fit": "greedy", "emb_ratio": 8.0})]
-            + [(row_head_pruning, {"fraction": 0.0})]
-            + [(row_head_pruning, {"fraction": f, "steps": s}) for s in (0, 300) for f in (0.25, 0.5)]
-            + [(row_low_rank, {"rank": 32, "embedding_rank": e, "steps": s}) for s in (0, 300) for e in (None, 64)]
-            + HESSIAN_PTQ + HESSIAN_QAT + LAYERDROP_QUICK + LOTTERY_QUICK)
-
-
-# Lottery tickets on the quick task (the shipped model's theta_0 and 12,000 steps are not here):
-# 2, 4 and 7 rounds of 20% (64%, 41% and 21% of the matrices kept), the last two against the
-# same masks from a fresh initialization.
-LOTTERY_QUICK = ([(row_lottery, {"rounds": r}) for r in (2, 4, 7)]
-                 + [(row_lottery, {"rounds": r, "reinit": True}) for r in (4, 7)])
-
-
-# LayerDrop on the shipped model: Every Other post hoc (encoder, decoder, both), recovery by 1,000
-# steps of fine-tuning after pruning, and LayerDrop during 1,000 steps of fine-tuning (fairseq's
-# README: fine-tuning alone with it does not make a model robust to pruning), unpruned too.
-LAYERDROP_POST_HOC = [(row_layerdrop, {"rate_enc": e, "rate_dec": d})
-                      for e, d in ((0.5, 0.5), (0.5, 0.0), (0.0, 0.5))]
-LAYERDROP_TRAINED = ([(row_layerdrop, {"after_steps": 1000})]
-                     + [(row_layerdrop, {"rate_enc": r, "rate_dec": r, "train_p": 0.5, "steps": 1000})
-                        for r in (0.5, 0.0)]
-                     + [(row_distilled_student, {"steps": 1000}),   # DistilBERT's student of that depth
-                        (row_distilled_student, {"steps": 1000, "alpha": 1.0, "gamma": 0.0})])
-# The quick task trains from scratch (its baseline's 400 steps, same seed) with LayerDrop at the
-# paper's rate for pruning half (0.5) and at fairseq's default (0.2).
-LAYERDROP_QUICK = ([(row_layerdrop, {}), (row_layerdrop, {"after_steps": 300})]
-                   + [(row_layerdrop, {"rate_enc": r, "rate_dec": r, "train_p": p, "steps": 400, "scratch": True})
-                      for p in (0.5, 0.2) for r in (0.5, 0.0)])
-
-# Q-BERT in both --full plans: 3/4-bit PTQ with 0, 2 (the most sensitive, or the least: the
-# control) and 4 layers at 4 bits, then 2/3-bit QAT both ways.
-HESSIAN_PTQ = ([(row_hessian_mixed, {"n_high": 0}), (row_hessian_mixed, {"n_high": 4})]
-               + [(row_hessian_mixed, {"n_high": 2, "order": o}) for o in ("hessian", "reverse")])
-HESSIAN_QAT = [(row_hessian_mixed, {"low": 2, "high": 3, "n_high": 2, "order": o, "steps": 400})
-               for o in ("hessian", "reverse")]
-
-
-def row_name(fn, kwargs) -> str:
-    """A row's key in the JSON (resumed runs skip rows already measured)."""
-    return fn.__name__[4:] + "(" + ", ".join(f"{k}={v}" for k, v in sorted(kwargs.items())) + ")"
