@@ -245,7 +245,7 @@ def test_a_pruned_model_saves_and_loads_with_its_smaller_shapes(tmp_path):
 
 
 @pytest.mark.parametrize("pruned, match", [
-    ({"enc.9.attn": [0]}, "not an attention block"), ({"enc.0.attn": [4]}, r"in \[0, 4\)"),
+    ({"enc.9.attn": [0]}, "not one of the model.s blocks"), ({"enc.0.attn": [4]}, r"in \[0, 4\)"),
     ({"enc.0.attn": [1, 1]}, "distinct"), ({"enc.0.attn": [0.5]}, "distinct"), ([0], "must be a dict")])
 def test_config_rejects_bad_pruned_heads(pruned, match):
     with pytest.raises(ValueError, match=match):

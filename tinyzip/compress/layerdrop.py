@@ -22,10 +22,11 @@ parameter, so Adam still moves a skipped layer by its decaying first moment, whe
 a parameter without a gradient alone. (D3) with 1-based depth: r = 1/2 drops depths 2, 4, ...
 (indices 1, 3, ...), keeping the first layer, as fairseq's example keeps layers 0, 2, 4, ...;
 r = 1/4 drops every fourth layer; r < 1/L drops none. (D4) makes the pruned model a smaller model,
-not a masked one: its config has fewer layers (``pruned_heads`` moves with its layers), and its
-forward equals the full model's run with the dropped layers skipped. The paper's finding that
-LayerDrop only during fine-tuning does not make a model robust to pruning (fairseq's README) is
-what the ``--full`` rows of the shipped model measure; the quick task trains with it from scratch.
+not a masked one: its config has fewer layers (``pruned_heads`` and ``pruned_ffn`` move with their
+layers), and its forward equals the full model's run with the dropped layers skipped. The paper's
+finding that LayerDrop only during fine-tuning does not make a model robust to pruning (fairseq's
+README) is what the ``--full`` rows of the shipped model measure; the quick task trains with it
+from scratch.
 """
 import math
 from dataclasses import replace
@@ -108,12 +109,13 @@ def prune_layers(model, params: dict, keep_enc, keep_dec):
         new_name = _renumber(name, new_index)
         if new_name is not None:
             pruned[new_name] = W
-    heads = {}
-    for prefix, removed in c.pruned_heads.items():
-        new_prefix = _renumber(prefix + ".W", new_index)
-        if new_prefix is not None:
-            heads[new_prefix[:-2]] = removed
-    config = replace(c, enc_layers=len(keep_enc), dec_layers=len(keep_dec), pruned_heads=heads)
+    moved = {"pruned_heads": {}, "pruned_ffn": {}}
+    for field, renumbered in moved.items():
+        for prefix, removed in getattr(c, field).items():
+            new_prefix = _renumber(prefix + ".W", new_index)
+            if new_prefix is not None:
+                renumbered[new_prefix[:-2]] = removed
+    config = replace(c, enc_layers=len(keep_enc), dec_layers=len(keep_dec), **moved)
     return type(model)(config), pruned
 
 

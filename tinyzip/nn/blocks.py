@@ -51,21 +51,22 @@ def _check_ids(name, ids, vocab, max_len):
     return ids
 
 
-def _pruned_heads(pruned_heads, H, prefixes):
-    """A config's ``pruned_heads`` ({attention prefix: head indices removed, Michel et al. 2019})
-    as {prefix: sorted tuple}, or a ValueError naming the bad entry."""
-    if not isinstance(pruned_heads, dict):
-        raise ValueError(f"pruned_heads must be a dict {{attention prefix: [head, ...]}}, got {pruned_heads!r}")
+def _pruned_units(field, pruned, n_units, prefixes, unit="head"):
+    """A config's ``pruned_heads`` ({attention prefix: head indices removed, Michel et al. 2019}) or
+    ``pruned_ffn`` ({FFN prefix: hidden-node indices removed, ``compress/ffn_pruning.py``}) as
+    {prefix: sorted tuple of ints}, or a ValueError naming ``field`` and the bad entry."""
+    if not isinstance(pruned, dict):
+        raise ValueError(f"{field} must be a dict {{prefix: [{unit}, ...]}}, got {pruned!r}")
     out = {}
-    for prefix, heads in pruned_heads.items():
+    for prefix, units in pruned.items():
         if prefix not in prefixes:
-            raise ValueError(f"pruned_heads: {prefix!r} is not an attention block; known: {prefixes}")
-        heads = tuple(sorted(heads))
-        if (not all(isinstance(h, int | np.integer) and 0 <= h < H for h in heads)
-                or len(set(heads)) != len(heads)):
-            raise ValueError(f"pruned_heads[{prefix!r}] must be distinct head indices in [0, {H}), got {heads}")
-        if heads:
-            out[prefix] = tuple(int(h) for h in heads)
+            raise ValueError(f"{field}: {prefix!r} is not one of the model's blocks {prefixes}")
+        units = tuple(sorted(units))
+        if (not all(isinstance(u, int | np.integer) and 0 <= u < n_units for u in units)
+                or len(set(units)) != len(units)):
+            raise ValueError(f"{field}[{prefix!r}] must be distinct {unit} indices in [0, {n_units}), got {units}")
+        if units:
+            out[prefix] = tuple(int(u) for u in units)
     return out
 
 
@@ -74,9 +75,23 @@ def _attention_width(config, prefix):
     return (config.H - len(config.pruned_heads.get(prefix, ()))) * (config.D // config.H)
 
 
+def _ffn_width(config, layer):
+    """The hidden width of layer ``layer``'s FFN (``"enc.0"``): F less the nodes it had pruned."""
+    return config.F - len(config.pruned_ffn.get(layer + ".ffn", ()))
+
+
+def _pruning_dict(d):
+    """A config's ``asdict`` without empty ``pruned_heads``/``pruned_ffn``, so the files of unpruned
+    models are as before."""
+    for key in ("pruned_heads", "pruned_ffn"):
+        if not d[key]:
+            del d[key]
+    return d
+
+
 def _block_params(rng, p, D, F, attns, lns, init, widths=None):
-    """One layer's attention blocks ``attns``, FFN and layer norms ``lns`` under prefix ``p``;
-    ``widths[a]`` is block a's H Dh (default D: no head pruned)."""
+    """One layer's attention blocks ``attns``, FFN (hidden width F) and layer norms ``lns`` under
+    prefix ``p``; ``widths[a]`` is block a's H Dh (default D: no head pruned)."""
     out = {}
     for a in attns:
         width = D if widths is None else widths[a]

@@ -19,7 +19,7 @@ import numpy as np
 
 from tinyzip.nn import layers as L
 from tinyzip.nn.blocks import _Ops, _attention_width, _block_params, _check_ids, _check_skip_layers, \
-    _encoder_stack, _encoder_stack_bwd, _pruned_heads
+    _encoder_stack, _encoder_stack_bwd, _ffn_width, _pruned_units, _pruning_dict
 from tinyzip.nn.losses import PAD, cross_entropy_backward, cross_entropy_forward
 
 
@@ -37,23 +37,27 @@ class ClassifierConfig:
     activation: str = "gelu_tanh"  # google-research/bert's form; "gelu" = exact erf; or "relu"
     pre_ln: bool = False
     pruned_heads: dict = field(default_factory=dict)  # attention prefix -> heads removed (head_pruning)
+    pruned_ffn: dict = field(default_factory=dict)    # FFN prefix -> hidden nodes removed (ffn_pruning)
 
     def __post_init__(self):
         if self.D % self.H:
             raise ValueError(f"D={self.D} must be divisible by H={self.H}")
         if self.activation not in ("relu", "gelu", "gelu_tanh"):
             raise ValueError(f'activation must be "relu", "gelu" or "gelu_tanh", got {self.activation!r}')
-        object.__setattr__(self, "pruned_heads", _pruned_heads(self.pruned_heads, self.H, self.attention_prefixes()))
+        object.__setattr__(self, "pruned_heads", _pruned_units("pruned_heads", self.pruned_heads, self.H,
+                                                               self.attention_prefixes()))
+        object.__setattr__(self, "pruned_ffn", _pruned_units("pruned_ffn", self.pruned_ffn, self.F,
+                                                             self.ffn_prefixes(), "node"))
 
     def attention_prefixes(self):
         return [f"enc.{i}.attn" for i in range(self.layers)]
 
+    def ffn_prefixes(self):
+        return [f"enc.{i}.ffn" for i in range(self.layers)]
+
     def to_dict(self):
-        """JSON-ready values; ``pruned_heads`` only when a head was pruned (as ``Seq2SeqConfig``)."""
-        d = asdict(self)
-        if not d["pruned_heads"]:
-            del d["pruned_heads"]
-        return d
+        """JSON-ready values; ``pruned_heads``/``pruned_ffn`` only when used (as ``Seq2SeqConfig``)."""
+        return _pruning_dict(asdict(self))
 
     @classmethod
     def from_dict(cls, d):
@@ -93,8 +97,8 @@ class EncoderClassifier:
                   "type_emb": init(c.type_vocab, c.D),
                   "emb_ln.gamma": np.ones(c.D, np.float32), "emb_ln.beta": np.zeros(c.D, np.float32)}
         for i in range(c.layers):
-            params.update(_block_params(rng, f"enc.{i}", c.D, c.F, ["attn"], ["ln1", "ln2"], init,
-                                        {"attn": _attention_width(c, f"enc.{i}.attn")}))
+            params.update(_block_params(rng, f"enc.{i}", c.D, _ffn_width(c, f"enc.{i}"), ["attn"], ["ln1", "ln2"],
+                                        init, {"attn": _attention_width(c, f"enc.{i}.attn")}))
         if c.pre_ln:
             params["enc.ln_f.gamma"], params["enc.ln_f.beta"] = np.ones(c.D, np.float32), np.zeros(c.D, np.float32)
         params["pool.W"], params["pool.b"] = init(c.D, c.D), np.zeros(c.D, np.float32)

@@ -42,7 +42,7 @@ import numpy as np
 from tinyzip.nn import layers as L
 from tinyzip.nn.attention import split_heads
 from tinyzip.nn.blocks import _Ops, _add, _attention_width, _block_params, _check_ids, _check_skip_layers, \
-    _encoder_stack, _encoder_stack_bwd, _get, _pruned_heads, _self_attention_bwd
+    _encoder_stack, _encoder_stack_bwd, _ffn_width, _get, _pruned_units, _pruning_dict, _self_attention_bwd
 from tinyzip.nn.losses import PAD, cross_entropy_backward, cross_entropy_forward
 
 
@@ -105,11 +105,15 @@ class Seq2SeqConfig:
     pre_ln: bool = False
     share_embeddings: bool = True  # src/tgt embeddings and the output projection are one matrix
     pruned_heads: dict = field(default_factory=dict)  # attention prefix -> heads removed (head_pruning)
+    pruned_ffn: dict = field(default_factory=dict)    # FFN prefix -> hidden nodes removed (ffn_pruning)
 
     def __post_init__(self):
         if self.D % self.H or self.D % 2:
             raise ValueError(f"D={self.D} must be even and divisible by H={self.H}")
-        object.__setattr__(self, "pruned_heads", _pruned_heads(self.pruned_heads, self.H, self.attention_prefixes()))
+        object.__setattr__(self, "pruned_heads", _pruned_units("pruned_heads", self.pruned_heads, self.H,
+                                                               self.attention_prefixes()))
+        object.__setattr__(self, "pruned_ffn", _pruned_units("pruned_ffn", self.pruned_ffn, self.F,
+                                                             self.ffn_prefixes(), "node"))
         if self.share_embeddings and self.src_vocab != self.tgt_vocab:
             raise ValueError(f"share_embeddings needs src_vocab == tgt_vocab, got "
                              f"{self.src_vocab} and {self.tgt_vocab}")
@@ -119,13 +123,14 @@ class Seq2SeqConfig:
         return ([f"enc.{i}.attn" for i in range(self.enc_layers)]
                 + [f"dec.{i}.{a}" for i in range(self.dec_layers) for a in ("self_attn", "cross_attn")])
 
+    def ffn_prefixes(self):
+        """Every FFN's prefix (``"enc.0.ffn"``), the keys of ``pruned_ffn``."""
+        return [f"enc.{i}.ffn" for i in range(self.enc_layers)] + [f"dec.{i}.ffn" for i in range(self.dec_layers)]
+
     def to_dict(self):
-        """The config as JSON-ready values; ``pruned_heads`` only when a head was pruned, so the
-        files of unpruned models are as before."""
-        d = asdict(self)
-        if not d["pruned_heads"]:
-            del d["pruned_heads"]
-        return d
+        """The config as JSON-ready values; ``pruned_heads`` and ``pruned_ffn`` only when something
+        was pruned, so the files of unpruned models are as before."""
+        return _pruning_dict(asdict(self))
 
     @classmethod
     def from_dict(cls, d):
@@ -166,12 +171,12 @@ class Seq2Seq:
             params["out.W"] = init(c.D, c.tgt_vocab)
         params["out.b"] = np.zeros(c.tgt_vocab, np.float32)
         for i in range(c.enc_layers):
-            params.update(_block_params(rng, f"enc.{i}", c.D, c.F, ["attn"], ["ln1", "ln2"], init,
-                                        {"attn": _attention_width(c, f"enc.{i}.attn")}))
+            params.update(_block_params(rng, f"enc.{i}", c.D, _ffn_width(c, f"enc.{i}"), ["attn"], ["ln1", "ln2"],
+                                        init, {"attn": _attention_width(c, f"enc.{i}.attn")}))
         for i in range(c.dec_layers):
             attns = ["self_attn", "cross_attn"]
-            params.update(_block_params(rng, f"dec.{i}", c.D, c.F, attns, ["ln1", "ln2", "ln3"], init,
-                                        {a: _attention_width(c, f"dec.{i}.{a}") for a in attns}))
+            params.update(_block_params(rng, f"dec.{i}", c.D, _ffn_width(c, f"dec.{i}"), attns, ["ln1", "ln2", "ln3"],
+                                        init, {a: _attention_width(c, f"dec.{i}.{a}") for a in attns}))
         if c.pre_ln:
             for p in ("enc.ln_f", "dec.ln_f"):
                 params[p + ".gamma"], params[p + ".beta"] = np.ones(c.D, np.float32), np.zeros(c.D, np.float32)
