@@ -7,8 +7,8 @@ plan, and ``row_name`` is each row's key in the JSON, which a resumed run uses t
 already measured.
 """
 from tinyzip.rows import (row_binarization, row_binary_codes, row_deep_compression, row_distilled_student,
-                          row_head_pruning, row_hessian_mixed, row_kmeans, row_layerdrop, row_lottery, row_low_rank,
-                          row_pruning, row_ternary, row_uniform)
+                          row_ffn_pruning, row_head_pruning, row_hessian_mixed, row_kmeans, row_layerdrop, row_lottery,
+                          row_low_rank, row_pruning, row_ternary, row_uniform)
 
 
 def plan(task: str, full: bool):
@@ -40,7 +40,7 @@ def plan(task: str, full: bool):
                 + [(row_ternary, {"steps": 0})]
                 + [(row_head_pruning, {"fraction": f}) for f in (0.0, 0.1, 0.25, 0.5)]
                 + [(row_low_rank, {"rank": r}) for r in (64, 32)] + [(row_low_rank, {"rank": 32, "embedding_rank": 64})]
-                + HESSIAN_PTQ + LAYERDROP_POST_HOC
+                + HESSIAN_PTQ + LAYERDROP_POST_HOC + FFN_POST_HOC
                 + [(row_uniform, {"bits": b, "steps": 400}) for b in (8, 6, 4)]
                 + [(row_uniform, {"bits": b, "steps": 400, "activations": True}) for b in (8, 6, 4)]
                 + [(row_kmeans, {"bits": b, "steps": 400}) for b in (4, 3)]
@@ -56,7 +56,7 @@ def plan(task: str, full: bool):
                 + [(row_ternary, {"steps": 2000, "distill": d}) for d in ("outputs", "outputs+layers")]
                 + [(row_head_pruning, {"fraction": f, "steps": 1000}) for f in (0.25, 0.5, 0.0)]
                 + [(row_low_rank, {"rank": 32, "embedding_rank": e, "steps": 1000}) for e in (None, 64)]
-                + HESSIAN_QAT + LAYERDROP_TRAINED)
+                + HESSIAN_QAT + LAYERDROP_TRAINED + FFN_TRAINED)
     if not full:
         return [
             (row_pruning, {"sparsity": 0.8, "steps": 100}),
@@ -88,7 +88,8 @@ def plan(task: str, full: bool):
             + [(row_head_pruning, {"fraction": 0.0})]
             + [(row_head_pruning, {"fraction": f, "steps": s}) for s in (0, 300) for f in (0.25, 0.5)]
             + [(row_low_rank, {"rank": 32, "embedding_rank": e, "steps": s}) for s in (0, 300) for e in (None, 64)]
-            + HESSIAN_PTQ + HESSIAN_QAT + LAYERDROP_QUICK + LOTTERY_QUICK)
+            + HESSIAN_PTQ + FFN_POST_HOC + HESSIAN_QAT + LAYERDROP_QUICK + LOTTERY_QUICK
+            + [(row_ffn_pruning, {"fraction": 0.5, "steps": 300, "control": c}) for c in (False, True)])
 
 
 # Lottery tickets on the quick task (the shipped model's theta_0 and 12,000 steps are not here):
@@ -120,6 +121,16 @@ HESSIAN_PTQ = ([(row_hessian_mixed, {"n_high": 0}), (row_hessian_mixed, {"n_high
                + [(row_hessian_mixed, {"n_high": 2, "order": o}) for o in ("hessian", "reverse")])
 HESSIAN_QAT = [(row_hessian_mixed, {"low": 2, "high": 3, "n_high": 2, "order": o, "steps": 400})
                for o in ("hessian", "reverse")]
+
+
+# FullyQT's FFN node pruning in both --full plans: the encoder's FFNs (the paper's claim) and all
+# of them at fixed fractions by x_max, each against as many nodes chosen at random, and the
+# lambda sigma rule; then, on the shipped model, 1,000 steps of fine-tuning after pruning.
+FFN_POST_HOC = ([(row_ffn_pruning, {"fraction": f, "where": w, "control": c})
+                 for w, fs in (("enc", (0.25, 0.5, 0.75)), ("all", (0.25, 0.5))) for f in fs for c in (False, True)]
+                + [(row_ffn_pruning, {"lam": lam}) for lam in (4.0, 4.5)])
+FFN_TRAINED = ([(row_ffn_pruning, {"fraction": 0.5, "steps": 1000, "control": c}) for c in (False, True)]
+               + [(row_ffn_pruning, {"lam": 4.5, "steps": 1000})])
 
 
 def row_name(fn, kwargs) -> str:

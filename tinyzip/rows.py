@@ -12,8 +12,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from tinyzip.compress import (binarization, chung, distillation, fqt, head_pruning, hessian, huffman, kmeans,
-                              layerdrop, lottery, low_rank, magnitude_pruning, ternary, uniform)
+from tinyzip.compress import (binarization, chung, distillation, ffn_pruning, fqt, head_pruning, hessian, huffman,
+                              kmeans, layerdrop, lottery, low_rank, magnitude_pruning, ternary, uniform)
 from tinyzip.compress.base import IDENTITY, Method
 from tinyzip.compressed import is_embedding, pack_float
 from tinyzip.data import make_batches
@@ -179,6 +179,30 @@ def row_head_pruning(ctx, params, fraction=0.25, steps=0, examples=200):
     packed = {n: pack_float(W, np.float16) for n, W in params.items()}
     name = f"head_pruning-{int(fraction * 100)}+float16" if n_masked else "float16"  # 0: the storage alone
     return name, 16, packed, model.config
+
+
+def row_ffn_pruning(ctx, params, fraction=None, lam=None, where="all", control=False, steps=0, batches=8):
+    """FullyQT's node pruning: x_max (P1) of every FFN node ``where`` ("enc" or "all") over
+    ``batches`` training batches, then the nodes below lam * sigma (P3) or, with ``fraction``, that
+    fraction of each FFN's nodes of least x_max (``control``: as many chosen at random); the nodes
+    are removed (P4), ``steps`` of plain fine-tuning follow. Stored as float16, like the head-pruning
+    rows (the float16 row is the reference)."""
+    if (fraction is None) == (lam is None) or where not in ("enc", "all"):
+        raise ValueError(f"give one of fraction and lam, and where 'enc' or 'all'; got {fraction}, {lam}, {where!r}")
+    model = ctx.translator.model
+    prefixes = [p for p in model.config.ffn_prefixes() if where == "all" or p.startswith("enc.")]
+    stream = make_batches(ctx.train_ids, ctx.preset.max_tokens, np.random.default_rng([ctx.seed, 95]))
+    x_max = ffn_pruning.node_ranges(model, params, [b for _, b in zip(range(batches), stream)], prefixes)
+    nodes = ffn_pruning.threshold_nodes(x_max, lam) if lam is not None else ffn_pruning.smallest_nodes(x_max, fraction)
+    if control:
+        nodes = ffn_pruning.random_nodes(nodes, x_max, np.random.default_rng([ctx.seed, 94]))
+    model, params = ffn_pruning.prune_nodes(model, params, nodes)
+    setting = f"{where}{'-random' if control else ''}-" + (f"{fraction:g}" if lam is None else f"lambda{lam:g}")
+    params = finetune(ctx, params, IDENTITY, steps, f"ffn-{setting}-{steps}", model=model)
+    if ctx.log is not None:
+        print(f"ffn_pruning {setting}: removed " + ", ".join(f"{p} {len(n)}" for p, n in nodes.items())
+              + f"; {100 * ffn_pruning.kept_fraction(model.config):.1f}% of all FFN nodes kept", file=ctx.log)
+    return f"ffn_pruning-{setting}+float16", 16, {n: pack_float(W, np.float16) for n, W in params.items()}, model.config
 
 
 def row_low_rank(ctx, params, rank=32, embedding_rank=None, steps=0):
