@@ -35,8 +35,8 @@ kernel's per-output-column scales cannot express: it fake-quantizes its input wi
 """
 import numpy as np
 
-from tinyzip.compress import (binarization, binary_codes, chung, fqt, huffman, kmeans, low_rank, magnitude_pruning,
-                              ternary, uniform)
+from tinyzip.compress import (binarization, binary_codes, chung, cross_layer_sharing, fqt, huffman, kmeans, low_rank,
+                              magnitude_pruning, ternary, uniform)
 from tinyzip.compress.base import PackedTensor
 from tinyzip.packing import unpack_uint
 
@@ -77,6 +77,9 @@ UNPACK = {
 def unpack(packed: PackedTensor) -> np.ndarray:
     """The dense float32 tensor a packed tensor stands for. A tensor without an array or meta
     key its method reads (a file written by other code) is a ValueError naming the key."""
+    if packed.method == cross_layer_sharing.FORMAT:
+        raise ValueError(f"a shared tensor has no values of its own (it names {packed.meta.get('of')!r}); "
+                         f"read the whole file with dequantize_all")
     if packed.method not in UNPACK:
         raise ValueError(f"unknown packed method {packed.method!r}; known: {sorted(UNPACK)}")
     try:
@@ -86,14 +89,34 @@ def unpack(packed: PackedTensor) -> np.ndarray:
                          f"meta {sorted(packed.meta)})") from None
 
 
-def dequantize_all(packed: dict) -> dict:
-    """``{name: PackedTensor}`` -> the float32 params dict the model forward takes."""
-    params = {}
+def shared_owners(packed: dict) -> dict:
+    """{name: owner} of the ``"shared"`` tensors (ALBERT's cross-layer sharing), each checked to
+    name a stored tensor of its shape."""
+    owner_of = {}
     for name, p in packed.items():
+        if p.method != cross_layer_sharing.FORMAT:
+            continue
+        owner = p.meta.get("of")
+        target = packed.get(owner)
+        if target is None or target.method == cross_layer_sharing.FORMAT or tuple(target.shape) != tuple(p.shape):
+            raise ValueError(f"tensor {name!r} is shared with {owner!r}, which is not a stored tensor of shape "
+                             f"{tuple(p.shape)}")
+        owner_of[name] = owner
+    return owner_of
+
+
+def dequantize_all(packed: dict) -> dict:
+    """``{name: PackedTensor}`` -> the float32 params dict the model forward takes; a shared tensor
+    is its owner's array (the same object)."""
+    owner_of, params = shared_owners(packed), {}
+    for name, p in packed.items():
+        if name in owner_of:
+            continue
         try:
             params[name] = unpack(p)
         except ValueError as e:
             raise ValueError(f"tensor {name!r}: {e}") from None
+    params.update({name: params[owner] for name, owner in owner_of.items()})
     return params
 
 
@@ -297,4 +320,7 @@ def kernel_matmuls(packed: dict) -> dict:
         fn = KERNELS[p.method](p)
         if fn is not None:
             matmuls[name] = fn
+    for name, owner in shared_owners(packed).items():      # a shared layer runs its owner's kernel
+        if owner in matmuls:
+            matmuls[name] = matmuls[owner]
     return matmuls
