@@ -8,7 +8,7 @@ already measured.
 """
 from tinyzip.rows import (row_binarization, row_binary_codes, row_deep_compression, row_distilled_student,
                           row_ffn_pruning, row_head_pruning, row_hessian_mixed, row_kmeans, row_layerdrop, row_lottery,
-                          row_low_rank, row_pruning, row_ternary, row_uniform)
+                          row_low_rank, row_pruning, row_sharing, row_ternary, row_uniform)
 
 
 def plan(task: str, full: bool):
@@ -40,7 +40,7 @@ def plan(task: str, full: bool):
                 + [(row_ternary, {"steps": 0})]
                 + [(row_head_pruning, {"fraction": f}) for f in (0.0, 0.1, 0.25, 0.5)]
                 + [(row_low_rank, {"rank": r}) for r in (64, 32)] + [(row_low_rank, {"rank": 32, "embedding_rank": 64})]
-                + HESSIAN_PTQ + LAYERDROP_POST_HOC + FFN_POST_HOC
+                + HESSIAN_PTQ + LAYERDROP_POST_HOC + FFN_POST_HOC + [(row_sharing, {"kind": k}) for k in SHARED]
                 + [(row_uniform, {"bits": b, "steps": 400}) for b in (8, 6, 4)]
                 + [(row_uniform, {"bits": b, "steps": 400, "activations": True}) for b in (8, 6, 4)]
                 + [(row_kmeans, {"bits": b, "steps": 400}) for b in (4, 3)]
@@ -56,7 +56,8 @@ def plan(task: str, full: bool):
                 + [(row_ternary, {"steps": 2000, "distill": d}) for d in ("outputs", "outputs+layers")]
                 + [(row_head_pruning, {"fraction": f, "steps": 1000}) for f in (0.25, 0.5, 0.0)]
                 + [(row_low_rank, {"rank": 32, "embedding_rank": e, "steps": 1000}) for e in (None, 64)]
-                + HESSIAN_QAT + LAYERDROP_TRAINED + FFN_TRAINED)
+                + HESSIAN_QAT + LAYERDROP_TRAINED + FFN_TRAINED
+                + [(row_sharing, {"kind": k, "steps": 1000}) for k in SHARED])
     if not full:
         return [
             (row_pruning, {"sparsity": 0.8, "steps": 100}),
@@ -88,8 +89,10 @@ def plan(task: str, full: bool):
             + [(row_head_pruning, {"fraction": 0.0})]
             + [(row_head_pruning, {"fraction": f, "steps": s}) for s in (0, 300) for f in (0.25, 0.5)]
             + [(row_low_rank, {"rank": 32, "embedding_rank": e, "steps": s}) for s in (0, 300) for e in (None, 64)]
-            + HESSIAN_PTQ + FFN_POST_HOC + HESSIAN_QAT + LAYERDROP_QUICK + LOTTERY_QUICK
-            + [(row_ffn_pruning, {"fraction": 0.5, "steps": 300, "control": c}) for c in (False, True)])
+            + HESSIAN_PTQ + FFN_POST_HOC + [(row_sharing, {"kind": k}) for k in SHARED]
+            + HESSIAN_QAT + LAYERDROP_QUICK + LOTTERY_QUICK
+            + [(row_ffn_pruning, {"fraction": 0.5, "steps": 300, "control": c}) for c in (False, True)]
+            + SHARING_QUICK)
 
 
 # Lottery tickets on the quick task (the shipped model's theta_0 and 12,000 steps are not here):
@@ -131,6 +134,15 @@ FFN_POST_HOC = ([(row_ffn_pruning, {"fraction": f, "where": w, "control": c})
                 + [(row_ffn_pruning, {"lam": lam}) for lam in (4.0, 4.5)])
 FFN_TRAINED = ([(row_ffn_pruning, {"fraction": 0.5, "steps": 1000, "control": c}) for c in (False, True)]
                + [(row_ffn_pruning, {"lam": 4.5, "steps": 1000})])
+
+
+# ALBERT's cross-layer sharing, one set per stack (our stacks have 2 layers): every parameter of a
+# layer, the FFNs only, the attention only. The shipped model is tied at its layer means, then
+# fine-tuned; the quick task also trains shared models from scratch (ALBERT's protocol, the
+# baseline's recipe).
+SHARED = ("all", "ffn", "attention")
+SHARING_QUICK = ([(row_sharing, {"kind": k, "steps": 300}) for k in SHARED]
+                 + [(row_sharing, {"kind": k, "steps": 400, "scratch": True}) for k in SHARED])
 
 
 def row_name(fn, kwargs) -> str:

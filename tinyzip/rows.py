@@ -12,8 +12,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from tinyzip.compress import (binarization, chung, distillation, ffn_pruning, fqt, head_pruning, hessian, huffman,
-                              kmeans, layerdrop, lottery, low_rank, magnitude_pruning, ternary, uniform)
+from tinyzip.compress import (binarization, chung, cross_layer_sharing, distillation, ffn_pruning, fqt, head_pruning,
+                              hessian, huffman, kmeans, layerdrop, lottery, low_rank, magnitude_pruning, ternary,
+                              uniform)
 from tinyzip.compress.base import IDENTITY, Method
 from tinyzip.compressed import is_embedding, pack_float
 from tinyzip.data import make_batches
@@ -220,6 +221,27 @@ def row_low_rank(ctx, params, rank=32, embedding_rank=None, steps=0):
     packed.update({n: low_rank.pack_low_rank(factors[n + "@A"], factors[n + "@B"], np.float16) for n in ranks})
     name = f"low_rank-{rank}" + ("" if embedding_rank is None else f"+emb{embedding_rank}") + "+float16"
     return name, 16, packed
+
+
+def row_sharing(ctx, params, kind="all", groups=1, steps=0, scratch=False):
+    """ALBERT's cross-layer sharing (S1)-(S3) of ``kind`` with ``groups`` sets per stack: the
+    baseline's layers tied at their group mean (S4) and fine-tuned ``steps``, or with ``scratch``
+    a shared model trained with the baseline's recipe from its initialization (each set the first
+    layer's initial values; ALBERT's protocol). Each set stored once as float16, every other layer
+    a reference to it (the float16 row is the reference)."""
+    model = ctx.translator.model
+    method = cross_layer_sharing.SharingMethod(
+        cross_layer_sharing.owners(model.config, {"enc": groups, "dec": groups}, kind, params))
+    tag = f"sharing-{kind}-{groups}-{steps}{'-scratch' if scratch else ''}"
+    if scratch:
+        rng = np.random.default_rng(ctx.seed)              # the baseline's seed: its initialization
+        stored = train_like_baseline(ctx, method.tie(model.init_params(rng), "first"), tag, method=method,
+                                     rng=rng, steps=steps)
+    else:
+        stored = finetune(ctx, method.tie(params, "mean"), method, steps, tag)
+    packed = {n: pack_float(W, np.float16) for n, W in stored.items()}
+    packed.update({n: cross_layer_sharing.pack_shared(o, params[n].shape) for n, o in method.owner_of.items()})
+    return f"albert_sharing-{kind}-{groups}group{'-scratch' if scratch else ''}+float16", 16, packed
 
 
 def layer_sensitivities(ctx, params, batches=3, batch_tokens=600) -> dict:
