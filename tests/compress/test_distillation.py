@@ -1,7 +1,7 @@
 """compress/distillation.py: Hinton et al. 2015 (arXiv 1503.02531) soft targets; TinyBERT's layer
 losses (Jiao et al. 2020, arXiv 1909.10351) as TernaryBERT trains with them; DistilBERT's cosine term
-and half-depth student (Sanh et al. 2019, arXiv 1910.01108). Labels (K1)-(K6) are the module
-docstring's."""
+and half-depth student (Sanh et al. 2019, arXiv 1910.01108); TinyBERT's layer mapping. Labels
+(K1)-(K7) are the module docstring's."""
 import math
 
 import numpy as np
@@ -179,6 +179,64 @@ def test_a_half_depth_student_distils_from_the_full_teacher():
     with pytest.raises(ValueError, match="layers' states"):
         kd.Distiller(student_model, teacher, beta=1.0, teacher_model=teacher_model).loss_and_grads(
             student, SRC, TGT_IN, TGT_OUT)
+
+
+@pytest.mark.parametrize("n_teacher", range(1, 25))
+def test_k7_maps_start_at_the_embedding_increase_and_match_tinyberts_indices(n_teacher):
+    """g(0) = 0, strictly increasing, inside [1, N]; uniform ends at N and equals huawei-noah's
+    indices (hidden j k, attention i k + k - 1 for 0-based student layer i, k = N / M); top ends
+    at N, bottom is the identity."""
+    for n_student in range(1, n_teacher + 1):
+        for strategy in kd.LAYER_MAPS:
+            if strategy == "uniform" and n_teacher % n_student:
+                with pytest.raises(ValueError, match="divisible"):
+                    kd.layer_map(n_student, n_teacher, strategy)
+                continue
+            g = kd.layer_map(n_student, n_teacher, strategy)
+            assert len(g) == n_student + 1 and g[0] == 0 and all(a < b for a, b in zip(g, g[1:]))
+            assert 1 <= g[1] and g[-1] <= n_teacher
+        if n_teacher % n_student == 0:
+            k = n_teacher // n_student
+            g = kd.layer_map(n_student, n_teacher)
+            assert g == [j * k for j in range(n_student + 1)] and g[-1] == n_teacher
+            assert [g[i + 1] - 1 for i in range(n_student)] == [i * k + k - 1 for i in range(n_student)]
+        assert kd.layer_map(n_student, n_teacher, "top")[-1] == n_teacher
+        assert kd.layer_map(n_student, n_teacher, "bottom") == list(range(n_student + 1))
+
+
+@pytest.mark.parametrize("strategy", kd.LAYER_MAPS)
+def test_k7_layer_loss_compares_each_student_state_with_the_teacher_state_the_map_names(strategy):
+    """A 1+1 student of a 2+2 teacher: L_trm is the sum of state_mse over the mapped pairs only."""
+    student_model, teacher_model = tiny_model(layers=1), tiny_model(layers=2)
+    student, teacher = params64(student_model, 3), params64(teacher_model, 4)
+    s_states = student_model.forward(student, SRC, TGT_IN, return_states=True)[1].states
+    t_states = teacher_model.forward(teacher, SRC, TGT_IN, return_states=True)[1].states
+    masks = kd.state_masks(SRC, TGT_IN)
+    g = kd.layer_map(1, 2, strategy)                                   # uniform, top: [0, 2]; bottom: [0, 1]
+    expected = sum(kd.state_mse(s_states[key][m], t_states[key][g[m]], masks[key])[0]
+                   for key in kd.HIDDEN_KEYS for m in range(2))
+    expected += sum(kd.state_mse(s_states[key][0], t_states[key][g[1] - 1], masks[key])[0] for key in kd.SCORE_KEYS)
+    total, dstates = kd.layer_loss(s_states, t_states, masks, strategy)
+    assert total == pytest.approx(expected, rel=1e-12)
+    assert {k: len(v) for k, v in dstates.items()} == {k: len(s_states[k]) for k in dstates}
+
+
+def test_k7_distiller_with_a_layer_map_has_exact_gradients():
+    """A half-depth student on (K4) + (K5) through the uniform map: gradients by central differences."""
+    student_model, teacher_model = tiny_model(label_smoothing=0.1, layers=1), tiny_model(layers=2)
+    student, teacher = params64(student_model, 3), params64(teacher_model, 4)
+    distiller = kd.Distiller(student_model, teacher, alpha=0.5, beta=0.7, teacher_model=teacher_model,
+                             layer_map="uniform")
+    loss, grads, stats = distiller.loss_and_grads(student, SRC, TGT_IN, TGT_OUT)
+    assert stats["layers"] > 0
+    for name in ("emb", "enc.0.attn.W_q", "dec.0.cross_attn.W_k", "dec.0.ffn.W_2", "dec.0.ln3.beta"):
+        def f(_):
+            return distiller.loss_and_grads(student, SRC, TGT_IN, TGT_OUT)[0]
+        np.testing.assert_allclose(grads[name], numerical_grad(f, student[name]), rtol=1e-6, atol=1e-9)
+    with pytest.raises(ValueError, match="layer map"):
+        kd.layer_map(1, 2, "skip")
+    with pytest.raises(ValueError, match="student layers"):
+        kd.layer_map(3, 2)
 
 
 def test_student_equal_to_teacher_has_zero_soft_and_layer_loss():

@@ -1,4 +1,4 @@
-"""Knowledge distillation: Hinton et al.'s soft targets, and the layer losses TernaryBERT trains with.
+"""Knowledge distillation: Hinton et al.'s soft targets, TinyBERT's layer losses and layer mapping.
 
 Papers
 ------
@@ -8,7 +8,8 @@ Papers
 * Xiaoqi Jiao, Yichun Yin, Lifeng Shang, Xin Jiang, Xiao Chen, Linlin Li, Fang Wang, Qun Liu
   (2020). "TinyBERT: Distilling BERT for Natural Language Understanding". Findings of EMNLP 2020,
   arXiv:1909.10351. Mean squared errors between the student's and the teacher's hidden states and
-  attention scores (before the softmax), layer by layer.
+  attention scores (before the softmax), layer by layer; a shallower student's layer m against
+  the teacher's layer g(m) (its uniform, top or bottom mapping).
 * Victor Sanh, Lysandre Debut, Julien Chaumond, Thomas Wolf (2019). "DistilBERT, a distilled
   version of BERT". EMC^2 workshop at NeurIPS 2019, arXiv:1910.01108. A student of half the layers,
   initialized with one teacher layer out of two, trained on L = a_ce L_soft + a_mlm L_hard +
@@ -42,6 +43,11 @@ Equations (labelled (K1)-(K5) here; Hinton et al. do not number them)
 (K6) L_cos = mean_valid (1 - h_S . h_T / (||h_S|| ||h_T||)) over the last decoder layer's output
      (DistilBERT's term on its last hidden states), in [0, 2]
      Total: L + beta L_trm + gamma L_cos.  DistilBERT's 5 : 2 : 1 is alpha = 5/7, gamma = 1/7, T = 2.
+(K7) TinyBERT's layer mapping for a student of M layers and a teacher of N (per stack): student
+     hidden state m (m = 0 the embedding output) is compared with teacher state g(m), g(0) = 0, and
+     student layer m's scores with teacher layer g(m)'s (m = 1 .. M):
+     "uniform" g(m) = m N / M (N divisible by M), "top" g(m) = m + N - M, "bottom" g(m) = m.
+     (huawei-noah's ``task_distill.py``: attention index i k + k - 1, hidden index j k, k = N / M.)
 
 Choices
 -------
@@ -52,7 +58,9 @@ Choices
   positions' hidden states as they are. Those entries are not the model's outputs here.
 * The teacher runs without dropout or activation quantizers and gets no gradient. It may be a
   different model (``teacher_model``, e.g. the full-depth model of a half-depth student): (K1)-(K4)
-  and (K6) need only equal logits' and hidden states' widths; (K5) needs equal depths.
+  and (K6) need only equal logits' and hidden states' widths; (K5) needs equal depths, or a (K7)
+  mapping. Equal widths too: TinyBERT's learnable projection of a narrower student's states
+  (``fit_dense``) is not here, as our students keep the teacher's width.
 * (K6)'s norms get a 1e-12 floor, so a zero hidden state gives cosine 0, not NaN.
 """
 from dataclasses import dataclass
@@ -123,12 +131,36 @@ def state_masks(src, tgt_in) -> dict:
             "dec.cross_scores": tgt_ok[:, None, :, None] & src_ok[:, None, None, :]}
 
 
-def layer_loss(student_states: dict, teacher_states: dict, masks: dict) -> tuple[float, dict]:
+LAYER_MAPS = ("uniform", "top", "bottom")
+
+
+def layer_map(n_student: int, n_teacher: int, strategy: str = "uniform") -> list:
+    """(K7): [g(0), g(1), ..., g(M)], the teacher state each student state is compared with."""
+    if strategy not in LAYER_MAPS:
+        raise ValueError(f"layer map must be one of {LAYER_MAPS}, got {strategy!r}")
+    if not 1 <= n_student <= n_teacher:
+        raise ValueError(f"need 1 <= student layers <= teacher layers, got {n_student} and {n_teacher}")
+    if strategy == "uniform" and n_teacher % n_student:
+        raise ValueError(f"the uniform map needs teacher layers ({n_teacher}) divisible by student layers "
+                         f"({n_student})")
+    # Eq. (K7)
+    g = {"uniform": lambda m: m * n_teacher // n_student, "top": lambda m: m + n_teacher - n_student,
+         "bottom": lambda m: m}[strategy]
+    return [0] + [g(m) for m in range(1, n_student + 1)]
+
+
+def layer_loss(student_states: dict, teacher_states: dict, masks: dict, mapping: str | None = None
+               ) -> tuple[float, dict]:
     """(K5): (L_trm, dstates) summed over every hidden state and score matrix of both stacks;
-    ``dstates`` has the model backward's ``dstates`` form ({key: [array per layer]})."""
+    ``dstates`` has the model backward's ``dstates`` form ({key: [array per layer]}). With
+    ``mapping`` (K7) a shallower student's states meet the teacher states it names."""
     total, dstates = 0.0, {}
     for key in HIDDEN_KEYS + SCORE_KEYS:
         s_list, t_list = student_states.get(key, []), teacher_states.get(key, [])
+        if mapping is not None and s_list:
+            hidden = key in HIDDEN_KEYS                      # M + 1 states, else M score matrices
+            g = layer_map(len(s_list) - hidden, len(t_list) - hidden, mapping)
+            t_list = [t_list[i] for i in g] if hidden else [t_list[i - 1] for i in g[1:]]
         if len(s_list) != len(t_list):
             raise ValueError(f"{key}: the student has {len(s_list)} layers' states, the teacher {len(t_list)}")
         dstates[key] = []
@@ -173,6 +205,7 @@ class Distiller:
     beta: float = 1.0
     gamma: float = 0.0
     teacher_model: object = None
+    layer_map: str | None = None       # (K7) for (K5) between a shallower student and its teacher
 
     def __post_init__(self):
         if not 0.0 <= self.alpha <= 1.0:
@@ -194,7 +227,7 @@ class Distiller:
         dz = self.alpha * dz_soft + (1.0 - self.alpha) * cross_entropy_backward(1.0, h_cache)
         trm, cos, dstates = 0.0, 0.0, None
         if layers:
-            trm, dstates = layer_loss(cache.states, t_cache.states, state_masks(src, tgt_in))
+            trm, dstates = layer_loss(cache.states, t_cache.states, state_masks(src, tgt_in), self.layer_map)
             dstates = {k: [self.beta * d.astype(z.dtype) for d in ds] for k, ds in dstates.items()}
         if self.gamma > 0:
             cos, dh = cosine_loss(cache.states["dec.hidden"][-1], t_cache.states["dec.hidden"][-1],
