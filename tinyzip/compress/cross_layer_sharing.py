@@ -111,6 +111,7 @@ class SharingMethod:
         """(S2): every layer sees its group's arrays."""
         eff = dict(params)
         for name, owner in self.owner_of.items():
+            # Eq. (S2)
             eff[name] = params[owner]
         return eff, None
 
