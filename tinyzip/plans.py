@@ -104,14 +104,18 @@ LOTTERY_QUICK = ([(row_lottery, {"rounds": r}) for r in (2, 4, 7)]
 
 # LayerDrop on the shipped model: Every Other post hoc (encoder, decoder, both), recovery by 1,000
 # steps of fine-tuning after pruning, and LayerDrop during 1,000 steps of fine-tuning (fairseq's
-# README: fine-tuning alone with it does not make a model robust to pruning), unpruned too.
+# README: fine-tuning alone with it does not make a model robust to pruning), unpruned too; then
+# the same 1+1 student distilled: DistilBERT's loss, soft targets alone, TinyBERT's (soft targets
+# + every mapped hidden state and score matrix at T = 1) through its uniform and bottom maps.
 LAYERDROP_POST_HOC = [(row_layerdrop, {"rate_enc": e, "rate_dec": d})
                       for e, d in ((0.5, 0.5), (0.5, 0.0), (0.0, 0.5))]
 LAYERDROP_TRAINED = ([(row_layerdrop, {"after_steps": 1000})]
                      + [(row_layerdrop, {"rate_enc": r, "rate_dec": r, "train_p": 0.5, "steps": 1000})
                         for r in (0.5, 0.0)]
                      + [(row_distilled_student, {"steps": 1000}),   # DistilBERT's student of that depth
-                        (row_distilled_student, {"steps": 1000, "alpha": 1.0, "gamma": 0.0})])
+                        (row_distilled_student, {"steps": 1000, "alpha": 1.0, "gamma": 0.0})]
+                     + [(row_distilled_student, {"steps": 1000, "alpha": 1.0, "temperature": 1.0, "gamma": 0.0,
+                                                 "beta": 1.0, "layer_map": m}) for m in ("uniform", "bottom")])
 # The quick task trains from scratch (its baseline's 400 steps, same seed) with LayerDrop at the
 # paper's rate for pruning half (0.5) and at fairseq's default (0.2).
 LAYERDROP_QUICK = ([(row_layerdrop, {}), (row_layerdrop, {"after_steps": 300})]

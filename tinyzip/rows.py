@@ -358,21 +358,23 @@ def row_lottery(ctx, params, rounds=4, reinit=False):
     return f"lottery-{'reinit' if reinit else 'ticket'}-{kept:g}%kept", None, packed
 
 
-def row_distilled_student(ctx, params, steps=1000, alpha=5 / 7, temperature=2.0, gamma=1 / 7):
+def row_distilled_student(ctx, params, steps=1000, alpha=5 / 7, temperature=2.0, gamma=1 / 7, beta=0.0,
+                          layer_map=None):
     """DistilBERT: a student of half the layers, initialized with one teacher layer out of two
     (``layerdrop.prune_every_other`` at 1/2: layers 0, 2, ...), trained ``steps`` against the float
     baseline as teacher on alpha L_soft + (1 - alpha) L_hard + gamma L_cos at ``temperature``
-    (the defaults: DistilBERT's 5 : 2 : 1 at T = 2). float16 like the LayerDrop rows, whose
-    ``after_steps`` row is the same student trained on the plain loss."""
+    (the defaults: DistilBERT's 5 : 2 : 1 at T = 2), plus beta L_trm through TinyBERT's
+    ``layer_map`` (K7). float16 like the LayerDrop rows, whose ``after_steps`` row is the same
+    student trained on the plain loss."""
     teacher = ctx.translator
     model, student = layerdrop.prune_every_other(teacher.model, params, 0.5, 0.5)
-    distiller = distillation.Distiller(model, teacher.params, alpha=alpha, temperature=temperature, beta=0.0,
-                                       gamma=gamma, teacher_model=teacher.model)
-    student = finetune(ctx, student, IDENTITY, steps, f"student-{alpha:.3g}-{temperature:g}-{gamma:.3g}-{steps}",
-                       model=distiller)
+    distiller = distillation.Distiller(model, teacher.params, alpha=alpha, temperature=temperature, beta=beta,
+                                       gamma=gamma, teacher_model=teacher.model, layer_map=layer_map)
+    tag = f"student-{alpha:.3g}-{temperature:g}-{gamma:.3g}-{steps}" + (f"-{beta:g}-{layer_map}" if beta else "")
+    student = finetune(ctx, student, IDENTITY, steps, tag, model=distiller)
     c = model.config
-    soft_only = "-soft" if alpha == 1 and gamma == 0 else ""
-    name = f"distilled-{c.enc_layers}+{c.dec_layers}layers{soft_only}+float16"
+    loss = f"-tinybert-{layer_map}" if beta else "-soft" if alpha == 1 and gamma == 0 else ""
+    name = f"distilled-{c.enc_layers}+{c.dec_layers}layers{loss}+float16"
     return name, 16, {n: pack_float(W, np.float16) for n, W in student.items()}, c
 
 
