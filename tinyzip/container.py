@@ -276,7 +276,7 @@ def format_inspect(tz: TzFile) -> str:
     stored = sum(tz.stored_bytes.get(m, 0) for m in tz.manifest["members"])
     cells = [(r["name"], r["method"], "x".join(map(str, r["shape"])) or "scalar",
               f"{r['float32_bytes']:,}", f"{r['packed_bytes']:,}", f"{round(r['stored_bytes']):,}",
-              f"{r['ratio']:.2f}x") for r in rows]
+              f"{r['ratio']:.2f}x" if math.isfinite(r["ratio"]) else "-") for r in rows]   # "-": no bytes (shared)
     head = ("tensor", "method", "shape", "float32 B", "packed B", "in file B", "ratio")
     total = (f"total ({len(rows)} tensors)", "", "", f"{f32:,}", f"{nbytes:,}", f"{stored:,}",
              f"{f32 / stored:.2f}x" if stored else "inf")

@@ -8,7 +8,7 @@ from hypothesis import strategies as st
 from tinyzip.compress import cross_layer_sharing as cls
 from tinyzip.compress import ffn_pruning, uniform
 from tinyzip.compressed import dequantize_all, kernel_matmuls, pack_float, unpack
-from tinyzip.container import load_tz, save_tz
+from tinyzip.container import format_inspect, load_tz, save_tz
 from tinyzip.nn.classifier import ClassifierConfig, EncoderClassifier
 from tinyzip.nn.gradcheck import numerical_grad
 from tinyzip.nn.transformer import Seq2Seq, Seq2SeqConfig
@@ -169,6 +169,9 @@ def test_a_shared_file_stores_each_set_once_and_loads_every_layer_with_the_owner
     np.testing.assert_array_equal(model.forward(loaded, SRC, TGT_IN)[0], model.forward(eff, SRC, TGT_IN)[0])
     matmuls = kernel_matmuls(load_tz(tmp_path / "shared.tz").packed)
     assert matmuls["enc.2.ffn.W_1"] is matmuls["enc.0.ffn.W_1"]
+    table = format_inspect(load_tz(tmp_path / "shared.tz")).splitlines()
+    line = next(x for x in table if x.startswith("enc.1.attn.W_q"))
+    assert line.split()[1:] == ["shared", "8x8", "256", "0", "0", "-"]          # no bytes, no ratio
 
 
 # ---- bad input -----------------------------------------------------------------------------------
