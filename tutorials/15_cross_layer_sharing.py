@@ -10,7 +10,7 @@
 #
 # **Needs:** tutorial 01 (the model and the copy task).
 #
-# **Runs in:** about 10 s on a laptop CPU.
+# **Runs in:** about 25 s on a laptop CPU.
 #
 # Every code step ends with a printed number and an `assert`, so this file is also a test.
 
@@ -56,7 +56,9 @@ assert [cls.group_of(i, 12, 4) for i in range(12)] == [0, 0, 0, 1, 1, 1, 2, 2, 2
 # group, named after the group's first layer (`enc.0.ffn.W_1`); the training method hands every
 # layer its group's arrays in the forward pass and sums the layers' gradients in the backward.
 # Both models below start from the same initial values (the shared one keeps each group's first
-# layer) and see the same batches.
+# layer) and see the same batches. With a third of the numbers, the shared model is not worse
+# here; in these 600 steps it even learns faster than the plain one (at 400 steps: 0.959 against
+# 0.741), so read the comparison as "no loss at this budget", not as a gain from sharing.
 
 # %%
 config = Seq2SeqConfig(src_vocab=V, tgt_vocab=V, D=D, H=H, F=F, enc_layers=3, dec_layers=3, max_len=10)
