@@ -77,11 +77,9 @@ def node_ranges(model, params, batches, prefixes=None, momentum=MOMENTUM) -> dic
         return forward, lambda da, cache: da
 
     hooks = {p + ".act": observer(p) for p in prefixes}
-    n = 0
     for batch in batches:
         model.forward(params, *batch[:-1], act_hooks=hooks)
-        n += 1
-    if n == 0 or len(x_max) != len(prefixes):
+    if len(x_max) != len(prefixes):                          # no batch, or none with a real token
         raise ValueError("node_ranges needs at least one batch with a real token")
     return {p: x_max[p] for p in prefixes}
 
