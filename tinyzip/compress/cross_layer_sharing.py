@@ -96,13 +96,12 @@ class SharingMethod:
         members = {}
         for name, owner in self.owner_of.items():
             members.setdefault(owner, [owner]).append(name)
+        stored = {n: W for n, W in params.items() if n not in self.owner_of}
         for owner, group in members.items():
             shapes = {params[n].shape for n in group}
             if len(shapes) != 1:
                 raise ValueError(f"cannot share {group}: their shapes differ {sorted(shapes)} (pruned differently?)")
-        stored = {n: W for n, W in params.items() if n not in self.owner_of}
-        if init == "mean":
-            for owner, group in members.items():
+            if init == "mean":
                 # Eq. (S4)
                 stored[owner] = np.mean([params[n] for n in group], axis=0).astype(params[owner].dtype)
         return stored
